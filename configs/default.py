@@ -1,0 +1,52 @@
+"""Fields shared by every ncf-jax configuration, with the original NCF code's defaults."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # Data.
+  c.dataset = 'ml-1m'  # ml-1m | pinterest-20 | ml-100k | ml-20m | synthetic
+  # Directory holding <dataset>.{train.rating,test.rating,test.negative};
+  # unset: $NCF_DATA_DIR, else ~/.cache/ncf_jax/<dataset>.
+  c.data_dir = config_dict.placeholder(str)
+  # Carve a validation holdout (one more interaction per user) out of training
+  # and select the best epoch on it instead of on test.
+  c.validation = False
+  c.synthetic = ml_collections.ConfigDict(dict(
+      num_users=1000, num_items=500, interactions_per_user=40,
+      num_clusters=8, popularity_exponent=1.0, num_test_negatives=99))
+
+  # Model.
+  c.model = 'neumf'  # gmf | mlp | neumf
+  c.num_factors = 8  # predictive factors: GMF width and last MLP layer
+  # MLP tower widths; the first is the concatenated user+item embedding width.
+  # Empty: (8f, 4f, 2f, f) for f = num_factors, the original's (64,32,16,8).
+  c.layers = ()
+  c.l2_embeddings = 0.0  # the original's reg_mf
+  c.l2_layers = 0.0  # the original's reg_layers
+
+  # Training.
+  c.num_epochs = 20
+  c.batch_size = 256
+  c.num_negatives = 4
+  # True: negatives are redrawn while they hit a training positive (original);
+  # False: plain uniform items (Rendle et al.), cheaper.
+  c.reject_positives = True
+  c.optimizer = 'adam'  # adam | lazy_adam | sgd | adagrad | rmsprop
+  c.learning_rate = 0.001
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-8
+  c.steps_per_dispatch = 64  # batches per compiled lax.scan call
+  c.seed = 0
+
+  # Evaluation.
+  c.top_k = 10
+  c.eval_users_per_block = 2048
+  c.full_ranking = False  # also rank against all items (Krichene & Rendle)
+  c.log_every_seconds = 10.0  # progress line inside long epochs; 0 = off
+
+  return c

@@ -1,0 +1,9 @@
+"""GMF with the paper's settings."""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = 'gmf'
+  return config

@@ -1,0 +1,9 @@
+"""NeuMF without pretraining, the paper's settings."""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = 'neumf'
+  return config

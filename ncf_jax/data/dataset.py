@@ -1,0 +1,208 @@
+"""The in-memory dataset: compact id arrays, the training matrix, held-out rows."""
+
+import dataclasses
+import functools
+import os
+
+import numpy as np
+import scipy.sparse
+
+from ncf_jax.data import ncf_format
+from ncf_jax.data.interactions import InteractionSet, sample_negatives
+from ncf_jax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+  """One held-out item per row, to be ranked against that row's negatives."""
+  users: np.ndarray  # (R,) int32
+  items: np.ndarray  # (R,) int32
+  negatives: np.ndarray  # (R, N) int32
+
+  def __len__(self) -> int:
+    return len(self.users)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Implicit feedback split for leave-one-out evaluation.
+
+  Training pairs are unique and sorted by (user, item). `valid` is a second
+  holdout carved from training (or read from `.valid.*` files) for honest
+  model selection; None when not requested.
+  """
+  name: str
+  num_users: int
+  num_items: int
+  train_users: np.ndarray  # (P,) int32
+  train_items: np.ndarray  # (P,) int32
+  train_timestamps: np.ndarray  # (P,) int64; all equal when the file has placeholders
+  test: HeldOut
+  valid: HeldOut | None = None
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train_users)
+
+  @functools.cached_property
+  def train_matrix(self) -> scipy.sparse.csr_matrix:
+    """(num_users, num_items) boolean CSR matrix of training positives."""
+    indptr = np.zeros(self.num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(self.train_users, minlength=self.num_users), out=indptr[1:])
+    data = np.ones(self.num_train, dtype=bool)
+    return scipy.sparse.csr_matrix((data, self.train_items, indptr),
+                                   shape=(self.num_users, self.num_items))
+
+  @functools.cached_property
+  def train_set(self) -> InteractionSet:
+    """Membership test for training pairs (negative sampling rejects these)."""
+    return InteractionSet(self.train_users, self.train_items, self.num_users, self.num_items)
+
+  @functools.cached_property
+  def item_popularity(self) -> np.ndarray:
+    """(num_items,) int64 count of training interactions per item."""
+    return np.bincount(self.train_items, minlength=self.num_items)
+
+  def stats(self) -> dict:
+    """Summary numbers, e.g. for `python -m ncf_jax.data stats`."""
+    held = self.test.negatives == self.test.items[:, None]
+    out = dict(name=self.name, num_users=self.num_users, num_items=self.num_items,
+               num_train=self.num_train, num_test=len(self.test),
+               num_test_negatives=int(self.test.negatives.shape[1]),
+               test_rows_listing_heldout_among_negatives=int(held.any(axis=1).sum()),
+               density=self.num_train / (self.num_users * self.num_items))
+    if self.valid is not None:
+      out.update(num_valid=len(self.valid), num_valid_negatives=int(self.valid.negatives.shape[1]))
+    return out
+
+
+def _sorted_unique_pairs(users, items, timestamps):
+  keys = users.astype(np.int64) * (int(items.max()) + 1) + items
+  _, first = np.unique(keys, return_index=True)  # sorted by key = (user, item)
+  return users[first], items[first], timestamps[first]
+
+
+def _check_heldout(path_rating: str, path_negative: str, rating, negative,
+                   num_users: int, num_items: int, train: InteractionSet,
+                   has_train: np.ndarray) -> HeldOut:
+  users, items, _ = rating
+  n_users, n_items, negatives = negative
+  if len(n_users) != len(users):
+    raise DataError(f'{path_negative}: {len(n_users)} rows, but {path_rating} has {len(users)}')
+  disagree = (n_users != users) | (n_items != items)
+  if disagree.any():
+    line = int(np.argmax(disagree)) + 1
+    raise DataError(f'{path_negative}:{line}: row is ({n_users[line - 1]},{n_items[line - 1]}) '
+                    f'but line {line} of {path_rating} is ({users[line - 1]},{items[line - 1]})')
+  for name, values, bound, path in (('user', users, num_users, path_rating),
+                                    ('item', items, num_items, path_rating),
+                                    ('negative item', negatives.max(axis=1), num_items,
+                                     path_negative)):
+    if (values >= bound).any():
+      line = int(np.argmax(values >= bound)) + 1
+      raise DataError(f'{path}:{line}: {name} id {int(values[line - 1])} is out of range '
+                      f'(training has ids 0..{bound - 1})')
+  no_train = ~has_train[users]
+  if no_train.any():
+    line = int(np.argmax(no_train)) + 1
+    raise DataError(f'{path_rating}:{line}: user {users[line - 1]} has no training data')
+  leaked = train.contains(users, items)
+  if leaked.any():
+    line = int(np.argmax(leaked)) + 1
+    raise DataError(f'{path_rating}:{line}: held-out item {items[line - 1]} of user '
+                    f'{users[line - 1]} is also a training positive')
+  return HeldOut(users, items, negatives)
+
+
+def load_ncf_dir(directory: str, name: str, validation: bool = False, seed: int = 0) -> Dataset:
+  """Reads and validates `<directory>/<name>.{train.rating,test.rating,test.negative}`.
+
+  With `validation`, a `.valid.rating`/`.valid.negative` pair is read if present,
+  else a validation holdout is carved from training (see `carve_validation`).
+  """
+  path = lambda suffix: os.path.join(directory, f'{name}.{suffix}')
+  train_path = path('train.rating')
+  users, items, timestamps = ncf_format.read_ratings(train_path)
+  test_rating = ncf_format.read_ratings(path('test.rating'))
+  test_negative = ncf_format.read_negatives(path('test.negative'))
+  num_users = int(users.max()) + 1
+  num_items = int(max(items.max(), test_rating[1].max())) + 1
+  users, items, timestamps = _sorted_unique_pairs(users, items, timestamps)
+  train = InteractionSet(users, items, num_users, num_items)
+  has_train = np.bincount(users, minlength=num_users) > 0
+  test = _check_heldout(path('test.rating'), path('test.negative'), test_rating, test_negative,
+                        num_users, num_items, train, has_train)
+  valid = None
+  if validation and os.path.exists(path('valid.rating')):
+    valid = _check_heldout(path('valid.rating'), path('valid.negative'),
+                           ncf_format.read_ratings(path('valid.rating')),
+                           ncf_format.read_negatives(path('valid.negative')),
+                           num_users, num_items, train, has_train)
+  dataset = Dataset(name, num_users, num_items, users, items, timestamps, test, valid)
+  if validation and valid is None:
+    dataset = carve_validation(dataset, seed=seed, num_negatives=test.negatives.shape[1])
+  return dataset
+
+
+def latest_per_user(users: np.ndarray, timestamps: np.ndarray, num_users: int,
+                    rng: np.random.Generator) -> np.ndarray:
+  """Index of each user's latest interaction (-1 for users without any).
+
+  Equal timestamps (all of them, in files with placeholder timestamps) are
+  broken by a seeded random order, never by item id, which would bias the pick.
+  """
+  tiebreak = rng.permutation(len(users))
+  order = np.lexsort((tiebreak, timestamps, users))  # last per user = latest
+  last = np.full(num_users, -1, dtype=np.int64)
+  last[users[order]] = order  # later writes win: the last index per user
+  return last
+
+
+def carve_validation(dataset: Dataset, seed: int, num_negatives: int = 99) -> Dataset:
+  """Moves each user's latest training interaction (of users with >= 2) to `valid`.
+
+  Validation negatives are drawn uniformly, seeded, from the items the user has
+  not interacted with (training, validation or test).
+  """
+  rng = np.random.default_rng([seed, 0x5A11D])
+  counts = np.bincount(dataset.train_users, minlength=dataset.num_users)
+  last = latest_per_user(dataset.train_users, dataset.train_timestamps, dataset.num_users, rng)
+  chosen = np.sort(last[(last >= 0) & (counts >= 2)])
+  keep = np.ones(dataset.num_train, dtype=bool)
+  keep[chosen] = False
+  v_users, v_items = dataset.train_users[chosen], dataset.train_items[chosen]
+  seen = InteractionSet(np.concatenate([dataset.train_users, dataset.test.users]),
+                        np.concatenate([dataset.train_items, dataset.test.items]),
+                        dataset.num_users, dataset.num_items)
+  negatives = sample_distinct_negatives(rng, v_users, seen, dataset.num_items, num_negatives)
+  return dataclasses.replace(
+      dataset, train_users=dataset.train_users[keep], train_items=dataset.train_items[keep],
+      train_timestamps=dataset.train_timestamps[keep],
+      valid=HeldOut(v_users, v_items, negatives))
+
+
+def sample_distinct_negatives(rng: np.random.Generator, users: np.ndarray, seen: InteractionSet,
+                              num_items: int, num_negatives: int) -> np.ndarray:
+  """(len(users), num_negatives) int32: per row distinct items the user has not seen."""
+  out = np.empty((len(users), num_negatives), dtype=np.int32)
+  rows = np.arange(len(users))
+  for j in range(num_negatives):  # a loop over columns, vectorised over users
+    column = sample_negatives(rng, users, seen, num_items)
+    clash = (out[:, :j] == column[:, None]).any(axis=1)
+    while clash.any():
+      column[clash] = sample_negatives(rng, users[clash], seen, num_items)
+      clash = (out[:, :j] == column[:, None]).any(axis=1)
+    out[rows, j] = column
+  return out
+
+
+def write_ncf_dir(dataset: Dataset, directory: str) -> None:
+  """Writes `dataset` as NCF files (plus `.valid.*` when it has a validation holdout)."""
+  path = lambda suffix: os.path.join(directory, f'{dataset.name}.{suffix}')
+  ncf_format.write_ratings(path('train.rating'), dataset.train_users, dataset.train_items,
+                           dataset.train_timestamps)
+  for split, held in (('test', dataset.test), ('valid', dataset.valid)):
+    if held is not None:
+      ncf_format.write_ratings(path(f'{split}.rating'), held.users, held.items)
+      ncf_format.write_negatives(path(f'{split}.negative'), held.users, held.items,
+                                 held.negatives)

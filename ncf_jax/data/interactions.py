@@ -1,0 +1,61 @@
+"""Set membership of (user, item) pairs and vectorised negative sampling."""
+
+import numpy as np
+
+# Above this many (user, item) cells a sorted-key search replaces the bitmap
+# (2**32 bits = 512 MiB; ML-20M needs 3.7e9 bits = 463 MiB).
+_MAX_BITMAP_CELLS = 2**32
+
+
+class InteractionSet:
+  """Which (user, item) pairs are observed, queried for many pairs at once.
+
+  A packed bitmap over all users x items when it fits (one random byte read per
+  query), otherwise sorted `user * num_items + item` keys and `searchsorted`.
+  """
+
+  def __init__(self, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int):
+    self.num_users = int(num_users)
+    self.num_items = int(num_items)
+    keys = users.astype(np.int64) * self.num_items + items.astype(np.int64)
+    cells = self.num_users * self.num_items
+    if cells <= _MAX_BITMAP_CELLS:
+      bits = np.zeros(cells, dtype=bool)
+      bits[keys] = True
+      self._bitmap = np.packbits(bits, bitorder='little')
+      self._keys = None
+    else:
+      self._bitmap = None
+      self._keys = np.unique(keys)
+
+  def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Boolean array: whether each (users[j], items[j]) is an observed pair."""
+    keys = users.astype(np.int64) * self.num_items + items.astype(np.int64)
+    if self._bitmap is not None:
+      return ((self._bitmap[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1).astype(bool)
+    pos = np.searchsorted(self._keys, keys)
+    pos = np.minimum(pos, len(self._keys) - 1)
+    return self._keys[pos] == keys
+
+
+def sample_negatives(rng: np.random.Generator, users: np.ndarray,
+                     observed: InteractionSet | None, num_items: int,
+                     max_rounds: int = 1000) -> np.ndarray:
+  """One uniformly drawn item per entry of `users`, redrawn while it is observed.
+
+  With `observed=None` nothing is rejected (plain uniform items). Rejection
+  redraws only the rejected entries, so the cost shrinks geometrically.
+  """
+  items = rng.integers(0, num_items, size=users.shape, dtype=np.int32)
+  if observed is None:
+    return items
+  todo = np.flatnonzero(observed.contains(users, items))
+  for _ in range(max_rounds):
+    if todo.size == 0:
+      return items
+    redraw = rng.integers(0, num_items, size=todo.size, dtype=np.int32)
+    items[todo] = redraw
+    todo = todo[observed.contains(users[todo], redraw)]
+  raise ValueError(
+      f'negative sampling: {todo.size} users still have no negative after '
+      f'{max_rounds} rounds; do they interact with every item?')

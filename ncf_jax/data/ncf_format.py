@@ -1,0 +1,152 @@
+"""Reading and writing the NCF file format (He et al.'s `Data/` folder).
+
+- `<name>.train.rating`, `<name>.test.rating` (and our optional `<name>.valid.rating`):
+  one line per interaction, `user\\titem\\trating\\ttimestamp`, ids from 0.
+- `<name>.test.negative` (and `<name>.valid.negative`): one line per `.rating` line,
+  `(user,item)` followed by tab-separated negative items.
+
+Parsing runs in NumPy's C reader; only when that fails does a line-by-line pass
+find the first bad line, so that every error names the file, the line and the
+problem.
+"""
+
+import io
+import os
+import tempfile
+
+import numpy as np
+
+from ncf_jax.errors import DataError
+
+RATING_COLUMNS = 4
+
+
+def _read_text(path: str) -> str:
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found')
+  with open(path, encoding='utf-8', errors='replace') as f:
+    text = f.read()
+  if not text.strip():
+    raise DataError(f'{path}: empty file')
+  return text
+
+
+def _first_bad_line(path: str, text: str, num_columns: int | None, pair: bool) -> str:
+  """Names the first line that the fast reader cannot accept (slow; errors only)."""
+  expected = num_columns
+  for number, line in enumerate(text.split('\n'), start=1):
+    if not line and number == text.count('\n') + 1:
+      break  # the file's final newline
+    fields = line.rstrip('\r').split('\t')
+    if pair:
+      head = fields[0]
+      if not (head.startswith('(') and head.endswith(')') and head.count(',') == 1):
+        return f'{path}:{number}: first column {head!r} is not "(user,item)"'
+      fields = head[1:-1].split(',') + fields[1:]
+    if expected is None:
+      expected = len(fields)
+    if len(fields) != expected:
+      return f'{path}:{number}: expected {expected} tab-separated columns, found {len(fields)}'
+    for column, field in enumerate(fields, start=1):
+      try:
+        float(field)
+      except ValueError:
+        return f'{path}:{number}: column {column} is not a number: {field!r}'
+  return f'{path}: cannot be parsed'
+
+
+def _parse(path: str, text: str, num_columns: int | None, pair: bool = False) -> np.ndarray:
+  """All fields of a tab-separated numeric file as an int64 or float64 (lines, columns) array."""
+  if '\n\n' in text.rstrip('\n') or text.startswith('\n'):
+    number = 1 if text.startswith('\n') else text.rstrip('\n').index('\n\n') + 1
+    number = text[:number].count('\n') + 1
+    raise DataError(f'{path}:{number}: empty line')
+  body = text
+  if pair:
+    lines = text.count('\n') + (not text.endswith('\n'))
+    if not (text.count('(') == text.count(')') == text.count(',') == lines):
+      raise DataError(_first_bad_line(path, text, num_columns, pair))
+    body = text.replace('(', '').replace(')', '').replace(',', '\t')
+  table = None
+  for dtype in (np.int64, np.float64):  # integers parse 5x faster; ratings may be 3.5
+    try:
+      table = np.loadtxt(io.StringIO(body), dtype=dtype, delimiter='\t', ndmin=2)
+      break
+    except ValueError:
+      pass
+  if table is None:
+    raise DataError(_first_bad_line(path, text, num_columns, pair))
+  if num_columns is not None and table.shape[1] != num_columns:
+    raise DataError(f'{path}:1: expected {num_columns} tab-separated columns, '
+                    f'found {table.shape[1]}')
+  return table
+
+
+def _ids(path: str, table: np.ndarray, column: int, what: str) -> np.ndarray:
+  """Column `column` as int32 ids, checked to be integers >= 0."""
+  values = table[:, column]
+  bad = (values < 0) | (values != np.floor(values)) | (values >= 2**31)
+  if bad.any():
+    line = int(np.argmax(bad)) + 1
+    raise DataError(f'{path}:{line}: {what} id {values[line - 1]:g} is not an integer >= 0')
+  return values.astype(np.int32)
+
+
+def read_ratings(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads a `.rating` file: int32 users, int32 items, int64 timestamps."""
+  table = _parse(path, _read_text(path), RATING_COLUMNS)
+  users = _ids(path, table, 0, 'user')
+  items = _ids(path, table, 1, 'item')
+  return users, items, table[:, 3].astype(np.int64)
+
+
+def read_negatives(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads a `.negative` file: int32 users, int32 held-out items, int32 (rows, N) negatives."""
+  table = _parse(path, _read_text(path), None, pair=True)
+  if table.shape[1] < 3:
+    raise DataError(f'{path}:1: a row needs "(user,item)" and at least one negative item')
+  users = _ids(path, table, 0, 'user')
+  items = _ids(path, table, 1, 'item')
+  negatives = np.stack([_ids(path, table, c, 'negative item') for c in range(2, table.shape[1])],
+                       axis=1)
+  return users, items, negatives
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: never half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
+  try:
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _format_rows(columns: list[np.ndarray]) -> str:
+  table = np.stack([np.asarray(c, dtype=np.float64) for c in columns], axis=1)
+  out = io.StringIO()
+  np.savetxt(out, table, fmt='%.15g', delimiter='\t')
+  return out.getvalue()
+
+
+def write_ratings(path: str, users: np.ndarray, items: np.ndarray,
+                  timestamps: np.ndarray | None = None, ratings: np.ndarray | None = None) -> None:
+  """Writes a `.rating` file (rating 1 and timestamp 0 where not given)."""
+  ones = np.ones_like(users, dtype=np.int64)
+  ratings = ones if ratings is None else np.asarray(ratings)
+  timestamps = 0 * ones if timestamps is None else timestamps
+  atomic_write_text(path, _format_rows([users, items, ratings, timestamps]))
+
+
+def write_negatives(path: str, users: np.ndarray, items: np.ndarray,
+                    negatives: np.ndarray) -> None:
+  """Writes a `.negative` file: `(user,item)` then the row's negatives."""
+  head = np.char.add(np.char.add(np.char.add('(', users.astype(str)), ','),
+                     np.char.add(items.astype(str), ')'))
+  rest = _format_rows(list(negatives.T)).splitlines()
+  atomic_write_text(path, ''.join(f'{h}\t{r}\n' for h, r in zip(head, rest)))

@@ -1,0 +1,17 @@
+"""Errors that are the user's to fix: command-line entry points print them as one line."""
+
+
+class NcfError(Exception):
+  """Base class: bad input, configuration or checkpoint; the message says which and where."""
+
+
+class DataError(NcfError):
+  """A data file is missing, malformed or inconsistent (the message names file and line)."""
+
+
+class ConfigError(NcfError):
+  """A configuration field has a value that cannot work (the message names the field)."""
+
+
+class CheckpointError(NcfError):
+  """A checkpoint is missing, partial or does not fit the model (the message names the path)."""
