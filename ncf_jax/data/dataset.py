@@ -149,12 +149,17 @@ def latest_per_user(users: np.ndarray, timestamps: np.ndarray, num_users: int,
   """Index of each user's latest interaction (-1 for users without any).
 
   Equal timestamps (all of them, in files with placeholder timestamps) are
-  broken by a seeded random order, never by item id, which would bias the pick.
+  broken by a seeded random draw, never by item id, which would bias the pick.
   """
-  tiebreak = rng.permutation(len(users))
-  order = np.lexsort((tiebreak, timestamps, users))  # last per user = latest
+  newest = np.full(num_users, np.iinfo(np.int64).min)
+  np.maximum.at(newest, users, timestamps)
+  tiebreak = rng.random(len(users))
+  tiebreak[timestamps != newest[users]] = -1.0
+  best = np.full(num_users, -1.0)
+  np.maximum.at(best, users, tiebreak)
+  winners = np.flatnonzero((tiebreak == best[users]) & (tiebreak >= 0))
   last = np.full(num_users, -1, dtype=np.int64)
-  last[users[order]] = order  # later writes win: the last index per user
+  last[users[winners]] = winners
   return last
 
 
@@ -183,16 +188,29 @@ def carve_validation(dataset: Dataset, seed: int, num_negatives: int = 99) -> Da
 
 def sample_distinct_negatives(rng: np.random.Generator, users: np.ndarray, seen: InteractionSet,
                               num_items: int, num_negatives: int) -> np.ndarray:
-  """(len(users), num_negatives) int32: per row distinct items the user has not seen."""
+  """(len(users), num_negatives) int32: per row distinct items the user has not seen.
+
+  Draws a surplus of uniform candidates per row, drops seen items and repeats,
+  and keeps the first `num_negatives` in draw order (a uniform sample without
+  replacement); rows left short are drawn again.
+  """
   out = np.empty((len(users), num_negatives), dtype=np.int32)
-  rows = np.arange(len(users))
-  for j in range(num_negatives):  # a loop over columns, vectorised over users
-    column = sample_negatives(rng, users, seen, num_items)
-    clash = (out[:, :j] == column[:, None]).any(axis=1)
-    while clash.any():
-      column[clash] = sample_negatives(rng, users[clash], seen, num_items)
-      clash = (out[:, :j] == column[:, None]).any(axis=1)
-    out[rows, j] = column
+  todo = np.arange(len(users))
+  width = 2 * num_negatives + 8
+  while todo.size:
+    cand = rng.integers(0, num_items, size=(todo.size, width), dtype=np.int32)
+    valid = ~seen.contains(np.repeat(users[todo], width), cand.ravel()).reshape(cand.shape)
+    order = np.argsort(cand, axis=1, kind='stable')
+    sorted_cand = np.take_along_axis(cand, order, axis=1)
+    repeat = np.zeros_like(valid)
+    repeat[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]  # later copies of an item
+    np.put_along_axis(valid, order, np.take_along_axis(valid, order, axis=1) & ~repeat, axis=1)
+    rank = np.cumsum(valid, axis=1)
+    done = rank[:, -1] >= num_negatives
+    pick = valid & (rank <= num_negatives)
+    out[todo[done]] = cand[done][pick[done]].reshape(-1, num_negatives)
+    todo = todo[~done]
+    width *= 2
   return out
 
 

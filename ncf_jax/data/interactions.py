@@ -20,13 +20,16 @@ class InteractionSet:
     keys = users.astype(np.int64) * self.num_items + items.astype(np.int64)
     cells = self.num_users * self.num_items
     if cells <= _MAX_BITMAP_CELLS:
-      bits = np.zeros(cells, dtype=bool)
-      bits[keys] = True
-      self._bitmap = np.packbits(bits, bitorder='little')
+      keys = np.sort(keys)
+      keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+      byte, first = np.unique(keys >> 3, return_index=True)
+      self._bitmap = np.zeros((cells + 7) // 8, dtype=np.uint8)
+      # Distinct keys set distinct bits of a byte, so their sum is their OR.
+      self._bitmap[byte] = np.add.reduceat(np.left_shift(1, keys & 7), first).astype(np.uint8)
       self._keys = None
     else:
       self._bitmap = None
-      self._keys = np.unique(keys)
+      self._keys = np.sort(keys)
 
   def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Boolean array: whether each (users[j], items[j]) is an observed pair."""
