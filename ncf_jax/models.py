@@ -1,0 +1,143 @@
+"""GMF, MLP and NeuMF (He et al., 2017) as Flax Linen modules that return logits.
+
+Parameter trees are laid out so that pretrained towers drop into NeuMF:
+
+  GMF:   {'gmf': {'user_embedding', 'item_embedding'}, 'head': {'kernel', 'bias'}}
+  MLP:   {'mlp': {'user_embedding', 'item_embedding', 'layer_0', ...}, 'head': ...}
+  NeuMF: {'gmf': ..., 'mlp': ..., 'head': ...}
+
+Every model splits into `embed` (gather the batch's embedding rows, a tree that
+mirrors the tables' paths) and `score` (everything after the lookup), so that a
+row-sparse optimizer can differentiate with respect to the gathered rows only.
+"""
+
+from typing import ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ncf_jax.errors import ConfigError
+
+# The original code: embeddings N(0, 0.01); hidden layers Keras' default
+# glorot-uniform; the prediction layer lecun-uniform; biases zero.
+embedding_init = nn.initializers.normal(stddev=0.01)
+hidden_init = nn.initializers.glorot_uniform()
+head_init = nn.initializers.lecun_uniform()
+
+MODELS = ('gmf', 'mlp', 'neumf')
+
+
+class GMFTower(nn.Module):
+  """Generalized matrix factorisation: the element-wise product of two embeddings."""
+  num_users: int
+  num_items: int
+  num_factors: int
+
+  def setup(self):
+    self.user_embedding = self.param('user_embedding', embedding_init,
+                                     (self.num_users, self.num_factors))
+    self.item_embedding = self.param('item_embedding', embedding_init,
+                                     (self.num_items, self.num_factors))
+
+  def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
+    return {'user_embedding': jnp.take(self.user_embedding, users, axis=0),
+            'item_embedding': jnp.take(self.item_embedding, items, axis=0)}
+
+  def __call__(self, rows: dict[str, jax.Array]) -> jax.Array:
+    return rows['user_embedding'] * rows['item_embedding']
+
+
+class MLPTower(nn.Module):
+  """Concatenated user and item embeddings through a ReLU tower.
+
+  `layers[0]` is the concatenated embedding width (so each embedding has
+  `layers[0] // 2` entries); `layers[1:]` are the hidden widths.
+  """
+  num_users: int
+  num_items: int
+  layers: Sequence[int]
+
+  def setup(self):
+    width = self.layers[0] // 2
+    self.user_embedding = self.param('user_embedding', embedding_init, (self.num_users, width))
+    self.item_embedding = self.param('item_embedding', embedding_init, (self.num_items, width))
+    self.layer = [nn.Dense(w, kernel_init=hidden_init) for w in self.layers[1:]]
+
+  def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
+    return {'user_embedding': jnp.take(self.user_embedding, users, axis=0),
+            'item_embedding': jnp.take(self.item_embedding, items, axis=0)}
+
+  def __call__(self, rows: dict[str, jax.Array]) -> jax.Array:
+    x = jnp.concatenate([rows['user_embedding'], rows['item_embedding']], axis=-1)
+    for dense in self.layer:
+      x = nn.relu(dense(x))
+    return x
+
+
+class NCF(nn.Module):
+  """Towers (named by `towers`) whose outputs are concatenated into one logit."""
+  num_users: int
+  num_items: int
+  num_factors: int = 8
+  layers: Sequence[int] = (64, 32, 16, 8)
+  towers: ClassVar[tuple[str, ...]] = ()
+
+  def setup(self):
+    if 'gmf' in self.towers:
+      self.gmf = GMFTower(self.num_users, self.num_items, self.num_factors)
+    if 'mlp' in self.towers:
+      self.mlp = MLPTower(self.num_users, self.num_items, tuple(self.layers))
+    self.head = nn.Dense(1, kernel_init=head_init)
+
+  def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
+    """The batch's embedding rows, keyed like the embedding tables in the params."""
+    return {name: getattr(self, name).embed(users, items) for name in self.towers}
+
+  def score(self, rows: dict[str, dict[str, jax.Array]]) -> jax.Array:
+    """Logits (B,) from gathered embedding rows."""
+    h = jnp.concatenate([getattr(self, name)(rows[name]) for name in self.towers], axis=-1)
+    return self.head(h)[..., 0]
+
+  def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    """Logits (B,) for (B,) user and item ids."""
+    return self.score(self.embed(users, items))
+
+
+class GMF(NCF):
+  towers = ('gmf',)
+
+
+class MLP(NCF):
+  towers = ('mlp',)
+
+
+class NeuMF(NCF):
+  towers = ('gmf', 'mlp')
+
+
+def resolve_layers(num_factors: int, layers: Sequence[int]) -> tuple[int, ...]:
+  """`layers` if given, else the original's tower (8f, 4f, 2f, f)."""
+  layers = tuple(int(w) for w in layers) or (8 * num_factors, 4 * num_factors,
+                                               2 * num_factors, num_factors)
+  if layers[0] % 2 or any(w <= 0 for w in layers):
+    raise ConfigError(f'config.layers={layers}: widths must be positive and the first '
+                      '(user + item embedding width) even')
+  return layers
+
+
+def create_model(config, num_users: int, num_items: int) -> NCF:
+  """The model `config.model` names, sized for the dataset."""
+  classes = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF}
+  if config.model not in classes:
+    raise ConfigError(f'config.model: unknown model {config.model!r}; choose from {MODELS}')
+  if config.num_factors <= 0:
+    raise ConfigError(f'config.num_factors={config.num_factors}: must be positive')
+  return classes[config.model](num_users=num_users, num_items=num_items,
+                               num_factors=int(config.num_factors),
+                               layers=resolve_layers(config.num_factors, config.layers))
+
+
+def is_embedding_path(path: tuple[str, ...]) -> bool:
+  """Whether a flattened parameter path names an embedding table."""
+  return path[-1].endswith('_embedding')

@@ -1,0 +1,68 @@
+"""Optimizers by name, and a row-sparse ("lazy") Adam for embedding tables.
+
+Dense Adam moves every row of every embedding table at every step (the zero
+gradient of an absent row still decays its moments into a non-zero update).
+Lazy Adam, like TensorFlow's LazyAdam, touches only the rows in the batch:
+their moments and values are updated, bias correction uses the global step.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ncf_jax.errors import ConfigError
+
+OPTIMIZERS = ('adam', 'lazy_adam', 'sgd', 'adagrad', 'rmsprop')
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  """The dense optimizer `config.optimizer` names (for lazy_adam: the non-table part)."""
+  lr = config.learning_rate
+  if lr <= 0:
+    raise ConfigError(f'config.learning_rate={lr}: must be positive')
+  if config.optimizer in ('adam', 'lazy_adam'):
+    return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  if config.optimizer == 'sgd':
+    return optax.sgd(lr)
+  if config.optimizer == 'adagrad':
+    return optax.adagrad(lr)
+  if config.optimizer == 'rmsprop':
+    return optax.rmsprop(lr)
+  raise ConfigError(f'config.optimizer: unknown optimizer {config.optimizer!r}; '
+                    f'choose from {OPTIMIZERS}')
+
+
+class RowAdamState(NamedTuple):
+  """Adam moments of one embedding table."""
+  mu: jax.Array
+  nu: jax.Array
+
+
+def unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
+  """Distinct ids padded to len(ids) with `num_rows` (out of range), and each id's slot."""
+  uniq, inverse = jnp.unique(ids, size=ids.shape[0], fill_value=num_rows, return_inverse=True)
+  return uniq, inverse.reshape(ids.shape)
+
+
+def lazy_adam_update(table: jax.Array, state: RowAdamState, uniq: jax.Array,
+                     inverse: jax.Array, row_grads: jax.Array, count: jax.Array,
+                     learning_rate: float, b1: float, b2: float,
+                     eps: float) -> tuple[jax.Array, RowAdamState]:
+  """Adam on the rows `uniq` of `table` only.
+
+  `row_grads[j]` is the gradient for row `ids[j]`; repeated ids are summed
+  (as the dense gradient of a gather would). Padding slots of `uniq` equal
+  `len(table)` and are dropped by the scatters. `count` is the 1-based step.
+  """
+  grads = jax.ops.segment_sum(row_grads, inverse, num_segments=uniq.shape[0])
+  mu = b1 * state.mu.at[uniq].get(mode='fill', fill_value=0) + (1 - b1) * grads
+  nu = b2 * state.nu.at[uniq].get(mode='fill', fill_value=0) + (1 - b2) * grads**2
+  count = count.astype(jnp.float32)
+  mu_hat = mu / (1 - b1**count)
+  nu_hat = nu / (1 - b2**count)
+  step = -learning_rate * mu_hat / (jnp.sqrt(nu_hat) + eps)
+  table = table.at[uniq].add(step.astype(table.dtype), mode='drop')
+  return table, RowAdamState(state.mu.at[uniq].set(mu, mode='drop'),
+                             state.nu.at[uniq].set(nu, mode='drop'))

@@ -1,0 +1,149 @@
+"""The train state (a plain dict pytree) and the pure, jit-compiled train step.
+
+`train_step(state, batch) -> (state, metrics)` takes one batch; `train_chunk`
+runs it over a stack of batches in one `lax.fori_loop`, so one dispatch covers
+many steps and metrics stay on the device.
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax import lax
+import optax
+
+from ncf_jax import models
+from ncf_jax import optimizers
+
+TrainState = dict[str, Any]  # {'step', 'params', 'opt_state', 'table_state'}
+Batch = dict[str, jax.Array]  # {'users', 'items', 'labels', 'weights'}, each (B,)
+
+_TABLE_IDS = {'user_embedding': 'users', 'item_embedding': 'items'}
+
+
+def split_tables(params: dict) -> tuple[dict, dict]:
+  """(embedding tables, everything else) as two nested dicts."""
+  flat = flax.traverse_util.flatten_dict(params)
+  tables = {k: v for k, v in flat.items() if models.is_embedding_path(k)}
+  rest = {k: v for k, v in flat.items() if not models.is_embedding_path(k)}
+  return (flax.traverse_util.unflatten_dict(tables), flax.traverse_util.unflatten_dict(rest))
+
+
+def merge_trees(a: dict, b: dict) -> dict:
+  """Union of two nested dicts with disjoint leaves."""
+  return flax.traverse_util.unflatten_dict({**flax.traverse_util.flatten_dict(a),
+                                            **flax.traverse_util.flatten_dict(b)})
+
+
+def init_state(params: dict, tx: optax.GradientTransformation, lazy: bool) -> TrainState:
+  """A fresh state: step 0 and optimizer moments at zero."""
+  if lazy:
+    tables, rest = split_tables(params)
+    table_state = jax.tree_util.tree_map(
+        lambda t: optimizers.RowAdamState(jnp.zeros_like(t), jnp.zeros_like(t)), tables)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(rest),
+                table_state=table_state)
+  return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+              table_state={})
+
+
+def weighted_log_loss(logits: jax.Array, labels: jax.Array,
+                      weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean, sum) of the weighted sigmoid cross-entropy; logits and labels are (B,)."""
+  losses = optax.sigmoid_binary_cross_entropy(logits, labels) * weights
+  total = losses.sum()
+  return total / jnp.maximum(weights.sum(), 1.0), total
+
+
+def l2_penalty(params: dict, l2_embeddings: float, l2_layers: float) -> jax.Array:
+  """The original code's Keras regularisers: λ·Σw² on embedding tables and hidden kernels."""
+  total = jnp.zeros(())
+  for path, value in flax.traverse_util.flatten_dict(params).items():
+    if models.is_embedding_path(path) and l2_embeddings:
+      total += l2_embeddings * jnp.sum(value**2)
+    elif path[0] == 'mlp' and path[-1] == 'kernel' and l2_layers:
+      total += l2_layers * jnp.sum(value**2)
+  return total
+
+
+def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """A pure train step for `model`; `config.optimizer == 'lazy_adam'` updates table rows only."""
+  lazy = config.optimizer == 'lazy_adam'
+  l2_emb, l2_layers = float(config.l2_embeddings), float(config.l2_layers)
+  lr, b1, b2, eps = (float(config.learning_rate), float(config.adam_b1), float(config.adam_b2),
+                     float(config.adam_eps))
+
+  def dense_step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
+    def loss_fn(params):
+      logits = model.apply({'params': params}, batch['users'], batch['items'])
+      mean, total = weighted_log_loss(logits, batch['labels'], batch['weights'])
+      return mean + l2_penalty(params, l2_emb, l2_layers), total
+
+    grads, total = jax.grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), total
+
+  def lazy_step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
+    tables, rest = split_tables(state['params'])
+    rows = model.apply({'params': state['params']}, batch['users'], batch['items'],
+                       method=model.embed)
+
+    def loss_fn(rest, rows):
+      logits = model.apply({'params': merge_trees(tables, rest)}, rows, method=model.score)
+      mean, total = weighted_log_loss(logits, batch['labels'], batch['weights'])
+      penalty = l2_penalty(rest, 0.0, l2_layers) + l2_emb * sum(
+          jnp.sum(r**2) for r in jax.tree_util.tree_leaves(rows))
+      return mean + penalty, total
+
+    (rest_grads, row_grads), total = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(rest, rows)
+    updates, opt_state = tx.update(rest_grads, state['opt_state'], rest)
+    rest = optax.apply_updates(rest, updates)
+    step = state['step'] + 1
+    slots = {key: optimizers.unique_rows(batch[key], num_rows)
+             for key, num_rows in (('users', model.num_users), ('items', model.num_items))}
+    new_tables, new_table_state = {}, {}
+    for tower, named in tables.items():
+      new_tables[tower], new_table_state[tower] = {}, {}
+      for name, table in named.items():
+        uniq, inverse = slots[_TABLE_IDS[name]]
+        new_tables[tower][name], new_table_state[tower][name] = optimizers.lazy_adam_update(
+            table, state['table_state'][tower][name], uniq, inverse, row_grads[tower][name],
+            step, lr, b1, b2, eps)
+    return dict(step=step, params=merge_trees(new_tables, rest), opt_state=opt_state,
+                table_state=new_table_state), total
+
+  update = lazy_step if lazy else dense_step
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    state, loss_sum = update(state, batch)
+    return state, dict(loss_sum=loss_sum, weight_sum=batch['weights'].sum())
+
+  return train_step
+
+
+def make_train_chunk(model: models.NCF, tx: optax.GradientTransformation, config
+                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+  """Jitted `train_chunk(state, batches, num_steps)`: the first `num_steps` of the
+  (S, B) batches, one `train_step` each, in one dispatch; returns summed metrics.
+
+  The trip count is a traced value, so a short last chunk runs fewer steps
+  with no recompilation and no padded step (an all-padding batch would still
+  move Adam's parameters). The state is donated.
+  """
+  train_step = make_train_step(model, tx, config)
+
+  def train_chunk(state: TrainState, batches: Batch, num_steps: jax.Array
+                  ) -> tuple[TrainState, dict]:
+    def body(i, carry):
+      state, totals = carry
+      batch = jax.tree_util.tree_map(lambda x: x[i], batches)
+      state, metrics = train_step(state, batch)
+      return state, jax.tree_util.tree_map(jnp.add, totals, metrics)
+
+    zeros = dict(loss_sum=jnp.zeros(()), weight_sum=jnp.zeros(()))
+    return lax.fori_loop(0, num_steps, body, (state, zeros))
+
+  return jax.jit(train_chunk, donate_argnums=0)
