@@ -103,6 +103,39 @@ class NCF(nn.Module):
     """Logits (B,) for (B,) user and item ids."""
     return self.score(self.embed(users, items))
 
+  def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    """Logits (U, I) for every pair of (U,) users and (I,) items.
+
+    Equal to `__call__` on all pairs, but factorised: GMF becomes a matmul and
+    the MLP's first layer is applied to users and items separately, which
+    removes most of the arithmetic of full ranking.
+    """
+    kernel = self.head.variables['params']['kernel'][:, 0]
+    logits = self.head.variables['params']['bias'][0]
+    offset = 0
+    for name in self.towers:
+      tower = getattr(self, name)
+      u = jnp.take(tower.user_embedding, users, axis=0)
+      i = jnp.take(tower.item_embedding, items, axis=0)
+      if name == 'gmf':
+        w = kernel[offset:offset + u.shape[1]]
+        logits = logits + (u * w) @ i.T
+        offset += u.shape[1]
+        continue
+      if not tower.layer:  # no hidden layer: the head sees [u; i] directly
+        w = kernel[offset:offset + 2 * u.shape[1]]
+        logits = logits + (u @ w[:u.shape[1]])[:, None] + (i @ w[u.shape[1]:])[None, :]
+        offset += 2 * u.shape[1]
+        continue
+      first = tower.layer[0].variables['params']
+      x = nn.relu((u @ first['kernel'][:u.shape[1]] + first['bias'])[:, None, :]
+                  + (i @ first['kernel'][u.shape[1]:])[None, :, :])
+      for dense in tower.layer[1:]:
+        x = nn.relu(dense(x))
+      logits = logits + x @ kernel[offset:offset + x.shape[-1]]
+      offset += x.shape[-1]
+    return logits
+
 
 class GMF(NCF):
   towers = ('gmf',)
