@@ -1,0 +1,50 @@
+"""Command line: `python -m ncf_jax.main --config=configs/neumf.py --workdir=DIR [--config.x=y]`."""
+
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ncf_jax import train
+from ncf_jax.errors import NcfError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Configuration file, e.g. configs/neumf.py.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, but a misspelt config key ends in one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
+    text = str(e).replace('\\n', ' ').replace("\\'", "'")
+    name = re.search(r"'([^' ]+)'", text)
+    hint = re.search(r'Did you mean "[^"]+"', text)
+    message = (f"no such config field '{name.group(1) if name else text}'"
+               + (f'. {hint.group(0)}?' if hint else ''))
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]} (write --config.field=value, with =)')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except NcfError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)
