@@ -119,23 +119,33 @@ def load_ncf_dir(directory: str, name: str, validation: bool = False, seed: int 
 
   With `validation`, a `.valid.rating`/`.valid.negative` pair is read if present,
   else a validation holdout is carved from training (see `carve_validation`).
+  Without it, the rows of a `.valid.rating` file go back into training, so a
+  directory prepared with a validation split trains on the same data as one
+  prepared without.
   """
   path = lambda suffix: os.path.join(directory, f'{name}.{suffix}')
   train_path = path('train.rating')
   users, items, timestamps = ncf_format.read_ratings(train_path)
   test_rating = ncf_format.read_ratings(path('test.rating'))
   test_negative = ncf_format.read_negatives(path('test.negative'))
+  valid_rating = None
+  if os.path.exists(path('valid.rating')):
+    valid_rating = ncf_format.read_ratings(path('valid.rating'))
+    if not validation:
+      users, items, timestamps = (np.concatenate(pair) for pair in zip((users, items, timestamps),
+                                                                       valid_rating))
   num_users = int(users.max()) + 1
-  num_items = int(max(items.max(), test_rating[1].max())) + 1
+  # Items held out for test (or validation) only are still items to rank.
+  num_items = int(max(items.max(), test_rating[1].max(),
+                      valid_rating[1].max() if valid_rating is not None else 0)) + 1
   users, items, timestamps = _sorted_unique_pairs(users, items, timestamps)
   train = InteractionSet(users, items, num_users, num_items)
   has_train = np.bincount(users, minlength=num_users) > 0
   test = _check_heldout(path('test.rating'), path('test.negative'), test_rating, test_negative,
                         num_users, num_items, train, has_train)
   valid = None
-  if validation and os.path.exists(path('valid.rating')):
-    valid = _check_heldout(path('valid.rating'), path('valid.negative'),
-                           ncf_format.read_ratings(path('valid.rating')),
+  if validation and valid_rating is not None:
+    valid = _check_heldout(path('valid.rating'), path('valid.negative'), valid_rating,
                            ncf_format.read_negatives(path('valid.negative')),
                            num_users, num_items, train, has_train)
   dataset = Dataset(name, num_users, num_items, users, items, timestamps, test, valid)

@@ -20,6 +20,14 @@ from ncf_jax.errors import DataError
 
 RATING_COLUMNS = 4
 
+# mkstemp creates files only their owner can read; renamed into place they get
+# the mode open() would give. Reading the umask means setting it: done once, and
+# to a stricter value, so that a file another thread creates meanwhile is not
+# left more open than intended.
+_UMASK = os.umask(0o077)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def _read_text(path: str) -> str:
   if not os.path.isfile(path):
@@ -45,6 +53,9 @@ def _first_bad_line(path: str, text: str, num_columns: int | None, pair: bool) -
       fields = head[1:-1].split(',') + fields[1:]
     if expected is None:
       expected = len(fields)
+    if len(fields) != expected and pair:
+      return (f'{path}:{number}: expected {expected - 2} negative items after "(user,item)", '
+              f'found {len(fields) - 2}')
     if len(fields) != expected:
       return f'{path}:{number}: expected {expected} tab-separated columns, found {len(fields)}'
     for column, field in enumerate(fields, start=1):
@@ -120,6 +131,7 @@ def atomic_write_text(path: str, text: str) -> None:
   try:
     with os.fdopen(fd, 'w', encoding='utf-8') as f:
       f.write(text)
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -127,7 +139,68 @@ def atomic_write_text(path: str, text: str) -> None:
     raise
 
 
+_CHUNK_CELLS = 1 << 20  # bounds the int64 digit buffers to ~100 MiB per chunk
+
+
+def _as_counts(values: np.ndarray) -> np.ndarray | None:
+  """`values` as int64 when all are integers in [0, 2**53), else None."""
+  values = np.asarray(values)
+  if values.dtype.kind == 'b' or values.size == 0:
+    return values.astype(np.int64)
+  if values.dtype.kind not in 'iuf':
+    return None
+  if values.dtype.kind == 'f' and not np.array_equal(values, np.floor(values)):
+    return None
+  if values.min() < 0 or values.max() >= 2**53:
+    return None
+  return values.astype(np.int64, copy=False)
+
+
+# ASCII of "00".."99": two digits per division halves the integer divisions.
+_DIGIT_PAIRS = np.array([[ord(a), ord(b)] for a in '0123456789' for b in '0123456789'],
+                        dtype=np.uint8)
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+  """(R, width) ASCII digits of `values` >= 0, right-aligned, NUL for leading zeros."""
+  dtype = np.int32 if width <= 9 else np.int64  # int32 division is faster
+  values = values.astype(dtype)[:, None]
+  pairs = (width + 1) // 2
+  hundreds = 100 ** np.arange(pairs - 1, -1, -1, dtype=dtype)
+  chars = _DIGIT_PAIRS[values // hundreds % 100].reshape(len(values), 2 * pairs)
+  chars = chars[:, 2 * pairs - width:]
+  tens = 10 ** np.arange(width - 1, -1, -1, dtype=dtype)
+  return np.where((values < tens) & (tens > 1), np.uint8(0), chars)  # a 0 keeps its digit
+
+
+def _format_counts(table: np.ndarray, prefix: bytes, separators: list[bytes]) -> str:
+  """Rows of non-negative integers as text, built as digit arrays (no per-row Python).
+
+  Each row is `prefix`, then column c's digits followed by `separators[c]`.
+  Cells are laid out at a fixed width per column with NUL padding, then dropped.
+  """
+  num_rows, num_columns = table.shape
+  if num_rows == 0:
+    return ''
+  widths = [len(str(int(largest))) for largest in table.max(axis=0)]
+  constant = lambda text, rows: np.broadcast_to(np.frombuffer(text, np.uint8), (rows, len(text)))
+  out = []
+  step = max(1, _CHUNK_CELLS // num_columns)
+  for start in range(0, num_rows, step):
+    chunk = table[start:start + step]
+    pieces = [constant(prefix, len(chunk))]
+    for column, (width, separator) in enumerate(zip(widths, separators)):
+      pieces += [_digits(chunk[:, column], width), constant(separator, len(chunk))]
+    lines = np.concatenate(pieces, axis=1).ravel()
+    out.append(lines[lines != 0].tobytes().decode('ascii'))
+  return ''.join(out)
+
+
 def _format_rows(columns: list[np.ndarray]) -> str:
+  counts = [_as_counts(c) for c in columns]
+  if all(c is not None for c in counts):  # ids, timestamps: the fast common case
+    table = np.stack(counts, axis=1)
+    return _format_counts(table, b'', [b'\t'] * (len(columns) - 1) + [b'\n'])
   table = np.stack([np.asarray(c, dtype=np.float64) for c in columns], axis=1)
   out = io.StringIO()
   np.savetxt(out, table, fmt='%.15g', delimiter='\t')
@@ -146,7 +219,11 @@ def write_ratings(path: str, users: np.ndarray, items: np.ndarray,
 def write_negatives(path: str, users: np.ndarray, items: np.ndarray,
                     negatives: np.ndarray) -> None:
   """Writes a `.negative` file: `(user,item)` then the row's negatives."""
-  head = np.char.add(np.char.add(np.char.add('(', users.astype(str)), ','),
-                     np.char.add(items.astype(str), ')'))
-  rest = _format_rows(list(negatives.T)).splitlines()
-  atomic_write_text(path, ''.join(f'{h}\t{r}\n' for h, r in zip(head, rest)))
+  table = np.concatenate([np.stack([users, items], axis=1), negatives], axis=1)
+  counts = _as_counts(table)
+  if counts is None:
+    raise ValueError('write_negatives: ids must be integers >= 0')
+  num_negatives = negatives.shape[1]
+  atomic_write_text(path, _format_counts(counts, b'(',
+                                         [b',', b')\t'] + [b'\t'] * (num_negatives - 1)
+                                         + [b'\n']))
