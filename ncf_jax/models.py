@@ -119,7 +119,7 @@ class NCF(nn.Module):
       i = jnp.take(tower.item_embedding, items, axis=0)
       if name == 'gmf':
         w = kernel[offset:offset + u.shape[1]]
-        logits = logits + (u * w) @ i.T
+        logits = logits + (u * w[None, :]) @ i.T
         offset += u.shape[1]
         continue
       if not tower.layer:  # no hidden layer: the head sees [u; i] directly
@@ -128,7 +128,7 @@ class NCF(nn.Module):
         offset += 2 * u.shape[1]
         continue
       first = tower.layer[0].variables['params']
-      x = nn.relu((u @ first['kernel'][:u.shape[1]] + first['bias'])[:, None, :]
+      x = nn.relu((u @ first['kernel'][:u.shape[1]] + first['bias'][None, :])[:, None, :]
                   + (i @ first['kernel'][u.shape[1]:])[None, :, :])
       for dense in tower.layer[1:]:
         x = nn.relu(dense(x))

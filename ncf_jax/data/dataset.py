@@ -221,6 +221,9 @@ def sample_distinct_negatives(rng: np.random.Generator, users: np.ndarray, seen:
     out[todo[done]] = cand[done][pick[done]].reshape(-1, num_negatives)
     todo = todo[~done]
     width *= 2
+    if todo.size and width > 64 * (num_items + num_negatives):
+      raise DataError(f'user {users[todo[0]]} has fewer than {num_negatives} items '
+                      'they have not interacted with, to sample negatives from')
   return out
 
 

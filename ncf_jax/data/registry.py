@@ -78,7 +78,9 @@ def load_dataset(config) -> Dataset:
   """
   if config.dataset == SYNTHETIC:
     dataset = synthetic.generate(**config.synthetic.to_dict(), seed=config.seed)
-    return carve_validation(dataset, config.seed) if config.validation else dataset
+    if config.validation:
+      dataset = carve_validation(dataset, config.seed, dataset.test.negatives.shape[1])
+    return dataset
   if config.dataset not in REGISTRY and not config.data_dir:
     raise ConfigError(f'config.dataset: unknown dataset {config.dataset!r}; known: '
                       f'{", ".join([*REGISTRY, SYNTHETIC])}, or set config.data_dir to a '

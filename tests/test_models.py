@@ -1,0 +1,91 @@
+"""Model shapes, parameter names, and the identities the NCF paper states."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from ncf_jax import models
+from ncf_jax.errors import ConfigError
+
+
+def _init(model, seed=0):
+  ids = jnp.zeros((3,), jnp.int32)
+  return model.init(jax.random.key(seed), ids, ids)['params']
+
+
+def _shapes(params):
+  return {'/'.join(k): v.shape for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+
+def test_parameter_trees_line_up_for_pretraining():
+  gmf = _shapes(_init(models.GMF(50, 40, num_factors=8)))
+  mlp = _shapes(_init(models.MLP(50, 40, num_factors=8, layers=(64, 32, 16, 8))))
+  neumf = _shapes(_init(models.NeuMF(50, 40, num_factors=8, layers=(64, 32, 16, 8))))
+  assert gmf == {'gmf/user_embedding': (50, 8), 'gmf/item_embedding': (40, 8),
+                 'head/kernel': (8, 1), 'head/bias': (1,)}
+  assert mlp == {'mlp/user_embedding': (50, 32), 'mlp/item_embedding': (40, 32),
+                 'mlp/layer_0/kernel': (64, 32), 'mlp/layer_0/bias': (32,),
+                 'mlp/layer_1/kernel': (32, 16), 'mlp/layer_1/bias': (16,),
+                 'mlp/layer_2/kernel': (16, 8), 'mlp/layer_2/bias': (8,),
+                 'head/kernel': (8, 1), 'head/bias': (1,)}
+  # NeuMF holds both towers unchanged and a head over [h_gmf; h_mlp].
+  for name, shape in {**gmf, **mlp}.items():
+    if not name.startswith('head'):
+      assert neumf[name] == shape
+  assert neumf['head/kernel'] == (16, 1)
+
+
+def test_logits_are_one_per_example():
+  model = models.NeuMF(10, 12)
+  params = _init(model)
+  logits = model.apply({'params': params}, jnp.arange(5), jnp.arange(5))
+  assert logits.shape == (5,)
+
+
+def test_gmf_with_unit_head_is_the_mf_dot_product():
+  model = models.GMF(7, 9, num_factors=4)
+  params = _init(model, seed=1)
+  params = jax.tree_util.tree_map(lambda x: x * 50, params)
+  params['head'] = {'kernel': jnp.ones((4, 1)), 'bias': jnp.zeros((1,))}
+  users, items = jnp.array([0, 3, 6, 6]), jnp.array([8, 0, 2, 5])
+  logits = model.apply({'params': params}, users, items)
+  p = params['gmf']
+  expected = jnp.sum(p['user_embedding'][users] * p['item_embedding'][items], axis=-1)
+  np.testing.assert_allclose(logits, expected, rtol=1e-6)
+
+
+def test_initialisation_follows_the_original_code():
+  params = _init(models.NeuMF(3000, 3000, num_factors=16, layers=(64, 32, 16)))
+  emb = np.asarray(params['gmf']['user_embedding'])
+  assert abs(emb.std() - 0.01) < 0.001 and abs(emb.mean()) < 0.001
+  assert not np.asarray(params['mlp']['layer_0']['bias']).any()
+
+
+@pytest.mark.parametrize('cls,layers', [(models.NeuMF, (16, 8, 4)), (models.GMF, (16, 8)),
+                                        (models.MLP, (16,)), (models.MLP, (16, 8, 4))])
+def test_score_matrix_equals_pairwise_scores(cls, layers):
+  model = cls(10, 7, num_factors=4, layers=layers)
+  params = jax.tree_util.tree_map(lambda x: x * 30 if x.ndim == 2 else x + 0.1, _init(model))
+  users, items = jnp.array([1, 3, 5]), jnp.arange(7)
+  matrix = model.apply({'params': params}, users, items, method=model.score_matrix)
+  uu, ii = jnp.meshgrid(users, items, indexing='ij')
+  pairwise = model.apply({'params': params}, uu.ravel(), ii.ravel()).reshape(3, 7)
+  np.testing.assert_allclose(matrix, pairwise, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_follow_num_factors_unless_given():
+  assert models.resolve_layers(8, ()) == (64, 32, 16, 8)
+  assert models.resolve_layers(32, ()) == (256, 128, 64, 32)
+  assert models.resolve_layers(8, (32, 16)) == (32, 16)
+  with pytest.raises(ConfigError, match='layers'):
+    models.resolve_layers(8, (33, 16))
+
+
+def test_create_model_rejects_unknown_names():
+  config = default.get_config()
+  config.model = 'transformer'
+  with pytest.raises(ConfigError, match='config.model'):
+    models.create_model(config, 5, 5)
