@@ -9,6 +9,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ncf_jax import train
+from ncf_jax import xla_cpu
 from ncf_jax.errors import NcfError
 
 FLAGS = flags.FLAGS
@@ -47,4 +48,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  xla_cpu.use_fast_cpu_runtime()
   app.run(main, flags_parser=parse_flags)
