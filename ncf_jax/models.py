@@ -6,7 +6,8 @@ Parameter trees are laid out so that pretrained towers drop into NeuMF:
   MLP:   {'mlp': {'user_embedding', 'item_embedding', 'layer_0', ...}, 'head': ...}
   NeuMF: {'gmf': ..., 'mlp': ..., 'head': ...}
 
-Every model splits into `embed` (gather the batch's embedding rows, a tree that
+`MF` (Rendle et al.'s dot-product baseline) has {'mf': {..., 'user_bias',
+'item_bias'}, 'bias'}. Every model splits into `embed` (gather the batch's embedding rows, a tree that
 mirrors the tables' paths) and `score` (everything after the lookup), so that a
 row-sparse optimizer can differentiate with respect to the gathered rows only.
 """
@@ -25,7 +26,7 @@ embedding_init = nn.initializers.normal(stddev=0.01)
 hidden_init = nn.initializers.glorot_uniform()
 head_init = nn.initializers.lecun_uniform()
 
-MODELS = ('gmf', 'mlp', 'neumf')
+MODELS = ('gmf', 'mlp', 'neumf', 'mf')
 
 
 class GMFTower(nn.Module):
@@ -149,6 +150,61 @@ class NeuMF(NCF):
   towers = ('gmf', 'mlp')
 
 
+class MF(nn.Module):
+  """Dot-product matrix factorisation with user, item and global biases.
+
+  The baseline of Rendle et al. (RecSys 2020), "Neural Collaborative Filtering
+  vs. Matrix Factorization Revisited": logit = <p_u, q_i> + b_u + b_i + b.
+  No learned output weights, unlike GMF.
+  """
+  num_users: int
+  num_items: int
+  num_factors: int = 8
+  layers: Sequence[int] = ()
+  towers: ClassVar[tuple[str, ...]] = ('mf',)
+
+  def setup(self):
+    self.mf = _MFTower(self.num_users, self.num_items, self.num_factors)
+    self.bias = self.param('bias', nn.initializers.zeros, ())
+
+  def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
+    return {'mf': self.mf.embed(users, items)}
+
+  def score(self, rows: dict[str, dict[str, jax.Array]]) -> jax.Array:
+    return self.mf(rows['mf']) + self.bias
+
+  def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    return self.score(self.embed(users, items))
+
+  def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    rows = self.mf.embed(users, items)
+    return (rows['user_embedding'] @ rows['item_embedding'].T + rows['user_bias']
+            + rows['item_bias'][None, :, 0] + self.bias)
+
+
+class _MFTower(nn.Module):
+  num_users: int
+  num_items: int
+  num_factors: int
+
+  def setup(self):
+    shape = lambda n: (n, self.num_factors)
+    self.user_embedding = self.param('user_embedding', embedding_init, shape(self.num_users))
+    self.item_embedding = self.param('item_embedding', embedding_init, shape(self.num_items))
+    self.user_bias = self.param('user_bias', nn.initializers.zeros, (self.num_users, 1))
+    self.item_bias = self.param('item_bias', nn.initializers.zeros, (self.num_items, 1))
+
+  def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
+    take = lambda table, ids: jnp.take(table, ids, axis=0)
+    return {'user_embedding': take(self.user_embedding, users),
+            'item_embedding': take(self.item_embedding, items),
+            'user_bias': take(self.user_bias, users), 'item_bias': take(self.item_bias, items)}
+
+  def __call__(self, rows: dict[str, jax.Array]) -> jax.Array:
+    dot = jnp.sum(rows['user_embedding'] * rows['item_embedding'], axis=-1)
+    return dot + rows['user_bias'][:, 0] + rows['item_bias'][:, 0]
+
+
 def resolve_layers(num_factors: int, layers: Sequence[int]) -> tuple[int, ...]:
   """`layers` if given, else the original's tower (8f, 4f, 2f, f)."""
   layers = tuple(int(w) for w in layers) or (8 * num_factors, 4 * num_factors,
@@ -161,7 +217,7 @@ def resolve_layers(num_factors: int, layers: Sequence[int]) -> tuple[int, ...]:
 
 def create_model(config, num_users: int, num_items: int) -> NCF:
   """The model `config.model` names, sized for the dataset."""
-  classes = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF}
+  classes = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF}
   if config.model not in classes:
     raise ConfigError(f'config.model: unknown model {config.model!r}; choose from {MODELS}')
   if config.num_factors <= 0:
@@ -172,5 +228,11 @@ def create_model(config, num_users: int, num_items: int) -> NCF:
 
 
 def is_embedding_path(path: tuple[str, ...]) -> bool:
-  """Whether a flattened parameter path names an embedding table."""
-  return path[-1].endswith('_embedding')
+  """Whether a flattened parameter path names a per-user or per-item table."""
+  return path[-1].startswith(('user_', 'item_'))
+
+
+def table_ids_key(path: tuple[str, ...]) -> str:
+  """'users' or 'items': which batch ids index the table at `path`."""
+  return 'users' if path[-1].startswith('user_') else 'items'
+

@@ -19,8 +19,6 @@ from ncf_jax import optimizers
 TrainState = dict[str, Any]  # {'step', 'params', 'opt_state', 'table_state'}
 Batch = dict[str, jax.Array]  # {'users', 'items', 'labels', 'weights'}, each (B,)
 
-_TABLE_IDS = {'user_embedding': 'users', 'item_embedding': 'items'}
-
 
 def split_tables(params: dict) -> tuple[dict, dict]:
   """(embedding tables, everything else) as two nested dicts."""
@@ -108,7 +106,7 @@ def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
     for tower, named in tables.items():
       new_tables[tower], new_table_state[tower] = {}, {}
       for name, table in named.items():
-        uniq, inverse = slots[_TABLE_IDS[name]]
+        uniq, inverse = slots[models.table_ids_key((tower, name))]
         new_tables[tower][name], new_table_state[tower][name] = optimizers.lazy_adam_update(
             table, state['table_state'][tower][name], uniq, inverse, row_grads[tower][name],
             step, lr, b1, b2, eps)

@@ -65,7 +65,8 @@ def test_initialisation_follows_the_original_code():
 
 
 @pytest.mark.parametrize('cls,layers', [(models.NeuMF, (16, 8, 4)), (models.GMF, (16, 8)),
-                                        (models.MLP, (16,)), (models.MLP, (16, 8, 4))])
+                                        (models.MLP, (16,)), (models.MLP, (16, 8, 4)),
+                                        (models.MF, ())])
 def test_score_matrix_equals_pairwise_scores(cls, layers):
   model = cls(10, 7, num_factors=4, layers=layers)
   params = jax.tree_util.tree_map(lambda x: x * 30 if x.ndim == 2 else x + 0.1, _init(model))
@@ -89,3 +90,13 @@ def test_create_model_rejects_unknown_names():
   config.model = 'transformer'
   with pytest.raises(ConfigError, match='config.model'):
     models.create_model(config, 5, 5)
+
+
+def test_mf_is_a_biased_dot_product():
+  model = models.MF(6, 5, num_factors=3)
+  params = jax.tree_util.tree_map(lambda x: x * 40 + 0.2, _init(model))
+  users, items = jnp.array([0, 5, 2]), jnp.array([4, 4, 1])
+  p = params['mf']
+  expected = (jnp.sum(p['user_embedding'][users] * p['item_embedding'][items], axis=-1)
+              + p['user_bias'][users, 0] + p['item_bias'][items, 0] + params['bias'])
+  np.testing.assert_allclose(model.apply({'params': params}, users, items), expected, rtol=1e-6)

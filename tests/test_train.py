@@ -93,6 +93,14 @@ def test_every_optimizer_reduces_the_loss(tmp_path, optimizer):
   assert history[-1]['loss'] < history[1]['loss']
 
 
+def test_mf_baseline_trains_with_lazy_adam(tmp_path):
+  config = _config(num_epochs=3, model='mf', optimizer='lazy_adam', learning_rate=0.01,
+                   l2_embeddings=1e-4)
+  _, history = train.train_and_evaluate(config, str(tmp_path))
+  assert history[-1]['loss'] < history[1]['loss']
+  assert history[-1]['hr'] > history[0]['hr']
+
+
 def test_lazy_adam_matches_dense_adam_on_the_first_step():
   # From zero moments, Adam's first update of a touched row does not depend on
   # other rows, and untouched rows get a zero update: lazy and dense agree.

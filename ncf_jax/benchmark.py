@@ -1,0 +1,237 @@
+"""Speed benchmark: sampling, training throughput, evaluation, time to accuracy.
+
+  python -m ncf_jax.benchmark --data_dir=DIR/ml-1m --out=benchmark.json
+
+Every timing is the median over `--repeats` runs after a warm-up (compilation
+excluded). Runs unchanged on CPU and GPU; the JSON records jax's version, the
+backend and the device. Sections:
+  sampler     one epoch of negatives (rejection and uniform) and of shuffled batches
+  train       samples/s per model x batch size x dense/lazy Adam (the fast path:
+              `lax.fori_loop` over `steps_per_dispatch` batches per call)
+  eval        99-negative and full-ranking evaluation of all test users
+  accuracy    seconds from process start of `python -m ncf_jax.main` with
+              `configs/neumf_fast.py` until test HR@10 >= 0.69 (ML-1M only)
+  ml-20m      the same sampler/train/eval numbers on synthetic ML-20M-shaped data
+"""
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from ncf_jax import xla_cpu
+
+flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
+flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
+flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
+flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'accuracy', 'ml-20m'],
+                  'Which sections to run.')
+flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
+flags.DEFINE_list('models', ['gmf', 'mlp', 'neumf'], 'Models for the training section.')
+flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
+flags.DEFINE_float('target_hr', 0.69, 'HR@10 the accuracy section waits for.')
+flags.DEFINE_integer('accuracy_timeout', 600, 'Seconds before the accuracy run is abandoned.')
+FLAGS = flags.FLAGS
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  fn()  # warm-up: compilation, caches
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model, config.batch_size, config.optimizer = model, batch_size, optimizer
+  config.num_factors = num_factors
+  config.steps_per_dispatch = max(1, min(64, 16384 // batch_size * 4))
+  return config
+
+
+def bench_sampler(dataset, repeats: int) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ncf_jax import feeder  # pylint: disable=g-import-not-at-top
+  from ncf_jax.data.interactions import sample_negatives  # pylint: disable=g-import-not-at-top
+  users = np.repeat(dataset.train_users, 4)
+  dataset.train_set  # pylint: disable=pointless-statement
+  rng = np.random.default_rng(0)
+  return dict(
+      num_negatives=len(users),
+      negatives_rejection_s=_median_seconds(
+          lambda: sample_negatives(rng, users, dataset.train_set, dataset.num_items), repeats),
+      negatives_uniform_s=_median_seconds(
+          lambda: sample_negatives(rng, users, None, dataset.num_items), repeats),
+      epoch_batches_s=_median_seconds(
+          lambda: feeder.epoch_batches(dataset, 4, 256, 0, 1), max(1, repeats // 2)))
+
+
+def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, samples: int,
+                repeats: int, num_factors: int = 8) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ncf_jax import feeder, models, optimizers, train_step  # pylint: disable=g-import-not-at-top
+  config = _config(model_name, batch_size, optimizer, num_factors)
+  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  tx = optimizers.create_optimizer(config)
+  ids = jnp.zeros((1,), jnp.int32)
+  state = train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'], tx,
+                                optimizer == 'lazy_adam')
+  chunk_fn = train_step.make_train_chunk(model, tx, config)
+  steps = config.steps_per_dispatch
+  chunks = max(1, samples // (batch_size * steps))
+  batches = feeder.epoch_batches(dataset, 4, batch_size, 0, 1, batch_multiple=steps)
+  chunks = min(chunks, batches.num_batches // steps)
+  # Device-resident batches: this section times the train step, not host transfers.
+  device_chunks = [jax.device_put(batches.chunk(c * steps, steps)) for c in range(chunks)]
+  holder = [state]
+
+  def run():
+    s = holder[0]
+    for c in device_chunks:
+      s, metrics = chunk_fn(s, c, np.int32(steps))
+    jax.block_until_ready(metrics)
+    holder[0] = s
+
+  seconds = _median_seconds(run, repeats)
+  n = chunks * steps * batch_size
+  epoch = dataset.num_train * 5
+  return dict(model=model_name, batch_size=batch_size, optimizer=optimizer,
+              num_factors=num_factors, samples_per_second=n / seconds,
+              epoch_seconds=epoch / (n / seconds))
+
+
+def bench_eval(dataset, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ncf_jax import evaluation, models  # pylint: disable=g-import-not-at-top
+  config = _config('neumf', 256, 'adam')
+  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  ids = jnp.zeros((1,), jnp.int32)
+  params = model.init(jax.random.key(0), ids, ids)['params']
+  sampled = evaluation.SampledEvaluator(model, dataset.test, config.eval_users_per_block)
+  full = evaluation.FullRankingEvaluator(model, dataset.test, dataset.train_users,
+                                         dataset.train_items, dataset.num_items)
+  return dict(rows=len(dataset.test), candidates=dataset.test.negatives.shape[1] + 1,
+              num_items=dataset.num_items,
+              sampled_s=_median_seconds(lambda: jax.block_until_ready(sampled.ranks(params)),
+                                        repeats),
+              full_ranking_s=_median_seconds(lambda: jax.block_until_ready(full.ranks(params)),
+                                             max(1, repeats // 2)))
+
+
+def bench_accuracy(data_dir: str | None, target: float, timeout: int) -> dict:
+  """Wall seconds from launching the main command to the first epoch at `target`."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  workdir = tempfile.mkdtemp(prefix='ncf_fast_')
+  command = [sys.executable, '-m', 'ncf_jax.main', '--config=configs/neumf_fast.py',
+             f'--workdir={workdir}', '--config.log_every_seconds=0']
+  if data_dir:
+    command.append(f'--config.data_dir={data_dir}')
+  t0 = time.perf_counter()
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = dict(command=' '.join(command[1:]), target_hr=target, seconds=None, epoch=None)
+  try:
+    for line in process.stdout:
+      match = re.match(r'epoch\s+(\d+).*HR@10 ([0-9.]+)', line)
+      if match and float(match.group(2)) >= target:
+        result.update(seconds=time.perf_counter() - t0, epoch=int(match.group(1)),
+                      hr=float(match.group(2)))
+        break
+      if time.perf_counter() - t0 > timeout:
+        break
+  finally:
+    process.kill()
+    process.wait()
+  return result
+
+
+def _environment() -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  return dict(jax=jax.__version__, backend=jax.default_backend(),
+              device=getattr(device, 'device_kind', str(device)),
+              device_count=jax.device_count(), cpu_count=os.cpu_count(),
+              python=platform.python_version(), machine=platform.machine(),
+              xla_flags=os.environ.get('XLA_FLAGS', ''))
+
+
+def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+  print(f'\n## {title}')
+  print(' | '.join(columns))
+  print(' | '.join('---' for _ in columns))
+  for row in rows:
+    print(' | '.join(f'{row[c]:.4g}' if isinstance(row[c], float) else str(row[c])
+                     for c in columns))
+
+
+def _dataset_sections(name, dataset, sections, results):
+  repeats = FLAGS.repeats
+  if 'sampler' in sections:
+    results[f'{name}/sampler'] = r = bench_sampler(dataset, repeats)
+    _print_table(f'{name}: sampler (seconds per epoch)', [r], list(r))
+  if 'train' in sections:
+    rows = []
+    for model in FLAGS.models:
+      for batch in (int(b) for b in FLAGS.batch_sizes):
+        for optimizer in ('adam', 'lazy_adam'):
+          rows.append(bench_train(dataset, model, batch, optimizer, FLAGS.train_samples,
+                                  repeats))
+          print(f'  {rows[-1]}', flush=True)
+    results[f'{name}/train'] = rows
+    _print_table(f'{name}: training throughput', rows,
+                 ['model', 'batch_size', 'optimizer', 'samples_per_second', 'epoch_seconds'])
+  if 'eval' in sections:
+    results[f'{name}/eval'] = r = bench_eval(dataset, repeats)
+    _print_table(f'{name}: evaluation (seconds for all test users)', [r], list(r))
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
+  results = dict(environment=_environment())
+  print(json.dumps(results['environment']))
+  sections = set(FLAGS.sections)
+  config = default.get_config()
+  if FLAGS.data_dir:
+    config.data_dir = FLAGS.data_dir
+  if sections & {'sampler', 'train', 'eval'}:
+    _dataset_sections('ml-1m', registry.load_dataset(config), sections, results)
+  if 'accuracy' in sections:
+    results['ml-1m/accuracy'] = r = bench_accuracy(FLAGS.data_dir, FLAGS.target_hr,
+                                                   FLAGS.accuracy_timeout)
+    _print_table('ml-1m: neumf_fast time to accuracy', [r], list(r))
+  if 'ml-20m' in sections:
+    t0 = time.perf_counter()
+    big = synthetic.generate(num_users=138_493, num_items=26_744, interactions_per_user=170,
+                             num_clusters=32, seed=0, name='synthetic-ml-20m')
+    results['ml-20m/generate_s'] = time.perf_counter() - t0
+    print(f'\nsynthetic ML-20M shape: {big.stats()}')
+    _dataset_sections('ml-20m', big, sections - {'accuracy'}, results)
+  tmp = FLAGS.out + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, FLAGS.out)
+  print(f'\nwrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  xla_cpu.use_fast_cpu_runtime()
+  app.run(main)
