@@ -8,13 +8,47 @@ tree is checked against the expected one, so a checkpoint from another model
 or size fails with the path of the first mismatching parameter.
 """
 
+import asyncio
 import os
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from ncf_jax.errors import CheckpointError
+
+
+def describe_error(e: Exception, limit: int = 300) -> str:
+  """`Type: message` on one line: Orbax/TensorStore errors append multi-line specs."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+  for cut in (' [tensorstore_spec=', '. See full TensorStore details'):
+    text = text.split(cut)[0]
+  if len(text) > limit:
+    text = text[:limit] + '...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _drop_closed_loop_noise(previous):
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    if (asyncio.iscoroutine(unraisable.object)
+        and isinstance(error.__cause__ or error.__context__, GeneratorExit)):
+      return  # a read coroutine abandoned with its loop, complaining as it is closed
+    previous(unraisable)
+  hook.drops_closed_loop_noise = True
+  return hook
+
+
+def silence_abandoned_reads() -> None:
+  """When one read of a damaged checkpoint fails, Orbax closes its event loop while
+  TensorStore still completes the other reads; each then prints an "Event loop is
+  closed" traceback through `sys.unraisablehook`, and the abandoned coroutines another
+  when collected. Those (only those) are dropped."""
+  if not getattr(sys.unraisablehook, 'drops_closed_loop_noise', False):
+    sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -37,7 +71,8 @@ def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
 def check_tree_matches(expected, found, where: str) -> None:
   """Raises CheckpointError naming the first path whose presence or shape differs."""
   want, have = _shapes(expected), _shapes(found)
-  for path in sorted(set(want) | set(have)):
+  # Parameters first: their names say more than the optimizer slots that mirror them.
+  for path in sorted(set(want) | set(have), key=lambda p: (p[:1] != ('params',), p)):
     name = '/'.join(path)
     if path not in have:
       raise CheckpointError(f'{where}: parameter {name} is missing (expected shape {want[path]})')
@@ -73,18 +108,19 @@ class Checkpoints:
 
   def _restore(self, manager, epoch: int, abstract_state):
     where = os.path.join(manager.directory, str(epoch))
+    silence_abandoned_reads()
     try:
       metadata = manager.item_metadata(epoch)
       found = getattr(metadata, 'tree', metadata)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'{where}: unreadable checkpoint ({type(e).__name__}: {e})') from None
+      raise CheckpointError(f'{where}: unreadable checkpoint ({describe_error(e)})') from None
     if found is None:
       raise CheckpointError(f'{where}: unreadable checkpoint (no metadata)')
     check_tree_matches(abstract_state, found, where)
     try:
       return manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'{where}: cannot restore ({type(e).__name__}: {e})') from None
+      raise CheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
 
   def restore_latest(self, abstract_state):
     """(state, epoch) of the newest complete checkpoint."""

@@ -95,7 +95,9 @@ class _Evaluators:
 
 def _initial_params(config, model, key, dummy):
   params = model.init(key, dummy, dummy)['params']
-  if config.get('gmf_workdir') or config.get('mlp_workdir'):
+  # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
+  # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
+  if 'gmf_workdir' in config or 'mlp_workdir' in config:
     from ncf_jax import pretrain  # pylint: disable=g-import-not-at-top
     params = pretrain.merged_params(config, jax.eval_shape(lambda: params))
   return params

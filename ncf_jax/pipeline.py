@@ -1,0 +1,171 @@
+"""Pretrained NeuMF in one command: GMF, then MLP, then NeuMF initialised from both.
+
+  python -m ncf_jax.pipeline --workdir=DIR [--config=configs/neumf_pretrained.py] \
+      [--config.dataset=ml-1m --config.num_factors=16 --config.num_epochs=20 ...]
+
+Stages and workdirs: `DIR/gmf` (configs/gmf.py), `DIR/mlp` (configs/mlp.py),
+`DIR/neumf` (the `--config`, with gmf_workdir/mlp_workdir pointing at the two).
+
+`--config` (default configs/neumf_pretrained.py) is the NeuMF stage's config,
+and also the source of the fields the three stages share: every field except
+the per-stage ones (model, optimizer, learning_rate, adam_*, and NeuMF's
+gmf_workdir/mlp_workdir/alpha) is copied from it into the GMF and MLP configs.
+So `--config.dataset`, `--config.data_dir`, `--config.num_factors`,
+`--config.layers`, `--config.num_epochs`, `--config.seed`, `--config.batch_size`,
+... apply to all three; `--config.optimizer`, `--config.learning_rate` and
+`--config.alpha` to the fine-tuning only (pretraining keeps configs/gmf.py's and
+configs/mlp.py's Adam). A base config without gmf_workdir/alpha (e.g.
+configs/test.py) gets them added, with alpha 0.5, and fine-tunes with its own
+optimizer (add `--config.optimizer=sgd --config.learning_rate=0.01` for
+configs/neumf_pretrained.py's). Smoke run on synthetic data:
+
+  python -m ncf_jax.pipeline --workdir=/tmp/pipe --config=configs/test.py
+
+Resumable: a stage whose metrics.jsonl has its last epoch, and whose latest
+checkpoint is that epoch, is skipped; a half-done stage resumes from its
+latest checkpoint (train_and_evaluate does that). A finished NeuMF stage is
+not redone when an earlier stage is extended (e.g. more epochs): use a new DIR.
+"""
+
+import json
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_dict
+from ml_collections import config_flags
+
+from configs import gmf as gmf_config
+from configs import mlp as mlp_config
+from ncf_jax import train
+from ncf_jax import xla_cpu
+from ncf_jax.errors import ConfigError, NcfError
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'configs', 'neumf_pretrained.py')
+
+# Fields each stage takes from its own config file rather than from `--config`.
+STAGE_FIELDS = ('model', 'optimizer', 'learning_rate', 'adam_b1', 'adam_b2', 'adam_eps',
+                'gmf_workdir', 'mlp_workdir', 'alpha')
+
+FLAGS = flags.FLAGS
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing; a misspelt config key ends in one line (as in `ncf_jax.main`, whose
+  flags this module cannot import alongside its own)."""
+  if not any(arg in ('--config', '-config') or arg.startswith(('--config=', '-config='))
+             for arg in argv[1:]):
+    argv = [argv[0], f'--config={_DEFAULT_CONFIG}', *argv[1:]]
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
+    text = str(e).replace('\\n', ' ').replace("\\'", "'")
+    name = re.search(r"'([^' ]+)'", text)
+    hint = re.search(r'Did you mean "[^"]+"', text)
+    message = (f"no such config field '{name.group(1) if name else text}'"
+               + (f'. {hint.group(0)}?' if hint else ''))
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _copy_shared(source: ml_collections.ConfigDict,
+                 target: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`target` with every non-stage field of `source` copied over."""
+  target = ml_collections.ConfigDict(target.to_dict())
+  with target.unlocked():
+    for key, value in source.items():
+      if key not in STAGE_FIELDS:
+        target[key] = (ml_collections.ConfigDict(value.to_dict())
+                       if isinstance(value, ml_collections.ConfigDict) else value)
+  return target
+
+
+def stage_configs(config: ml_collections.ConfigDict,
+                  workdir: str) -> list[tuple[str, ml_collections.ConfigDict, str]]:
+  """[(name, config, workdir)] for the GMF, MLP and NeuMF stages."""
+  workdir = os.path.abspath(workdir)
+  dirs = {name: os.path.join(workdir, name) for name in ('gmf', 'mlp', 'neumf')}
+  neumf = ml_collections.ConfigDict(config.to_dict())
+  with neumf.unlocked():
+    if 'gmf_workdir' not in neumf:
+      neumf.gmf_workdir = config_dict.placeholder(str)
+      neumf.mlp_workdir = config_dict.placeholder(str)
+    neumf.alpha = float(config.get('alpha', 0.5))
+    neumf.model = 'neumf'
+  neumf.gmf_workdir, neumf.mlp_workdir = dirs['gmf'], dirs['mlp']
+  return [('gmf', _copy_shared(config, gmf_config.get_config()), dirs['gmf']),
+          ('mlp', _copy_shared(config, mlp_config.get_config()), dirs['mlp']),
+          ('neumf', neumf, dirs['neumf'])]
+
+
+def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether the run logged its last epoch and its latest checkpoint is that epoch."""
+  last = int(config.num_epochs)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return False
+  epochs = set()
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        epochs.add(json.loads(line).get('epoch'))
+      except (json.JSONDecodeError, AttributeError):
+        break  # a line cut short by a killed process
+  # Orbax renames a checkpoint into place when complete, so the directory means a whole one.
+  return last in epochs and os.path.isdir(os.path.join(workdir, 'checkpoints', 'latest',
+                                                       str(last)))
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[dict]]:
+  """Runs (or resumes, or skips) the three stages; returns each trained stage's history."""
+  histories = {}
+  stages = stage_configs(config, workdir)
+  for _, stage_config, _ in stages:  # all before any training: a bad value fails at once
+    train.validate_config(stage_config)
+  for name, stage_config, stage_dir in stages:
+    if is_finished(stage_config, stage_dir):
+      print(f'[{name}] finished earlier: {stage_dir}', flush=True)
+      continue
+    print(f'[{name}] {stage_dir}', flush=True)
+    _, histories[name] = train.train_and_evaluate(stage_config, stage_dir)
+  return histories
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]} (write --config.field=value, with =)')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    if FLAGS.config is None:
+      raise ConfigError('--config: no configuration')
+    run_pipeline(FLAGS.config, FLAGS.workdir)
+  except NcfError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def define_flags() -> None:
+  """The command line's flags; defined only when run, so importing this module (tests,
+  notebooks, next to `ncf_jax.main` or `ncf_jax.recommend`) defines no flags."""
+  # No default here: ml_collections would parse `--config.x` overrides at import, outside
+  # `parse_flags`'s one-line errors; `parse_flags` supplies the default path instead.
+  config_flags.DEFINE_config_file('config', None,
+                                  'NeuMF (fine-tuning) config; its shared fields apply to all '
+                                  'stages. Default: configs/neumf_pretrained.py.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Pipeline directory: gmf/, mlp/ and neumf/ go under it.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+if __name__ == '__main__':
+  xla_cpu.use_fast_cpu_runtime()
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,197 @@
+"""NeuMF initialised from pretrained GMF and MLP runs (He et al., 2017, section 3.4.1).
+
+`merged_params(config, abstract_params)` is the hook `train.py` calls when
+`config.gmf_workdir` / `config.mlp_workdir` are set: it restores each run's
+best parameters (`load_best_params`) and merges them (`merge_params`) as the
+original code does:
+
+  GMF embeddings <- GMF run; MLP embeddings and hidden layers <- MLP run;
+  head kernel = concat(alpha * h_gmf, (1 - alpha) * h_mlp);
+  head bias   = alpha * b_gmf + (1 - alpha) * b_mlp.
+
+So with alpha = 0.5 the merged NeuMF logit is the mean of the two logits, and
+with alpha = 1 it is the GMF logit. Every part is checked against NeuMF's own
+`jax.eval_shape` tree first: another num_factors, tower or dataset size fails
+with the run's workdir and the first mismatching parameter path.
+"""
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from ncf_jax import checkpoints as checkpoints_lib
+from ncf_jax import models
+from ncf_jax import optimizers
+from ncf_jax import train_step as train_step_lib
+from ncf_jax.errors import CheckpointError, ConfigError
+
+_describe = checkpoints_lib.describe_error
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The `config.json` a training run wrote into `workdir`."""
+  path = os.path.join(os.path.abspath(workdir), 'config.json')
+  if not os.path.isfile(path):
+    raise CheckpointError(f'{path}: missing (not a training workdir, or its run never started)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise CheckpointError(f'{path}: unreadable ({_describe(e)})') from None
+
+
+def _table_sizes(tree, where: str) -> tuple[int, int]:
+  """(num_users, num_items) from the first user/item embedding table in `tree['params']`."""
+  flat = flax.traverse_util.flatten_dict(tree.get('params', {}) if isinstance(tree, dict) else {})
+  sizes = {}
+  for path, leaf in flat.items():
+    if path[-1] in ('user_embedding', 'item_embedding') and len(getattr(leaf, 'shape', ())) == 2:
+      sizes.setdefault(path[-1], int(leaf.shape[0]))
+  if len(sizes) != 2:
+    raise CheckpointError(f'{where}: no params/<tower>/user_embedding and item_embedding tables')
+  return sizes['user_embedding'], sizes['item_embedding']
+
+
+def restore_best_state(workdir: str, config: ml_collections.ConfigDict,
+                       num_users: int | None = None, num_items: int | None = None):
+  """(state, epoch, model) of the best checkpoint of a run made with `config`.
+
+  The model is sized from the stored embedding tables unless `num_users` and
+  `num_items` are given (then a stored tree of another size is an error). The
+  optimizer state is rebuilt from `config` (that run's own optimizer), since
+  Orbax restores a whole tree against an abstract one.
+  """
+  best_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'best')
+  if not os.path.isdir(best_dir):
+    raise CheckpointError(f'{best_dir}: no checkpoint')
+  # create=False: reading a run must not create or change anything in it.
+  manager = ocp.CheckpointManager(best_dir, options=ocp.CheckpointManagerOptions(create=False),
+                                  item_handlers=ocp.StandardCheckpointHandler())
+  try:
+    epoch = manager.latest_step()
+    if epoch is None:
+      raise CheckpointError(f'{best_dir}: no checkpoint')
+    where = os.path.join(best_dir, str(epoch))
+    checkpoints_lib.silence_abandoned_reads()
+    try:
+      metadata = manager.item_metadata(epoch)
+      found = getattr(metadata, 'tree', metadata)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'{where}: unreadable checkpoint ({_describe(e)})') from None
+    if found is None:
+      raise CheckpointError(f'{where}: unreadable checkpoint (no metadata)')
+    if num_users is None or num_items is None:
+      num_users, num_items = _table_sizes(found, where)
+    model = models.create_model(config, num_users, num_items)
+    tx = optimizers.create_optimizer(config)
+    lazy = config.optimizer == 'lazy_adam'
+    dummy = jnp.zeros((1,), jnp.int32)
+    abstract_state = jax.eval_shape(lambda: train_step_lib.init_state(
+        model.init(jax.random.key(0), dummy, dummy)['params'], tx, lazy))
+    checkpoints_lib.check_tree_matches(abstract_state, found, where)
+    try:
+      state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'{where}: cannot restore ({_describe(e)})') from None
+  finally:
+    manager.close()
+  return state, epoch, model
+
+
+def load_best_params(workdir: str,
+                     expected_model: str | None) -> tuple[dict, ml_collections.ConfigDict]:
+  """(params, config) of the best checkpoint in `workdir`, a run of `expected_model`.
+
+  The sizes come from the stored tree, so no data is loaded. `expected_model`
+  None accepts any model.
+  """
+  workdir = os.path.abspath(workdir)
+  config = read_config(workdir)
+  model = config.get('model')
+  if expected_model is not None and model != expected_model:
+    raise CheckpointError(f'{workdir}: a {model!r} run (config.json), expected {expected_model!r}')
+  state, _, _ = restore_best_state(workdir, config)
+  return state['params'], config
+
+
+def _part(abstract: dict, tower: str, head_rows: slice) -> dict:
+  """The abstract tree a single-tower model must have to fill `tower` and its head rows."""
+  kernel = abstract['head']['kernel']
+  rows = len(range(*head_rows.indices(kernel.shape[0])))
+  return {tower: abstract[tower],
+          'head': {'kernel': jax.ShapeDtypeStruct((rows, *kernel.shape[1:]), kernel.dtype),
+                   'bias': abstract['head']['bias']}}
+
+
+def merge_params(gmf_params: dict, mlp_params: dict, neumf_abstract_params: dict, alpha: float,
+                 gmf_where: str = 'GMF params', mlp_where: str = 'MLP params') -> dict:
+  """NeuMF params from GMF and MLP params, in the original code's way.
+
+  `neumf_abstract_params` (from `jax.eval_shape`) fixes the structure, shapes
+  and dtypes; `gmf_where`/`mlp_where` (the runs' workdirs) name the source in
+  the CheckpointError a mismatch raises.
+  """
+  if not 0.0 <= alpha <= 1.0:
+    raise ConfigError(f'config.alpha={alpha}: must be in [0, 1]')
+  for tower in ('gmf', 'mlp', 'head'):
+    if tower not in neumf_abstract_params:
+      raise CheckpointError(f'target params: no {tower!r} part (not a NeuMF tree)')
+  num_gmf = neumf_abstract_params['gmf']['user_embedding'].shape[1]
+  checkpoints_lib.check_tree_matches(
+      _part(neumf_abstract_params, 'gmf', slice(0, num_gmf)), gmf_params, gmf_where)
+  checkpoints_lib.check_tree_matches(
+      _part(neumf_abstract_params, 'mlp', slice(num_gmf, None)), mlp_params, mlp_where)
+
+  head = {'kernel': jnp.concatenate([alpha * jnp.asarray(gmf_params['head']['kernel']),
+                                     (1 - alpha) * jnp.asarray(mlp_params['head']['kernel'])],
+                                    axis=0),
+          'bias': (alpha * jnp.asarray(gmf_params['head']['bias'])
+                   + (1 - alpha) * jnp.asarray(mlp_params['head']['bias']))}
+  merged = {'gmf': gmf_params['gmf'], 'mlp': mlp_params['mlp'], 'head': head}
+  # Cast to the target dtypes (a run could have stored another precision).
+  return jax.tree_util.tree_map(lambda a, x: jnp.asarray(x, a.dtype), neumf_abstract_params,
+                                merged)
+
+
+def _check_same_data(config, source, workdir: str) -> None:
+  """A pretrained run on other data would merge tables whose rows mean other users."""
+  if source.get('dataset') != config.dataset:
+    raise CheckpointError(f'{workdir}: trained on dataset {source.get("dataset")!r}, '
+                          f'config.dataset is {config.dataset!r}')
+  if bool(source.get('validation')) != bool(config.get('validation')):
+    # Without the holdout, pretraining trained on the items NeuMF selects epochs on.
+    raise CheckpointError(f'{workdir}: trained with validation={source.get("validation")}, '
+                          f'config.validation is {config.get("validation")}')
+  if config.dataset == 'synthetic':
+    # The synthetic data is a function of its settings and the seed.
+    ours = (config.synthetic.to_dict(), config.seed)
+    synthetic = source.get('synthetic')
+    theirs = (synthetic.to_dict() if synthetic is not None else None, source.get('seed'))
+    if ours != theirs:
+      raise CheckpointError(f'{workdir}: trained on other synthetic data (config.synthetic or '
+                            'config.seed differ)')
+
+
+def merged_params(config: ml_collections.ConfigDict, abstract_params: dict) -> dict:
+  """NeuMF params merged from `config.gmf_workdir` and `config.mlp_workdir` with `config.alpha`."""
+  gmf_dir, mlp_dir = config.get('gmf_workdir'), config.get('mlp_workdir')
+  if not gmf_dir or not mlp_dir:
+    missing = 'config.mlp_workdir' if gmf_dir else 'config.gmf_workdir'
+    raise ConfigError(f'{missing}: not set; pretraining needs both config.gmf_workdir and '
+                      'config.mlp_workdir')
+  if config.model != 'neumf':
+    raise ConfigError(f'config.model={config.model!r}: pretrained GMF and MLP runs initialise '
+                      "'neumf' only")
+  alpha = float(config.get('alpha', 0.5))
+  gmf_dir, mlp_dir = os.path.abspath(gmf_dir), os.path.abspath(mlp_dir)
+  gmf_params, gmf_config = load_best_params(gmf_dir, 'gmf')
+  mlp_params, mlp_config = load_best_params(mlp_dir, 'mlp')
+  _check_same_data(config, gmf_config, gmf_dir)
+  _check_same_data(config, mlp_config, mlp_dir)
+  return merge_params(gmf_params, mlp_params, abstract_params, alpha, gmf_where=gmf_dir,
+                      mlp_where=mlp_dir)
