@@ -83,6 +83,32 @@ def check_tree_matches(expected, found, where: str) -> None:
                             f'expected {want[path]}')
 
 
+def stored_tree(manager: ocp.CheckpointManager, epoch: int):
+  """The stored tree's metadata (shapes and dtypes) of `epoch`; CheckpointError if unreadable."""
+  where = os.path.join(manager.directory, str(epoch))
+  silence_abandoned_reads()
+  try:
+    metadata = manager.item_metadata(epoch)
+    found = getattr(metadata, 'tree', metadata)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{where}: unreadable checkpoint ({describe_error(e)})') from None
+  if found is None:
+    raise CheckpointError(f'{where}: unreadable checkpoint (no metadata)')
+  return found
+
+
+def restore_checked(manager: ocp.CheckpointManager, epoch: int, abstract_state,
+                    found=None):
+  """Restores `epoch` after checking the stored tree against `abstract_state`."""
+  where = os.path.join(manager.directory, str(epoch))
+  check_tree_matches(abstract_state, stored_tree(manager, epoch) if found is None else found,
+                     where)
+  try:
+    return manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
+
+
 class Checkpoints:
   """The `latest/` and `best/` checkpoints of one workdir."""
 
@@ -106,28 +132,12 @@ class Checkpoints:
     if is_best:
       self._best.save(epoch, args=ocp.args.StandardSave(state))
 
-  def _restore(self, manager, epoch: int, abstract_state):
-    where = os.path.join(manager.directory, str(epoch))
-    silence_abandoned_reads()
-    try:
-      metadata = manager.item_metadata(epoch)
-      found = getattr(metadata, 'tree', metadata)
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'{where}: unreadable checkpoint ({describe_error(e)})') from None
-    if found is None:
-      raise CheckpointError(f'{where}: unreadable checkpoint (no metadata)')
-    check_tree_matches(abstract_state, found, where)
-    try:
-      return manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
-
   def restore_latest(self, abstract_state):
     """(state, epoch) of the newest complete checkpoint."""
     epoch = self.latest_epoch()
     if epoch is None:
       raise CheckpointError(f'{self.directory}/latest: no checkpoint')
-    return self._restore(self._latest, epoch, abstract_state), epoch
+    return restore_checked(self._latest, epoch, abstract_state), epoch
 
   def best_epoch(self) -> int | None:
     return self._best.latest_step()
@@ -137,7 +147,7 @@ class Checkpoints:
     epoch = self.best_epoch()
     if epoch is None:
       raise CheckpointError(f'{self.directory}/best: no checkpoint')
-    return self._restore(self._best, epoch, abstract_state), epoch
+    return restore_checked(self._best, epoch, abstract_state), epoch
 
   def close(self) -> None:
     """Waits for pending writes, then releases the managers."""

@@ -1,6 +1,5 @@
 """Command line: `python -m ncf_jax.main --config=configs/neumf.py --workdir=DIR [--config.x=y]`."""
 
-import re
 import sys
 
 from absl import app
@@ -8,6 +7,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ncf_jax import cli
 from ncf_jax import train
 from ncf_jax import xla_cpu
 from ncf_jax.errors import NcfError
@@ -17,22 +17,6 @@ config_flags.DEFINE_config_file('config', None, 'Configuration file, e.g. config
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, but a misspelt config key ends in one line, not a traceback."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    message = str(e)
-  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
-    text = str(e).replace('\\n', ' ').replace("\\'", "'")
-    name = re.search(r"'([^' ]+)'", text)
-    hint = re.search(r'Did you mean "[^"]+"', text)
-    message = (f"no such config field '{name.group(1) if name else text}'"
-               + (f'. {hint.group(0)}?' if hint else ''))
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -49,4 +33,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   xla_cpu.use_fast_cpu_runtime()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -29,7 +29,6 @@ not redone when an earlier stage is extended (e.g. more epochs): use a new DIR.
 
 import json
 import os
-import re
 import sys
 
 from absl import app
@@ -41,6 +40,7 @@ from ml_collections import config_flags
 
 from configs import gmf as gmf_config
 from configs import mlp as mlp_config
+from ncf_jax import cli
 from ncf_jax import train
 from ncf_jax import xla_cpu
 from ncf_jax.errors import ConfigError, NcfError
@@ -61,18 +61,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not any(arg in ('--config', '-config') or arg.startswith(('--config=', '-config='))
              for arg in argv[1:]):
     argv = [argv[0], f'--config={_DEFAULT_CONFIG}', *argv[1:]]
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    message = str(e)
-  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
-    text = str(e).replace('\\n', ' ').replace("\\'", "'")
-    name = re.search(r"'([^' ]+)'", text)
-    hint = re.search(r'Did you mean "[^"]+"', text)
-    message = (f"no such config field '{name.group(1) if name else text}'"
-               + (f'. {hint.group(0)}?' if hint else ''))
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  return cli.parse_flags_or_exit(argv)
 
 
 def _copy_shared(source: ml_collections.ConfigDict,

@@ -76,28 +76,14 @@ def restore_best_state(workdir: str, config: ml_collections.ConfigDict,
     epoch = manager.latest_step()
     if epoch is None:
       raise CheckpointError(f'{best_dir}: no checkpoint')
-    where = os.path.join(best_dir, str(epoch))
-    checkpoints_lib.silence_abandoned_reads()
-    try:
-      metadata = manager.item_metadata(epoch)
-      found = getattr(metadata, 'tree', metadata)
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'{where}: unreadable checkpoint ({_describe(e)})') from None
-    if found is None:
-      raise CheckpointError(f'{where}: unreadable checkpoint (no metadata)')
+    found = checkpoints_lib.stored_tree(manager, epoch)
     if num_users is None or num_items is None:
-      num_users, num_items = _table_sizes(found, where)
+      num_users, num_items = _table_sizes(found, os.path.join(best_dir, str(epoch)))
     model = models.create_model(config, num_users, num_items)
     tx = optimizers.create_optimizer(config)
-    lazy = config.optimizer == 'lazy_adam'
-    dummy = jnp.zeros((1,), jnp.int32)
-    abstract_state = jax.eval_shape(lambda: train_step_lib.init_state(
-        model.init(jax.random.key(0), dummy, dummy)['params'], tx, lazy))
-    checkpoints_lib.check_tree_matches(abstract_state, found, where)
-    try:
-      state = manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'{where}: cannot restore ({_describe(e)})') from None
+    abstract_state = train_step_lib.abstract_init_state(model, tx,
+                                                        config.optimizer == 'lazy_adam')
+    state = checkpoints_lib.restore_checked(manager, epoch, abstract_state, found)
   finally:
     manager.close()
   return state, epoch, model

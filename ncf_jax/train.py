@@ -1,6 +1,5 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, callable from a notebook."""
 
-import json
 import os
 import time
 
@@ -123,8 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     return train_step_lib.init_state(_initial_params(config, model, key, dummy), tx, lazy)
 
   key = jax.random.key(config.seed)
-  abstract_state = jax.eval_shape(lambda: train_step_lib.init_state(
-      model.init(key, dummy, dummy)['params'], tx, lazy))
+  abstract_state = train_step_lib.abstract_init_state(model, tx, lazy)
   evaluators = _Evaluators(config, dataset, model)
   ckpts = checkpoints_lib.Checkpoints(workdir)
   log = metric_log.MetricLog(workdir)

@@ -46,6 +46,14 @@ def init_state(params: dict, tx: optax.GradientTransformation, lazy: bool) -> Tr
               table_state={})
 
 
+def abstract_init_state(model: models.NCF, tx: optax.GradientTransformation,
+                        lazy: bool) -> TrainState:
+  """Shapes and dtypes of a fresh state (`jax.eval_shape`: nothing is allocated)."""
+  ids = jnp.zeros((1,), jnp.int32)
+  return jax.eval_shape(lambda: init_state(
+      model.init(jax.random.key(0), ids, ids)['params'], tx, lazy))
+
+
 def weighted_log_loss(logits: jax.Array, labels: jax.Array,
                       weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mean, sum) of the weighted sigmoid cross-entropy; logits and labels are (B,)."""

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse
 
 from ncf_jax.data import ncf_format
-from ncf_jax.data.interactions import InteractionSet, sample_negatives
+from ncf_jax.data.interactions import InteractionSet
 from ncf_jax.errors import DataError
 
 
