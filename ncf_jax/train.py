@@ -1,5 +1,6 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, callable from a notebook."""
 
+import json
 import os
 import time
 
@@ -102,6 +103,18 @@ def _initial_params(config, model, key, dummy):
   return params
 
 
+def _changed_fields(saved_path: str, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields (other than num_epochs and logging) whose value differs from the saved config."""
+  if not os.path.exists(saved_path):
+    return []
+  with open(saved_path, encoding='utf-8') as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  ignore = {'num_epochs', 'log_every_seconds'}
+  return sorted(k for k in set(saved) | set(current)
+                if k not in ignore and saved.get(k) != current.get(k))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains `config.model` on `config.dataset`, evaluating before training and after
   every epoch, checkpointing into `workdir` and resuming from it.
@@ -136,6 +149,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       state, done_epoch = ckpts.restore_latest(abstract_state)
       history = log.keep_through(done_epoch)
       print(f'resuming after epoch {done_epoch} from {ckpts.directory}', flush=True)
+      changed = _changed_fields(os.path.join(workdir, 'config.json'), config)
+      if changed:
+        print(f'note: config differs from the run being resumed in: {", ".join(changed)}',
+              flush=True)
     else:
       state, done_epoch = init_state(key), 0
       history = log.keep_through(-1)
