@@ -22,6 +22,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 
 from experiments import report
@@ -182,6 +183,7 @@ def write_results(experiment: str, runs: list[Run]) -> None:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   runs = plan(FLAGS.experiment)
   if FLAGS.dry_run:

@@ -41,8 +41,14 @@ class RowAdamState(NamedTuple):
 
 
 def unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
-  """Distinct ids padded to len(ids) with `num_rows` (out of range), and each id's slot."""
+  """Sorted distinct ids, padded to len(ids) with distinct out-of-range ids, and each id's slot.
+
+  Sorted and unique even in the padding, so the scatters below can tell XLA so
+  (`indices_are_sorted`, `unique_indices`), which makes them much cheaper.
+  """
   uniq, inverse = jnp.unique(ids, size=ids.shape[0], fill_value=num_rows, return_inverse=True)
+  slots = jnp.arange(ids.shape[0], dtype=uniq.dtype)
+  uniq = jnp.where(uniq >= num_rows, num_rows + slots, uniq)
   return uniq, inverse.reshape(ids.shape)
 
 
@@ -53,16 +59,17 @@ def lazy_adam_update(table: jax.Array, state: RowAdamState, uniq: jax.Array,
   """Adam on the rows `uniq` of `table` only.
 
   `row_grads[j]` is the gradient for row `ids[j]`; repeated ids are summed
-  (as the dense gradient of a gather would). Padding slots of `uniq` equal
-  `len(table)` and are dropped by the scatters. `count` is the 1-based step.
+  (as the dense gradient of a gather would). Padding slots of `uniq` are
+  out of range and dropped by the scatters. `count` is the 1-based step.
   """
   grads = jax.ops.segment_sum(row_grads, inverse, num_segments=uniq.shape[0])
-  mu = b1 * state.mu.at[uniq].get(mode='fill', fill_value=0) + (1 - b1) * grads
-  nu = b2 * state.nu.at[uniq].get(mode='fill', fill_value=0) + (1 - b2) * grads**2
+  hints = dict(indices_are_sorted=True, unique_indices=True)
+  mu = b1 * state.mu.at[uniq].get(mode='fill', fill_value=0, **hints) + (1 - b1) * grads
+  nu = b2 * state.nu.at[uniq].get(mode='fill', fill_value=0, **hints) + (1 - b2) * grads**2
   count = count.astype(jnp.float32)
   mu_hat = mu / (1 - b1**count)
   nu_hat = nu / (1 - b2**count)
   step = -learning_rate * mu_hat / (jnp.sqrt(nu_hat) + eps)
-  table = table.at[uniq].add(step.astype(table.dtype), mode='drop')
-  return table, RowAdamState(state.mu.at[uniq].set(mu, mode='drop'),
-                             state.nu.at[uniq].set(nu, mode='drop'))
+  table = table.at[uniq].add(step.astype(table.dtype), mode='drop', **hints)
+  return table, RowAdamState(state.mu.at[uniq].set(mu, mode='drop', **hints),
+                             state.nu.at[uniq].set(nu, mode='drop', **hints))
