@@ -119,35 +119,38 @@ class FullRankingEvaluator:
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     row = order[np.repeat(lo, counts) + offsets]
     item = self.known_items[pair]
-    # Group masked pairs by block, padded to the largest block's count.
+    # Known pairs sorted by block, flat (memory ~ the number of pairs); each block reads a
+    # fixed-width window from its offset and masks what lies beyond its own pairs.
     blk = row // block
     per_block = np.bincount(blk, minlength=num_blocks)
-    width_pairs = max(1, int(per_block.max()) if len(per_block) else 1)
+    window = max(1, int(per_block.max()) if len(per_block) else 1)
     sort = np.argsort(blk, kind='stable')
-    slot = np.arange(len(sort)) - np.repeat(np.cumsum(per_block) - per_block, per_block)
-    mask_rows = np.full((num_blocks, width_pairs), block, np.int32)  # `block` = dropped
-    mask_items = np.zeros((num_blocks, width_pairs), np.int32)
-    mask_rows[blk[sort], slot] = (row % block)[sort]
-    mask_items[blk[sort], slot] = item[sort]
+    pad = np.zeros(window, np.int32)
+    self._pair_rows = jnp.asarray(np.concatenate([(row % block)[sort].astype(np.int32), pad]))
+    self._pair_items = jnp.asarray(np.concatenate([item[sort].astype(np.int32), pad]))
+    self._block_start = jnp.asarray((np.cumsum(per_block) - per_block).astype(np.int32))
+    self._block_count = jnp.asarray(per_block.astype(np.int32))
     self._users = jnp.asarray(_blocks(self.heldout.users, block, 0))
     self._items = jnp.asarray(_blocks(self.heldout.items, block, 0))
-    self._mask_rows, self._mask_items = jnp.asarray(mask_rows), jnp.asarray(mask_items)
     model, num_items = self.model, self.num_items
 
-    def block_ranks(params, b):
-      users, items, m_rows, m_items = b
+    def block_ranks(params, pair_rows, pair_items, b):
+      users, items, start, count = b
       scores = model.apply({'params': params}, users, jnp.arange(num_items),
                            method=model.score_matrix)
       heldout = jnp.take_along_axis(scores, items[:, None], axis=1)[:, 0]
-      known = jnp.zeros(scores.shape, bool).at[m_rows, m_items].set(True, mode='drop')
+      rows = lax.dynamic_slice(pair_rows, (start,), (window,))
+      rows = jnp.where(jnp.arange(window) < count, rows, block)  # beyond the block: dropped
+      cols = lax.dynamic_slice(pair_items, (start,), (window,))
+      known = jnp.zeros(scores.shape, bool).at[rows, cols].set(True, mode='drop')
       return ranks_from_scores(heldout, jnp.where(known, -jnp.inf, scores))
 
-    self._ranks = jax.jit(lambda params, *blocks: lax.map(
-        lambda b: block_ranks(params, b), blocks).reshape(-1))
+    self._ranks = jax.jit(lambda params, pair_rows, pair_items, *blocks: lax.map(
+        lambda b: block_ranks(params, pair_rows, pair_items, b), blocks).reshape(-1))
 
   def ranks(self, params) -> jax.Array:
-    return self._ranks(params, self._users, self._items, self._mask_rows,
-                       self._mask_items)[:len(self.heldout)]
+    return self._ranks(params, self._pair_rows, self._pair_items, self._users, self._items,
+                       self._block_start, self._block_count)[:len(self.heldout)]
 
   def __call__(self, params, top_k: int) -> dict:
     return summarize(jax.device_get(self.ranks(params)), top_k)
