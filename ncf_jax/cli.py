@@ -2,8 +2,13 @@
 
 import re
 import sys
+from typing import Callable
 
+from absl import app
 from absl import flags
+from absl import logging
+
+from ncf_jax.errors import NcfError
 
 
 def config_key_error(error: Exception) -> str:
@@ -25,3 +30,16 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
     message = config_key_error(e)
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def run_reporting_errors(argv: list[str], action: Callable[[], object]) -> None:
+  """A command's main: no stray arguments, Orbax's INFO logs off, user errors in one line."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]} (write --config.field=value, with =)')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    action()
+  except NcfError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)

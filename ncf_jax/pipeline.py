@@ -29,11 +29,9 @@ not redone when an earlier stage is extended (e.g. more epochs): use a new DIR.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 from ml_collections import config_dict
 from ml_collections import config_flags
@@ -43,7 +41,7 @@ from configs import mlp as mlp_config
 from ncf_jax import cli
 from ncf_jax import train
 from ncf_jax import xla_cpu
-from ncf_jax.errors import ConfigError, NcfError
+from ncf_jax.errors import ConfigError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'configs', 'neumf_pretrained.py')
@@ -128,17 +126,12 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]} (write --config.field=value, with =)')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  try:
+  def action():
     if FLAGS.config is None:
       raise ConfigError('--config: no configuration')
     run_pipeline(FLAGS.config, FLAGS.workdir)
-  except NcfError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+
+  cli.run_reporting_errors(argv, action)
 
 
 def define_flags() -> None:
