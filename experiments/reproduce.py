@@ -71,9 +71,13 @@ class Run:
 
   def command(self) -> str:
     entry = 'ncf_jax.pipeline' if self.pipeline else 'ncf_jax.main'
-    args = ' '.join(f'--config.{k}={_flag_value(v)}' for k, v in self.overrides.items())
+    shown = dict(self.overrides)
+    if 'data_dir' in shown:
+      shown['data_dir'] = FLAGS.data_dir  # as the user typed it, not this machine's path
+    args = ' '.join(f'--config.{k}={_flag_value(v)}' for k, v in shown.items())
+    workdir = os.path.relpath(self.workdir)
     return (f'python -m {entry} --config=configs/{self.config_file}.py '
-            f'--workdir={self.workdir} {args}')
+            f'--workdir={workdir if not workdir.startswith("..") else self.workdir} {args}')
 
   def result_dir(self) -> str:
     return os.path.join(self.workdir, 'neumf') if self.pipeline else self.workdir
@@ -148,7 +152,8 @@ def write_results(experiment: str, runs: list[Run]) -> None:
   for run in runs:
     if not os.path.isfile(os.path.join(run.result_dir(), 'metrics.jsonl')):
       continue
-    row = dict(report.summarize_run(run.result_dir()), **run.labels, command=run.command())
+    row = dict(report.summarize_run(run.result_dir()), **run.labels, name=run.name,
+               command=run.command())
     if experiment == 'table2':
       row['paper_hr'], row['paper_ndcg'] = PAPER_TABLE2[(row['factors'], row['pretrained'])]
     rows.append(row)
@@ -163,7 +168,7 @@ def write_results(experiment: str, runs: list[Run]) -> None:
     paper = (f"{row['paper_hr']:.3f} / {row['paper_ndcg']:.3f}" if 'paper_hr' in row else
              (f"{PAPER_TABLE3_F8[row['hidden_layers']]:.3f}" if experiment == 'table3'
               and row['factors'] == 8 else ''))
-    lines.append(f"| {os.path.basename(row['workdir'])} | "
+    lines.append(f"| {row['name']} | "
                  + ' | '.join(str(row[k]) for k in run_labels)
                  + f" | {row['best_epoch']} ({row['selection']}) | {row['hr']:.4f} | "
                  f"{row['ndcg']:.4f} | {paper} |")
