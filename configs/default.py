@@ -20,12 +20,17 @@ def get_config() -> ml_collections.ConfigDict:
       num_clusters=8, popularity_exponent=1.0, num_test_negatives=99))
 
   # Model.
-  c.model = 'neumf'  # gmf | mlp | neumf
+  c.model = 'neumf'  # gmf | mlp | neumf | mf
   c.num_factors = 8  # predictive factors: GMF width and last MLP layer
   # MLP tower widths; the first is the concatenated user+item embedding width.
   # Empty: (8f, 4f, 2f, f) for f = num_factors, the original's (64,32,16,8).
   c.layers = ()
+  c.embedding_stddev = 0.01  # embeddings start N(0, stddev²), as in the original
   c.l2_embeddings = 0.0  # the original's reg_mf
+  # False: λ·Σw² over the whole tables every step (the original's Keras regulariser);
+  # True: λ·(Σ of the example's looked-up rows²) averaged over the batch like the loss
+  # (per-example SGD with weight decay, Rendle et al.); lazy optimizers need True.
+  c.l2_embeddings_per_example = False
   c.l2_layers = 0.0  # the original's reg_layers
 
   # Training.
@@ -35,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   # True: negatives are redrawn while they hit a training positive (original);
   # False: plain uniform items (Rendle et al.), cheaper.
   c.reject_positives = True
-  c.optimizer = 'adam'  # adam | lazy_adam | sgd | adagrad | rmsprop
+  c.optimizer = 'adam'  # adam | lazy_adam | sgd | lazy_sgd | adagrad | rmsprop
   c.learning_rate = 0.001
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999

@@ -2,7 +2,9 @@
 
 For each workdir: model and size from config.json; the best epoch by the
 selection metric (validation HR when the run had a holdout, otherwise test HR,
-labelled as such); test HR/NDCG there; the median training seconds per epoch.
+labelled as such); test HR/NDCG there and at the last epoch (a choice that
+never looks at test); full-ranking HR/NDCG of the best checkpoint; the median
+training seconds per epoch.
 """
 
 import json
@@ -10,9 +12,36 @@ import os
 import statistics
 import sys
 
+from ncf_jax import evaluation
+from ncf_jax import pretrain
+from ncf_jax.data import registry
+from ncf_jax.data.ncf_format import atomic_write_text
 
-def summarize_run(workdir: str) -> dict:
-  """The numbers of one workdir, as a dict."""
+FULL_RANKING_FILE = 'full_ranking.json'
+
+
+def full_ranking_at_best(workdir: str) -> dict:
+  """{'epoch', 'hr', 'ndcg'} of the best checkpoint ranked against all items.
+
+  Computed from the checkpoint when the run did not evaluate full ranking
+  itself, then cached in `<workdir>/full_ranking.json`.
+  """
+  path = os.path.join(workdir, FULL_RANKING_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  config = pretrain.read_config(workdir)
+  dataset = registry.load_dataset(config)
+  state, epoch, model = pretrain.restore_best_state(workdir, config, dataset.num_users,
+                                                    dataset.num_items)
+  result = evaluation.full_ranking_evaluator(model, dataset)(state['params'], config.top_k)
+  out = dict(epoch=int(epoch), hr=float(result['hr']), ndcg=float(result['ndcg']))
+  atomic_write_text(path, json.dumps(out) + '\n')
+  return out
+
+
+def summarize_run(workdir: str, full_ranking: bool = False) -> dict:
+  """The numbers of one workdir, as a dict; `full_ranking` adds full_hr/full_ndcg."""
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     config = json.load(f)
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
@@ -21,13 +50,23 @@ def summarize_run(workdir: str) -> dict:
   key = 'valid_hr' if on_valid else 'hr'
   best = max(records, key=lambda r: r[key])  # the first epoch reaching the max
   train = [r['train_seconds'] for r in records if r.get('train_seconds')]
-  return dict(workdir=workdir, model=config['model'], num_factors=config['num_factors'],
-              layers=config.get('layers'), batch_size=config['batch_size'],
-              optimizer=config['optimizer'], learning_rate=config['learning_rate'],
-              epochs=records[-1]['epoch'], best_epoch=best['epoch'],
-              selection='validation' if on_valid else 'test (as in the paper)',
-              hr=best['hr'], ndcg=best['ndcg'],
-              median_epoch_seconds=statistics.median(train) if train else None)
+  row = dict(workdir=workdir, model=config['model'], num_factors=config['num_factors'],
+             layers=config.get('layers'), batch_size=config['batch_size'],
+             optimizer=config['optimizer'], learning_rate=config['learning_rate'],
+             epochs=records[-1]['epoch'], best_epoch=best['epoch'],
+             selection='validation' if on_valid else 'test (as in the paper)',
+             hr=best['hr'], ndcg=best['ndcg'], last_hr=records[-1]['hr'],
+             last_ndcg=records[-1]['ndcg'],
+             median_epoch_seconds=statistics.median(train) if train else None)
+  if on_valid:
+    row.update(valid_hr=best['valid_hr'], valid_ndcg=best['valid_ndcg'])
+  if 'full_hr' in best:
+    row.update(full_hr=best['full_hr'], full_ndcg=best['full_ndcg'])
+  elif full_ranking:
+    full = full_ranking_at_best(workdir)
+    if full['epoch'] == best['epoch']:
+      row.update(full_hr=full['hr'], full_ndcg=full['ndcg'])
+  return row
 
 
 def markdown(rows: list[dict]) -> str:

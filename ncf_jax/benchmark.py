@@ -96,7 +96,7 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   tx = optimizers.create_optimizer(config)
   ids = jnp.zeros((1,), jnp.int32)
   state = train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'], tx,
-                                optimizer == 'lazy_adam')
+                                optimizer)
   chunk_fn = train_step.make_train_chunk(model, tx, config)
   steps = config.steps_per_dispatch
   chunks = max(1, samples // (batch_size * steps))

@@ -154,3 +154,13 @@ class FullRankingEvaluator:
 
   def __call__(self, params, top_k: int) -> dict:
     return summarize(jax.device_get(self.ranks(params)), top_k)
+
+
+def full_ranking_evaluator(model, dataset) -> FullRankingEvaluator:
+  """Full ranking of `dataset.test`, excluding training and validation interactions."""
+  users, items = [dataset.train_users], [dataset.train_items]
+  if dataset.valid is not None:
+    users.append(dataset.valid.users)
+    items.append(dataset.valid.items)
+  return FullRankingEvaluator(model, dataset.test, np.concatenate(users), np.concatenate(items),
+                              dataset.num_items)

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 
 from ncf_jax.errors import ConfigError
 
-# The original code: embeddings N(0, 0.01); hidden layers Keras' default
-# glorot-uniform; the prediction layer lecun-uniform; biases zero.
-embedding_init = nn.initializers.normal(stddev=0.01)
+# The original code: embeddings N(0, 0.01) (`config.embedding_stddev`); hidden
+# layers Keras' default glorot-uniform; the prediction layer lecun-uniform; biases zero.
 hidden_init = nn.initializers.glorot_uniform()
 head_init = nn.initializers.lecun_uniform()
 
@@ -34,12 +33,12 @@ class GMFTower(nn.Module):
   num_users: int
   num_items: int
   num_factors: int
+  embedding_stddev: float = 0.01
 
   def setup(self):
-    self.user_embedding = self.param('user_embedding', embedding_init,
-                                     (self.num_users, self.num_factors))
-    self.item_embedding = self.param('item_embedding', embedding_init,
-                                     (self.num_items, self.num_factors))
+    init = nn.initializers.normal(self.embedding_stddev)
+    self.user_embedding = self.param('user_embedding', init, (self.num_users, self.num_factors))
+    self.item_embedding = self.param('item_embedding', init, (self.num_items, self.num_factors))
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
     return {'user_embedding': jnp.take(self.user_embedding, users, axis=0),
@@ -58,11 +57,13 @@ class MLPTower(nn.Module):
   num_users: int
   num_items: int
   layers: Sequence[int]
+  embedding_stddev: float = 0.01
 
   def setup(self):
     width = self.layers[0] // 2
-    self.user_embedding = self.param('user_embedding', embedding_init, (self.num_users, width))
-    self.item_embedding = self.param('item_embedding', embedding_init, (self.num_items, width))
+    init = nn.initializers.normal(self.embedding_stddev)
+    self.user_embedding = self.param('user_embedding', init, (self.num_users, width))
+    self.item_embedding = self.param('item_embedding', init, (self.num_items, width))
     self.layer = [nn.Dense(w, kernel_init=hidden_init) for w in self.layers[1:]]
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
@@ -82,13 +83,15 @@ class NCF(nn.Module):
   num_items: int
   num_factors: int = 8
   layers: Sequence[int] = (64, 32, 16, 8)
+  embedding_stddev: float = 0.01
   towers: ClassVar[tuple[str, ...]] = ()
 
   def setup(self):
     if 'gmf' in self.towers:
-      self.gmf = GMFTower(self.num_users, self.num_items, self.num_factors)
+      self.gmf = GMFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev)
     if 'mlp' in self.towers:
-      self.mlp = MLPTower(self.num_users, self.num_items, tuple(self.layers))
+      self.mlp = MLPTower(self.num_users, self.num_items, tuple(self.layers),
+                          self.embedding_stddev)
     self.head = nn.Dense(1, kernel_init=head_init)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
@@ -161,10 +164,11 @@ class MF(nn.Module):
   num_items: int
   num_factors: int = 8
   layers: Sequence[int] = ()
+  embedding_stddev: float = 0.01
   towers: ClassVar[tuple[str, ...]] = ('mf',)
 
   def setup(self):
-    self.mf = _MFTower(self.num_users, self.num_items, self.num_factors)
+    self.mf = _MFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev)
     self.bias = self.param('bias', nn.initializers.zeros, ())
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
@@ -186,11 +190,13 @@ class _MFTower(nn.Module):
   num_users: int
   num_items: int
   num_factors: int
+  embedding_stddev: float
 
   def setup(self):
     shape = lambda n: (n, self.num_factors)
-    self.user_embedding = self.param('user_embedding', embedding_init, shape(self.num_users))
-    self.item_embedding = self.param('item_embedding', embedding_init, shape(self.num_items))
+    init = nn.initializers.normal(self.embedding_stddev)
+    self.user_embedding = self.param('user_embedding', init, shape(self.num_users))
+    self.item_embedding = self.param('item_embedding', init, shape(self.num_items))
     self.user_bias = self.param('user_bias', nn.initializers.zeros, (self.num_users, 1))
     self.item_bias = self.param('item_bias', nn.initializers.zeros, (self.num_items, 1))
 
@@ -222,9 +228,14 @@ def create_model(config, num_users: int, num_items: int) -> NCF:
     raise ConfigError(f'config.model: unknown model {config.model!r}; choose from {MODELS}')
   if config.num_factors <= 0:
     raise ConfigError(f'config.num_factors={config.num_factors}: must be positive')
+  # Workdirs written before the field existed used the original's 0.01.
+  stddev = float(config.get('embedding_stddev', 0.01))
+  if stddev <= 0:
+    raise ConfigError(f'config.embedding_stddev={stddev}: must be positive')
   return classes[config.model](num_users=num_users, num_items=num_items,
                                num_factors=int(config.num_factors),
-                               layers=resolve_layers(config.num_factors, config.layers))
+                               layers=resolve_layers(config.num_factors, config.layers),
+                               embedding_stddev=stddev)
 
 
 def is_embedding_path(path: tuple[str, ...]) -> bool:

@@ -1,9 +1,12 @@
-"""Optimizers by name, and a row-sparse ("lazy") Adam for embedding tables.
+"""Optimizers by name, and row-sparse ("lazy") Adam and SGD for embedding tables.
 
 Dense Adam moves every row of every embedding table at every step (the zero
 gradient of an absent row still decays its moments into a non-zero update).
 Lazy Adam, like TensorFlow's LazyAdam, touches only the rows in the batch:
 their moments and values are updated, bias correction uses the global step.
+Lazy SGD is plain SGD that never materialises a dense table gradient, which
+is what makes per-example SGD recipes (Rendle et al., 2020) cheap at large
+embedding widths.
 """
 
 from typing import NamedTuple
@@ -14,17 +17,23 @@ import optax
 
 from ncf_jax.errors import ConfigError
 
-OPTIMIZERS = ('adam', 'lazy_adam', 'sgd', 'adagrad', 'rmsprop')
+OPTIMIZERS = ('adam', 'lazy_adam', 'sgd', 'lazy_sgd', 'adagrad', 'rmsprop')
+LAZY_OPTIMIZERS = ('lazy_adam', 'lazy_sgd')
+
+
+def is_lazy(config) -> bool:
+  """Whether `config.optimizer` updates only the embedding rows a batch looks up."""
+  return config.optimizer in LAZY_OPTIMIZERS
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
-  """The dense optimizer `config.optimizer` names (for lazy_adam: the non-table part)."""
+  """The dense optimizer `config.optimizer` names (for a lazy one: the non-table part)."""
   lr = config.learning_rate
   if lr <= 0:
     raise ConfigError(f'config.learning_rate={lr}: must be positive')
   if config.optimizer in ('adam', 'lazy_adam'):
     return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-  if config.optimizer == 'sgd':
+  if config.optimizer in ('sgd', 'lazy_sgd'):
     return optax.sgd(lr)
   if config.optimizer == 'adagrad':
     return optax.adagrad(lr)
@@ -73,3 +82,9 @@ def lazy_adam_update(table: jax.Array, state: RowAdamState, uniq: jax.Array,
   table = table.at[uniq].add(step.astype(table.dtype), mode='drop', **hints)
   return table, RowAdamState(state.mu.at[uniq].set(mu, mode='drop', **hints),
                              state.nu.at[uniq].set(nu, mode='drop', **hints))
+
+
+def lazy_sgd_update(table: jax.Array, ids: jax.Array, row_grads: jax.Array,
+                    learning_rate: float) -> jax.Array:
+  """SGD on the rows `ids` of `table`; a repeated id gets the sum of its gradients."""
+  return table.at[ids].add((-learning_rate * row_grads).astype(table.dtype))

@@ -81,8 +81,7 @@ def restore_best_state(workdir: str, config: ml_collections.ConfigDict,
       num_users, num_items = _table_sizes(found, os.path.join(best_dir, str(epoch)))
     model = models.create_model(config, num_users, num_items)
     tx = optimizers.create_optimizer(config)
-    abstract_state = train_step_lib.abstract_init_state(model, tx,
-                                                        config.optimizer == 'lazy_adam')
+    abstract_state = train_step_lib.abstract_init_state(model, tx, config.optimizer)
     state = checkpoints_lib.restore_checked(manager, epoch, abstract_state, found)
   finally:
     manager.close()

@@ -37,6 +37,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.optimizer: unknown optimizer {config.optimizer!r}; choose from '
                       f'{optimizers.OPTIMIZERS}')
   models.resolve_layers(config.num_factors, config.layers)
+  if (optimizers.is_lazy(config) and config.l2_embeddings
+      and not config.l2_embeddings_per_example):
+    raise ConfigError(f'config.optimizer={config.optimizer} never visits whole embedding '
+                      'tables: with config.l2_embeddings set config.l2_embeddings_per_example=True')
 
 
 def _format_metrics(record: dict) -> str:
@@ -64,15 +68,7 @@ class _Evaluators:
     self.test = evaluation.SampledEvaluator(model, dataset.test, blocks)
     self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks)
                   if dataset.valid is not None else None)
-    self.full = None
-    if config.full_ranking:
-      # Known interactions to exclude: training and the other held-out split.
-      users, items = [dataset.train_users], [dataset.train_items]
-      if dataset.valid is not None:
-        users.append(dataset.valid.users)
-        items.append(dataset.valid.items)
-      self.full = evaluation.FullRankingEvaluator(
-          model, dataset.test, np.concatenate(users), np.concatenate(items), dataset.num_items)
+    self.full = evaluation.full_ranking_evaluator(model, dataset) if config.full_ranking else None
 
   def __call__(self, params) -> dict:
     test = self.test(params, self.top_k)
@@ -128,14 +124,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   dataset = registry.load_dataset(config)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   tx = optimizers.create_optimizer(config)
-  lazy = config.optimizer == 'lazy_adam'
   dummy = jnp.zeros((1,), jnp.int32)
 
   def init_state(key):
-    return train_step_lib.init_state(_initial_params(config, model, key, dummy), tx, lazy)
+    return train_step_lib.init_state(_initial_params(config, model, key, dummy), tx,
+                                       config.optimizer)
 
   key = jax.random.key(config.seed)
-  abstract_state = train_step_lib.abstract_init_state(model, tx, lazy)
+  abstract_state = train_step_lib.abstract_init_state(model, tx, config.optimizer)
   evaluators = _Evaluators(config, dataset, model)
   ckpts = checkpoints_lib.Checkpoints(workdir)
   log = metric_log.MetricLog(workdir)

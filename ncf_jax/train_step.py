@@ -34,11 +34,15 @@ def merge_trees(a: dict, b: dict) -> dict:
                                             **flax.traverse_util.flatten_dict(b)})
 
 
-def init_state(params: dict, tx: optax.GradientTransformation, lazy: bool) -> TrainState:
-  """A fresh state: step 0 and optimizer moments at zero."""
-  if lazy:
+def init_state(params: dict, tx: optax.GradientTransformation, optimizer: str) -> TrainState:
+  """A fresh state: step 0 and optimizer moments at zero.
+
+  With a lazy optimizer `tx` covers the non-table parameters only, and
+  `table_state` holds lazy Adam's per-row moments (lazy SGD has none).
+  """
+  if optimizer in optimizers.LAZY_OPTIMIZERS:
     tables, rest = split_tables(params)
-    table_state = jax.tree_util.tree_map(
+    table_state = {} if optimizer == 'lazy_sgd' else jax.tree_util.tree_map(
         lambda t: optimizers.RowAdamState(jnp.zeros_like(t), jnp.zeros_like(t)), tables)
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(rest),
                 table_state=table_state)
@@ -47,11 +51,11 @@ def init_state(params: dict, tx: optax.GradientTransformation, lazy: bool) -> Tr
 
 
 def abstract_init_state(model: models.NCF, tx: optax.GradientTransformation,
-                        lazy: bool) -> TrainState:
+                        optimizer: str) -> TrainState:
   """Shapes and dtypes of a fresh state (`jax.eval_shape`: nothing is allocated)."""
   ids = jnp.zeros((1,), jnp.int32)
   return jax.eval_shape(lambda: init_state(
-      model.init(jax.random.key(0), ids, ids)['params'], tx, lazy))
+      model.init(jax.random.key(0), ids, ids)['params'], tx, optimizer))
 
 
 def weighted_log_loss(logits: jax.Array, labels: jax.Array,
@@ -60,6 +64,17 @@ def weighted_log_loss(logits: jax.Array, labels: jax.Array,
   losses = optax.sigmoid_binary_cross_entropy(logits, labels) * weights
   total = losses.sum()
   return total / jnp.maximum(weights.sum(), 1.0), total
+
+
+def per_example_l2(rows: dict, weights: jax.Array) -> jax.Array:
+  """Weighted batch mean of each example's Σw² over the embedding rows it looks up.
+
+  Averaged like the log loss, so the penalty on a row grows with how often
+  batches use it, as in per-example SGD with weight decay (Rendle et al., 2020).
+  """
+  per_example = sum(jnp.sum(r.reshape(r.shape[0], -1)**2, axis=1)
+                    for r in jax.tree_util.tree_leaves(rows))
+  return jnp.sum(weights * per_example) / jnp.maximum(weights.sum(), 1.0)
 
 
 def l2_penalty(params: dict, l2_embeddings: float, l2_layers: float) -> jax.Array:
@@ -75,17 +90,24 @@ def l2_penalty(params: dict, l2_embeddings: float, l2_layers: float) -> jax.Arra
 
 def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """A pure train step for `model`; `config.optimizer == 'lazy_adam'` updates table rows only."""
-  lazy = config.optimizer == 'lazy_adam'
+  """A pure train step for `model`; a lazy optimizer updates the batch's table rows only."""
+  lazy, lazy_sgd = optimizers.is_lazy(config), config.optimizer == 'lazy_sgd'
   l2_emb, l2_layers = float(config.l2_embeddings), float(config.l2_layers)
+  per_example = bool(config.get('l2_embeddings_per_example', False))
   lr, b1, b2, eps = (float(config.learning_rate), float(config.adam_b1), float(config.adam_b2),
                      float(config.adam_eps))
 
   def dense_step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
     def loss_fn(params):
-      logits = model.apply({'params': params}, batch['users'], batch['items'])
+      rows = model.apply({'params': params}, batch['users'], batch['items'], method=model.embed)
+      logits = model.apply({'params': params}, rows, method=model.score)
       mean, total = weighted_log_loss(logits, batch['labels'], batch['weights'])
-      return mean + l2_penalty(params, l2_emb, l2_layers), total
+      if per_example:
+        penalty = (l2_penalty(params, 0.0, l2_layers)
+                   + l2_emb * per_example_l2(rows, batch['weights']))
+      else:
+        penalty = l2_penalty(params, l2_emb, l2_layers)
+      return mean + penalty, total
 
     grads, total = jax.grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -100,14 +122,20 @@ def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
     def loss_fn(rest, rows):
       logits = model.apply({'params': merge_trees(tables, rest)}, rows, method=model.score)
       mean, total = weighted_log_loss(logits, batch['labels'], batch['weights'])
-      penalty = l2_penalty(rest, 0.0, l2_layers) + l2_emb * sum(
-          jnp.sum(r**2) for r in jax.tree_util.tree_leaves(rows))
+      # A lazy optimizer never visits the whole table: the penalty is per example.
+      penalty = l2_penalty(rest, 0.0, l2_layers) + l2_emb * per_example_l2(rows, batch['weights'])
       return mean + penalty, total
 
     (rest_grads, row_grads), total = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(rest, rows)
     updates, opt_state = tx.update(rest_grads, state['opt_state'], rest)
     rest = optax.apply_updates(rest, updates)
     step = state['step'] + 1
+    if lazy_sgd:
+      new_tables = {tower: {name: optimizers.lazy_sgd_update(
+          table, batch[models.table_ids_key((tower, name))], row_grads[tower][name], lr)
+                            for name, table in named.items()} for tower, named in tables.items()}
+      return dict(step=step, params=merge_trees(new_tables, rest), opt_state=opt_state,
+                  table_state={}), total
     slots = {key: optimizers.unique_rows(batch[key], num_rows)
              for key, num_rows in (('users', model.num_users), ('items', model.num_items))}
     new_tables, new_table_state = {}, {}

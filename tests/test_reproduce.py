@@ -31,3 +31,53 @@ def test_table2_smoke_run_writes_results_and_resumes(tmp_path):
   again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0
   assert again.stdout.count('finished earlier') == 4  # neumf, and the pipeline's three stages
+
+
+def _reproduce(tmp_path, *args):
+  command = [sys.executable, '-m', 'experiments.reproduce', '--dataset=synthetic',
+             '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
+             f'--results_dir={tmp_path / "results"}', *args]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout
+
+
+def test_shared_runs_use_one_workdir(tmp_path):
+  # The factors figure's GMF/MLP/NeuMF and Table 3's 3-layer MLP are Table 2's runs.
+  factors = _reproduce(tmp_path, '--experiment=factors', '--factors=8', '--mf_factors=16',
+                       '--dry_run').splitlines()
+  table3 = _reproduce(tmp_path, '--experiment=table3', '--factors=8', '--dry_run').splitlines()
+  workdirs = lambda lines: [line.split('--workdir=')[1].split()[0] for line in lines]
+  assert [w.split('runs/')[-1] for w in workdirs(factors)] == [
+      'table2/pre-8/gmf', 'table2/pre-8/mlp', 'table2/neumf-8', 'factors/mf-16']
+  assert [w.split('runs/')[-1] for w in workdirs(table3)] == [
+      'table3/mlp0-8', 'table3/mlp1-8', 'table3/mlp2-8', 'table2/pre-8/mlp', 'table3/mlp4-8']
+  assert '--config.layers="(8,)"' in table3[0] and '--config.layers' not in table3[3]
+
+
+def test_factors_smoke_run_writes_rows_with_full_ranking(tmp_path):
+  _reproduce(tmp_path, '--experiment=factors', '--factors=8', '--mf_factors=8')
+  result = json.loads((tmp_path / 'results' / 'factors.json').read_text())
+  rows = {row['name']: row for row in result['rows']}
+  assert set(rows) == {'gmf-8', 'mlp-8', 'neumf-8', 'mf-8', 'itempop'}
+  for name in ('gmf-8', 'mlp-8', 'neumf-8', 'mf-8'):
+    row = rows[name]
+    assert 0 <= row['full_hr'] <= row['hr'] <= 1  # all items are harder than 99 negatives
+    assert row['command'].startswith('python -m ncf_jax.main --config=configs/')
+    assert os.path.isfile(os.path.join(REPO, row['workdir'], 'full_ranking.json'))
+  assert rows['itempop']['best_epoch'] is None and 0 < rows['itempop']['hr'] < 1
+  assert 'mf-8' in (tmp_path / 'results' / 'factors.md').read_text()
+
+
+def test_best_runs_select_on_validation_and_summarize_seeds(tmp_path):
+  _reproduce(tmp_path, '--experiment=best', '--seeds=0,1')
+  best = json.loads((tmp_path / 'results' / 'summary.json').read_text())['best']
+  assert best['selection'] == 'validation'
+  assert '--config.validation=true' in best['command'] and '--config.seed=0' in best['command']
+  assert [s['seed'] for s in best['seeds']] == [0, 1]
+  assert best['hr'] == best['seeds'][0]['hr']
+  assert abs(best['mean_hr'] - (best['seeds'][0]['hr'] + best['seeds'][1]['hr']) / 2) < 1e-12
+  metrics = [json.loads(line) for line in
+             open(tmp_path / 'runs' / 'best' / 'mf-192-seed0' / 'metrics.jsonl')]
+  chosen = max(metrics, key=lambda r: r['valid_hr'])
+  assert (best['epoch'], best['hr']) == (chosen['epoch'], chosen['hr'])

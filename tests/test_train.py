@@ -1,7 +1,9 @@
 """Training: the loss falls, the model beats popularity, one compilation, metrics.jsonl."""
 
 import json
+import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,9 +87,9 @@ def test_train_chunk_compiles_once_across_epochs(tmp_path, monkeypatch):
   assert len(traces) == 1
 
 
-@pytest.mark.parametrize('optimizer', ['adam', 'lazy_adam', 'sgd', 'adagrad', 'rmsprop'])
+@pytest.mark.parametrize('optimizer', ['adam', 'lazy_adam', 'sgd', 'lazy_sgd', 'adagrad', 'rmsprop'])
 def test_every_optimizer_reduces_the_loss(tmp_path, optimizer):
-  lr = {'sgd': 0.5, 'adagrad': 0.05}.get(optimizer, 0.005)
+  lr = {'sgd': 0.5, 'lazy_sgd': 0.5, 'adagrad': 0.05}.get(optimizer, 0.005)
   config = _config(num_epochs=3, optimizer=optimizer, learning_rate=lr, model='gmf')
   _, history = train.train_and_evaluate(config, str(tmp_path))
   assert history[-1]['loss'] < history[1]['loss']
@@ -95,10 +97,87 @@ def test_every_optimizer_reduces_the_loss(tmp_path, optimizer):
 
 def test_mf_baseline_trains_with_lazy_adam(tmp_path):
   config = _config(num_epochs=3, model='mf', optimizer='lazy_adam', learning_rate=0.01,
-                   l2_embeddings=1e-4)
+                   l2_embeddings=1e-4, l2_embeddings_per_example=True)
   _, history = train.train_and_evaluate(config, str(tmp_path))
   assert history[-1]['loss'] < history[1]['loss']
   assert history[-1]['hr'] > history[0]['hr']
+
+
+def test_lazy_optimizer_with_whole_table_l2_is_refused(tmp_path):
+  config = _config(optimizer='lazy_sgd', l2_embeddings=1e-4)
+  with pytest.raises(ConfigError, match='l2_embeddings_per_example'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def _mf_batch():
+  return dict(users=jnp.array([1, 1, 4, 7, 0], jnp.int32),
+              items=jnp.array([2, 9, 9, 0, 3], jnp.int32),
+              labels=jnp.array([1., 0., 1., 0., 0.]), weights=jnp.array([1., 1., 1., 1., 0.]))
+
+
+def test_lazy_sgd_equals_dense_sgd_with_per_example_l2():
+  # Plain SGD's update of a row is its summed gradient whichever way it is
+  # applied, so the two paths agree step after step, padding (weight 0) included.
+  config = _config(model='mf', optimizer='lazy_sgd', learning_rate=0.5, l2_embeddings=0.01,
+                   l2_embeddings_per_example=True, embedding_stddev=0.1)
+  model = models.create_model(config, 20, 15)
+  ids = jnp.zeros((2,), jnp.int32)
+  params = model.init(jax.random.key(0), ids, ids)['params']
+  tx = optimizers.create_optimizer(config)
+  lazy_step = jax.jit(train_step_lib.make_train_step(model, tx, config))
+  config.optimizer = 'sgd'
+  dense_step = jax.jit(train_step_lib.make_train_step(model, tx, config))
+  lazy, dense = (train_step_lib.init_state(params, tx, 'lazy_sgd'),
+                 train_step_lib.init_state(params, tx, 'sgd'))
+  for _ in range(3):
+    lazy, _ = lazy_step(lazy, _mf_batch())
+    dense, _ = dense_step(dense, _mf_batch())
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         lazy['params'], dense['params'])
+  assert not np.allclose(lazy['params']['mf']['user_embedding'],
+                         params['mf']['user_embedding'])
+
+
+def test_per_example_l2_is_rendle_per_example_sgd():
+  # One example, one step: p_u += lr·((y − σ(ŷ))·q_i − reg·p_u) with reg = 2·l2,
+  # the update of Rendle et al.'s mf_simple.py; the other users' rows stay put.
+  lr, l2 = 0.1, 0.05
+  config = _config(model='mf', optimizer='lazy_sgd', learning_rate=lr, l2_embeddings=l2,
+                   l2_embeddings_per_example=True, embedding_stddev=0.5)
+  model = models.create_model(config, 6, 5)
+  ids = jnp.zeros((1,), jnp.int32)
+  params = model.init(jax.random.key(3), ids, ids)['params']
+  tx = optimizers.create_optimizer(config)
+  batch = dict(users=jnp.array([2], jnp.int32), items=jnp.array([4], jnp.int32),
+               labels=jnp.array([1.]), weights=jnp.array([1.]))
+  state, _ = train_step_lib.make_train_step(model, tx, config)(
+      train_step_lib.init_state(params, tx, 'lazy_sgd'), batch)
+  p = {k: np.asarray(v, np.float64) for k, v in params['mf'].items()}
+  pu, qi, bu, bi = (p['user_embedding'][2], p['item_embedding'][4], p['user_bias'][2, 0],
+                    p['item_bias'][4, 0])
+  grad = 1.0 - 1.0 / (1.0 + np.exp(-(pu @ qi + bu + bi + float(params['bias']))))
+  new = {k: np.asarray(v) for k, v in state['params']['mf'].items()}
+  np.testing.assert_allclose(new['user_embedding'][2], pu + lr * (grad * qi - 2 * l2 * pu),
+                             rtol=1e-5)
+  np.testing.assert_allclose(new['item_embedding'][4], qi + lr * (grad * pu - 2 * l2 * qi),
+                             rtol=1e-5)
+  np.testing.assert_allclose(new['user_bias'][2, 0], bu + lr * (grad - 2 * l2 * bu),
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(new['user_embedding'][[0, 1, 3, 4, 5]],
+                                p['user_embedding'][[0, 1, 3, 4, 5]].astype(np.float32))
+
+
+@pytest.mark.parametrize('model_name', ['gmf', 'mlp', 'neumf', 'mf'])
+def test_embedding_stddev_sets_the_initial_spread(model_name):
+  config = _config(model=model_name, embedding_stddev=0.1, num_factors=16)
+  model = models.create_model(config, 500, 400)
+  ids = jnp.zeros((1,), jnp.int32)
+  flat = flax.traverse_util.flatten_dict(model.init(jax.random.key(0), ids, ids)['params'])
+  tables = [v for k, v in flat.items() if k[-1].endswith('_embedding')]
+  assert tables
+  for table in tables:
+    assert abs(float(np.std(table)) - 0.1) < 0.01
 
 
 def test_lazy_adam_matches_dense_adam_on_the_first_step():
@@ -112,10 +191,10 @@ def test_lazy_adam_matches_dense_adam_on_the_first_step():
                labels=jnp.array([1., 0., 1., 0.]), weights=jnp.ones(4))
   tx = optimizers.create_optimizer(config)
   lazy_state, _ = train_step_lib.make_train_step(model, tx, config)(
-      train_step_lib.init_state(params, tx, lazy=True), batch)
+      train_step_lib.init_state(params, tx, 'lazy_adam'), batch)
   config.optimizer = 'adam'
   dense_state, _ = train_step_lib.make_train_step(model, tx, config)(
-      train_step_lib.init_state(params, tx, lazy=False), batch)
+      train_step_lib.init_state(params, tx, 'adam'), batch)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                          lazy_state['params'], dense_state['params'])
   untouched = np.setdiff1d(np.arange(20), [1, 4, 7])
@@ -130,7 +209,7 @@ def test_lazy_adam_leaves_absent_rows_alone_later():
   params = model.init(jax.random.key(0), ids, ids)['params']
   tx = optimizers.create_optimizer(config)
   step = jax.jit(train_step_lib.make_train_step(model, tx, config))
-  state = train_step_lib.init_state(params, tx, lazy=True)
+  state = train_step_lib.init_state(params, tx, 'lazy_adam')
   first = dict(users=jnp.array([1, 2], jnp.int32), items=jnp.array([3, 4], jnp.int32),
                labels=jnp.array([1., 0.]), weights=jnp.ones(2))
   second = dict(first, users=jnp.array([5, 6], jnp.int32))
