@@ -4,6 +4,7 @@
   python -m experiments.reproduce --experiment=table3 --data_dir=DIR/ml-1m
   python -m experiments.reproduce --experiment=negatives --data_dir=DIR/ml-1m
   python -m experiments.reproduce --experiment=factors --data_dir=DIR/ml-1m
+  python -m experiments.reproduce --experiment=seeds --factors=8 --data_dir=DIR/ml-1m
   python -m experiments.reproduce --experiment=best --data_dir=DIR/ml-1m
 
 Each run gets its own workdir under `--runs_dir` (default `runs/`); a run whose
@@ -13,6 +14,8 @@ Runs that two experiments share live in one workdir and are trained once: the
 GMF and MLP of Table 2's pretraining pipelines are the factors figure's GMF and
 MLP and Table 3's 3-layer MLP; Table 2's NeuMF is the figure's NeuMF.
 
+`seeds` trains NeuMF (paper settings) with a validation holdout once per `--seeds`
+and reports test at the epoch chosen on validation, with mean ± std over seeds.
 `best` trains the model this project ships as its best (configs/mf.py: MF at
 192 factors, Rendle et al.'s recipe) with a validation holdout, one run per
 `--seeds`, and writes `summary.json`'s `best`: the first seed's test figures at
@@ -59,7 +62,8 @@ PAPER_TABLE2 = {(8, False): (.688, .410), (8, True): (.684, .403),
                 (64, False): (.705, .426), (64, True): (.730, .447)}
 PAPER_TABLE3_F8 = {0: .452, 1: .628, 2: .655, 3: .671, 4: .678}
 
-flags.DEFINE_enum('experiment', 'table2', ['table2', 'table3', 'negatives', 'factors', 'best'],
+flags.DEFINE_enum('experiment', 'table2', ['table2', 'table3', 'negatives', 'factors', 'seeds',
+                                            'best'],
                   'What to reproduce.')
 flags.DEFINE_string('data_dir', None, 'The NCF-format ML-1M directory.')
 flags.DEFINE_string('runs_dir', 'runs', 'Where the runs\' workdirs go.')
@@ -73,7 +77,8 @@ flags.DEFINE_bool('validation', False, 'Select epochs on a validation holdout.')
 flags.DEFINE_integer('num_epochs', None, 'Epochs per run; unset: each config\'s own '
                      '(the paper\'s 20; MF 256).')
 flags.DEFINE_integer('seed', 0, 'Seed of every run.')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the best model (the first is reported).')
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` experiments '
+                  '(best reports the first).')
 flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
 flags.DEFINE_bool('dry_run', False, 'List the runs and their commands, train nothing.')
 FLAGS = flags.FLAGS
@@ -173,6 +178,14 @@ def plan(experiment: str) -> list[Run]:
     for f in (int(f) for f in FLAGS.mf_factors):
       runs.append(Run(f'mf-{f}', 'mf', dict(common, num_factors=f), os.path.join(root, f'mf-{f}'),
                       labels=dict(model='mf', factors=f)))
+  elif experiment == 'seeds':
+    root = os.path.join(os.path.abspath(FLAGS.runs_dir), 'seeds')  # always on validation
+    for f in factors:
+      for seed in (int(s) for s in FLAGS.seeds):
+        runs.append(Run(f'neumf-{f}-seed{seed}', 'neumf',
+                        dict(common, num_factors=f, seed=seed, validation=True),
+                        os.path.join(root, f'neumf-{f}-seed{seed}'),
+                        labels=dict(factors=f, seed=seed)))
   elif experiment == 'best':
     root = os.path.join(os.path.abspath(FLAGS.runs_dir), 'best')  # always on validation
     for seed in (int(s) for s in FLAGS.seeds):
@@ -237,6 +250,24 @@ def best_summary(rows: list[dict]) -> dict:
               reference='Rendle et al. (2020), MF at dimension 192: HR@10 0.7294, NDCG@10 0.4523')
 
 
+def seed_statistics(rows: list[dict], group_by: list[str]) -> list[str]:
+  """One markdown line per group of runs that differ only in seed: mean ± std (ddof 1)."""
+  groups = {}
+  for row in rows:
+    groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+  lines = []
+  for key, group in groups.items():
+    stats = []
+    for metric in ('hr', 'ndcg', 'full_hr', 'full_ndcg'):
+      values = np.array([r[metric] for r in group if r.get(metric) is not None])
+      if len(values) == len(group):
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
+        stats.append(f'{metric} {values.mean():.4f} ± {std:.4f}')
+    name = ', '.join(f'{k} {v}' for k, v in zip(group_by, key))
+    lines.append(f"- {name}: {len(group)} seeds, test at the selected epoch: " + '; '.join(stats))
+  return lines
+
+
 def _cell(value, fmt: str = '.4f') -> str:
   return '' if value is None else format(value, fmt)
 
@@ -250,24 +281,26 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
   command = ('python -m experiments.reproduce --experiment=' + experiment
              + (' --validation' if FLAGS.validation else ''))
   out_dir = FLAGS.results_dir
-  if FLAGS.validation and experiment != 'best':
+  if FLAGS.validation and experiment not in ('seeds', 'best'):
     experiment += '_validation'
   os.makedirs(out_dir, exist_ok=True)
   run_labels = list(runs[0].labels)
   lines = [f'# {experiment} (ML-1M)\n', f'Made by `{command}`; each run\'s own command is in '
            f'`{experiment}.json`. "best": the epoch chosen on the selection split; "last": '
            'the final epoch; full: full-ranking HR@10 / NDCG@10 of the best checkpoint.\n',
-           '| run | ' + ' | '.join(run_labels) + ' | best epoch (selected on) | HR@10 | NDCG@10 '
+           '| run | ' + ' | '.join(run_labels) + ' | best epoch | HR@10 | NDCG@10 '
            '| last HR@10 | last NDCG@10 | full HR@10 | full NDCG@10 | paper |',
            '|---|' + '---|' * (len(run_labels) + 8)]
   for row in rows:
     paper = (f"{row['paper_hr']:.3f}" + (f" / {row['paper_ndcg']:.3f}" if 'paper_ndcg' in row
                                          else '')) if 'paper_hr' in row else ''
-    best = '' if row['best_epoch'] is None else f"{row['best_epoch']} ({row['selection']})"
+    best = '' if row['best_epoch'] is None else f"{row['best_epoch']}, on {row['selection']}"
     lines.append(f"| {row['name']} | " + ' | '.join(str(row.get(k, '')) for k in run_labels)
                  + f" | {best} | {row['hr']:.4f} | {row['ndcg']:.4f} | "
                  f"{_cell(row.get('last_hr'))} | {_cell(row.get('last_ndcg'))} | "
                  f"{_cell(row.get('full_hr'))} | {_cell(row.get('full_ndcg'))} | {paper} |")
+  if 'seed' in run_labels:
+    lines += ['', *seed_statistics(rows, [k for k in run_labels if k != 'seed'])]
   atomic_write_text(os.path.join(out_dir, f'{experiment}.md'), '\n'.join(lines) + '\n')
   atomic_write_text(os.path.join(out_dir, f'{experiment}.json'),
                     json.dumps(dict(experiment=experiment, command=command, rows=rows), indent=1)
