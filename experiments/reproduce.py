@@ -264,7 +264,8 @@ def seed_statistics(rows: list[dict], group_by: list[str]) -> list[str]:
         std = values.std(ddof=1) if len(values) > 1 else 0.0
         stats.append(f'{metric} {values.mean():.4f} ± {std:.4f}')
     name = ', '.join(f'{k} {v}' for k, v in zip(group_by, key))
-    lines.append(f"- {name}: {len(group)} seeds, test at the selected epoch: " + '; '.join(stats))
+    seeds = f"{len(group)} seed{'s' if len(group) > 1 else ''}"
+    lines.append(f'- {name}: {seeds}, test at the selected epoch: ' + '; '.join(stats))
   return lines
 
 

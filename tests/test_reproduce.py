@@ -81,3 +81,13 @@ def test_best_runs_select_on_validation_and_summarize_seeds(tmp_path):
              open(tmp_path / 'runs' / 'best' / 'mf-192-seed0' / 'metrics.jsonl')]
   chosen = max(metrics, key=lambda r: r['valid_hr'])
   assert (best['epoch'], best['hr']) == (chosen['epoch'], chosen['hr'])
+
+
+def test_seed_statistics_group_runs_that_differ_only_in_seed():
+  rows = [dict(factors=8, seed=s, hr=hr, ndcg=0.4) for s, hr in enumerate((0.6, 0.7, 0.8))]
+  rows.append(dict(factors=16, seed=0, hr=0.5, ndcg=0.3))
+  lines = reproduce.seed_statistics(rows, ['factors'])
+  assert len(lines) == 2
+  assert 'factors 8: 3 seeds' in lines[0] and 'hr 0.7000 ± 0.1000' in lines[0]
+  assert 'ndcg 0.4000 ± 0.0000' in lines[0]
+  assert 'factors 16: 1 seed,' in lines[1] and 'hr 0.5000 ± 0.0000' in lines[1]
