@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.reject_positives = True
   c.optimizer = 'adam'  # adam | lazy_adam | sgd | lazy_sgd | adagrad | rmsprop
   c.learning_rate = 0.001
+  c.learning_rate_schedule = 'constant'  # constant | cosine (to 0 at the last step)
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8

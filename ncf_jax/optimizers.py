@@ -26,11 +26,34 @@ def is_lazy(config) -> bool:
   return config.optimizer in LAZY_OPTIMIZERS
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
-  """The dense optimizer `config.optimizer` names (for a lazy one: the non-table part)."""
+SCHEDULES = ('constant', 'cosine')
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """Step -> learning rate: `config.learning_rate` throughout, or (`cosine`) decayed
+  along a half cosine to 0 at `total_steps`."""
+  lr = float(config.learning_rate)
+  name = config.get('learning_rate_schedule', 'constant')
+  if name == 'constant':
+    return optax.constant_schedule(lr)
+  if name == 'cosine':
+    return optax.cosine_decay_schedule(lr, max(int(total_steps), 1))
+  raise ConfigError(f'config.learning_rate_schedule: unknown schedule {name!r}; choose from '
+                    f'{SCHEDULES}')
+
+
+def create_optimizer(config, total_steps: int = 1) -> optax.GradientTransformation:
+  """The dense optimizer `config.optimizer` names (for a lazy one: the non-table part).
+
+  `total_steps` (the whole run's) only matters to a decaying schedule; the state's
+  structure does not depend on it, so restoring may pass any value.
+  """
   lr = config.learning_rate
   if lr <= 0:
     raise ConfigError(f'config.learning_rate={lr}: must be positive')
+  schedule = learning_rate_schedule(config, total_steps)
+  # A constant rate stays a float: the optimizer state then has no step count, as before.
+  lr = float(lr) if config.get('learning_rate_schedule', 'constant') == 'constant' else schedule
   if config.optimizer in ('adam', 'lazy_adam'):
     return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   if config.optimizer in ('sgd', 'lazy_sgd'):

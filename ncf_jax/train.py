@@ -37,6 +37,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.optimizer: unknown optimizer {config.optimizer!r}; choose from '
                       f'{optimizers.OPTIMIZERS}')
   models.resolve_layers(config.num_factors, config.layers)
+  optimizers.learning_rate_schedule(config, 1)
   if (optimizers.is_lazy(config) and config.l2_embeddings
       and not config.l2_embeddings_per_example):
     raise ConfigError(f'config.optimizer={config.optimizer} never visits whole embedding '
@@ -123,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   dataset = registry.load_dataset(config)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
-  tx = optimizers.create_optimizer(config)
+  tx = optimizers.create_optimizer(config, _total_steps(config, dataset))
   dummy = jnp.zeros((1,), jnp.int32)
 
   def init_state(key):
@@ -173,11 +174,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   return state, history
 
 
+def _total_steps(config, dataset) -> int:
+  """Optimizer steps in the whole run (the end of a decaying learning-rate schedule)."""
+  return config.num_epochs * feeder.num_batches_per_epoch(dataset.num_train, config.num_negatives,
+                                                         config.batch_size)
+
+
 def _train_epochs(config, dataset, model, tx, state, done_epoch, evaluators, ckpts, log, history,
                   start_time):
   """Epochs done_epoch+1 .. num_epochs: train, evaluate, log, checkpoint."""
   chunk_size = config.steps_per_dispatch
-  train_chunk = train_step_lib.make_train_chunk(model, tx, config)
+  train_chunk = train_step_lib.make_train_chunk(model, tx, config,
+                                                _total_steps(config, dataset))
   epochs = feeder.iterate_epochs(dataset, config.num_negatives, config.batch_size, config.seed,
                                  done_epoch + 1, config.num_epochs, config.reject_positives,
                                  batch_multiple=chunk_size)

@@ -88,14 +88,19 @@ def l2_penalty(params: dict, l2_embeddings: float, l2_layers: float) -> jax.Arra
   return total
 
 
-def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
+def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config,
+                    total_steps: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """A pure train step for `model`; a lazy optimizer updates the batch's table rows only."""
+  """A pure train step for `model`; a lazy optimizer updates the batch's table rows only.
+
+  `total_steps` (the run's) sets the end of a decaying learning-rate schedule; `tx`
+  must have been made with the same.
+  """
   lazy, lazy_sgd = optimizers.is_lazy(config), config.optimizer == 'lazy_sgd'
   l2_emb, l2_layers = float(config.l2_embeddings), float(config.l2_layers)
   per_example = bool(config.get('l2_embeddings_per_example', False))
-  lr, b1, b2, eps = (float(config.learning_rate), float(config.adam_b1), float(config.adam_b2),
-                     float(config.adam_eps))
+  schedule = optimizers.learning_rate_schedule(config, total_steps)
+  b1, b2, eps = float(config.adam_b1), float(config.adam_b2), float(config.adam_eps)
 
   def dense_step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
     def loss_fn(params):
@@ -129,6 +134,7 @@ def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
     (rest_grads, row_grads), total = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(rest, rows)
     updates, opt_state = tx.update(rest_grads, state['opt_state'], rest)
     rest = optax.apply_updates(rest, updates)
+    lr = schedule(state['step'])  # optax's convention: the rate of the step about to run
     step = state['step'] + 1
     if lazy_sgd:
       new_tables = {tower: {name: optimizers.lazy_sgd_update(
@@ -158,7 +164,8 @@ def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config
   return train_step
 
 
-def make_train_chunk(model: models.NCF, tx: optax.GradientTransformation, config
+def make_train_chunk(model: models.NCF, tx: optax.GradientTransformation, config,
+                     total_steps: int = 1
                      ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
   """Jitted `train_chunk(state, batches, num_steps)`: the first `num_steps` of the
   (S, B) batches, one `train_step` each, in one dispatch; returns summed metrics.
@@ -167,7 +174,7 @@ def make_train_chunk(model: models.NCF, tx: optax.GradientTransformation, config
   with no recompilation and no padded step (an all-padding batch would still
   move Adam's parameters). The state is donated.
   """
-  train_step = make_train_step(model, tx, config)
+  train_step = make_train_step(model, tx, config, total_steps)
 
   def train_chunk(state: TrainState, batches: Batch, num_steps: jax.Array
                   ) -> tuple[TrainState, dict]:

@@ -241,3 +241,37 @@ def test_bad_config_values_name_the_field(tmp_path, field, value):
   config = _config(**{field: value})
   with pytest.raises(ConfigError, match=f'config.{field}'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'lazy_sgd', 'adam', 'lazy_adam'])
+def test_cosine_schedule_starts_at_the_rate_and_ends_at_zero(optimizer):
+  # Step 1 moves the parameters as a constant rate would; after `total_steps`
+  # steps the rate is 0, so one more step changes nothing.
+  total = 3
+  config = _config(model='mf', optimizer=optimizer, learning_rate=0.1,
+                   l2_embeddings_per_example=True)
+  model = models.create_model(config, 20, 15)
+  ids = jnp.zeros((2,), jnp.int32)
+  params = model.init(jax.random.key(0), ids, ids)['params']
+
+  def run(schedule, num_steps):
+    config.learning_rate_schedule = schedule
+    tx = optimizers.create_optimizer(config, total)
+    step = jax.jit(train_step_lib.make_train_step(model, tx, config, total))
+    state = train_step_lib.init_state(params, tx, optimizer)
+    for _ in range(num_steps):
+      state, _ = step(state, _mf_batch())
+    return jax.tree_util.tree_map(np.asarray, state['params'])
+
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                         run('cosine', 1), run('constant', 1))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, run('cosine', total + 1),
+                         run('cosine', total))
+  moved = run('cosine', total)['mf']['user_embedding'] - params['mf']['user_embedding']
+  assert np.abs(moved).max() > 0
+
+
+def test_unknown_schedule_is_a_config_error(tmp_path):
+  config = _config(learning_rate_schedule='linear')
+  with pytest.raises(ConfigError, match='learning_rate_schedule'):
+    train.train_and_evaluate(config, str(tmp_path))
