@@ -53,6 +53,7 @@ def summarize_run(workdir: str, full_ranking: bool = False) -> dict:
   row = dict(workdir=workdir, model=config['model'], num_factors=config['num_factors'],
              layers=config.get('layers'), batch_size=config['batch_size'],
              optimizer=config['optimizer'], learning_rate=config['learning_rate'],
+             schedule=config.get('learning_rate_schedule', 'constant'),
              epochs=records[-1]['epoch'], best_epoch=best['epoch'],
              selection='validation' if on_valid else 'test (as in the paper)',
              hr=best['hr'], ndcg=best['ndcg'], last_hr=records[-1]['hr'],
@@ -70,12 +71,16 @@ def summarize_run(workdir: str, full_ranking: bool = False) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-  head = ('| run | model | factors | batch | optimizer | best epoch (selected on) | HR@10 | '
-          'NDCG@10 | s/epoch |\n|---|---|---|---|---|---|---|---|---|\n')
+  head = ('| run | model | factors | batch | optimizer | best epoch (selected on) | valid HR@10 | '
+          'HR@10 | NDCG@10 | last HR@10 / NDCG@10 | s/epoch |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|\n')
   return head + ''.join(
       f"| {os.path.basename(r['workdir'].rstrip('/'))} | {r['model']} | {r['num_factors']} | "
-      f"{r['batch_size']} | {r['optimizer']} {r['learning_rate']:g} | {r['best_epoch']} of "
-      f"{r['epochs']} ({r['selection']}) | {r['hr']:.4f} | {r['ndcg']:.4f} | "
+      f"{r['batch_size']} | {r['optimizer']} {r['learning_rate']:g}"
+      f"{'' if r['schedule'] == 'constant' else ' ' + r['schedule']} | {r['best_epoch']} of "
+      f"{r['epochs']} ({r['selection']}) | "
+      f"{format(r['valid_hr'], '.4f') if 'valid_hr' in r else ''} | {r['hr']:.4f} | "
+      f"{r['ndcg']:.4f} | {r['last_hr']:.4f} / {r['last_ndcg']:.4f} | "
       f"{r['median_epoch_seconds'] or float('nan'):.1f} |\n" for r in rows)
 
 
