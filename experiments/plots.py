@@ -189,6 +189,9 @@ def plot_table3(rows: list[Row], path: str) -> 'Figure':
   ax = fig.axes[0]
   _lines(ax, sorted(rows, key=lambda r: r['factors']), lambda r: r['factors'],
          'hidden_layers', 'hr', lambda f: f'{f} factors')
+  paper = sorted((r['hidden_layers'], r['paper_hr']) for r in rows if r.get('paper_hr'))
+  if paper:  # the paper reports Table 3's HR@10 for 8 factors
+    ax.plot(*zip(*paper), '--', color='gray', marker='o', label='paper, 8 factors')
   ax.set_xticks(sorted({r['hidden_layers'] for r in rows}))
   _finish(ax, 'hidden layers', 'HR@10', legend=True)
   save_figure(fig, path)
