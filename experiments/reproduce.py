@@ -16,9 +16,8 @@ MLP and Table 3's 3-layer MLP; Table 2's NeuMF is the figure's NeuMF.
 
 `seeds` trains NeuMF (paper settings) with a validation holdout once per `--seeds`
 and reports test at the epoch chosen on validation, with mean ± std over seeds.
-`best` trains the model this project ships as its best (configs/mf_tuned.py: MF
-at 192 factors, Rendle et al.'s recipe with a step tuned on validation) with a
-validation holdout, one run per
+`best` trains the model this project ships as its best (configs/mf.py: MF at
+192 factors, Rendle et al.'s recipe) with a validation holdout, one run per
 `--seeds`, and writes `summary.json`'s `best`: the first seed's test figures at
 the epoch chosen on validation, its command, and mean ± std over the seeds.
 
@@ -197,7 +196,7 @@ def plan(experiment: str) -> list[Run]:
   elif experiment == 'best':
     root = os.path.join(os.path.abspath(FLAGS.runs_dir), 'best')  # always on validation
     for seed in (int(s) for s in FLAGS.seeds):
-      runs.append(Run(f'mf-192-seed{seed}', 'mf_tuned', dict(common, seed=seed, validation=True),
+      runs.append(Run(f'mf-192-seed{seed}', 'mf', dict(common, seed=seed, validation=True),
                       os.path.join(root, f'mf-192-seed{seed}'),
                       labels=dict(model='mf', factors=192, seed=seed)))
   return runs
