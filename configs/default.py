@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.validation = False
   c.synthetic = ml_collections.ConfigDict(dict(
       num_users=1000, num_items=500, interactions_per_user=40,
-      num_clusters=8, popularity_exponent=1.0, num_test_negatives=99))
+      num_clusters=8, popularity_exponent=1.0, num_test_negatives=99,
+      seed=0))  # the data's own seed: runs of other `seed`s train on the same data
 
   # Model.
   c.model = 'neumf'  # gmf | mlp | neumf | mf

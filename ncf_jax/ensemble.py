@@ -47,9 +47,7 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
   if not workdirs:
     raise ConfigError('an ensemble needs at least one workdir')
   configs = [pretrain.read_config(w) for w in workdirs]
-  fields = SAME_DATA_FIELDS
-  if configs[0].get('dataset') == 'synthetic':  # generated from the seed
-    fields += ('seed', 'synthetic')
+  fields = SAME_DATA_FIELDS + (('synthetic',) if configs[0].get('dataset') == 'synthetic' else ())
   for workdir, config in zip(workdirs[1:], configs[1:]):
     for field in fields:
       if config.get(field) != configs[0].get(field):

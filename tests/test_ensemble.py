@@ -57,6 +57,15 @@ def test_members_of_other_data_are_refused(runs, tmp_path):
   other = _run(tmp_path / 'top5', model='mf', optimizer='lazy_adam', top_k=5)
   with pytest.raises(ConfigError, match='config.top_k'):
     ensemble.load_ensemble([runs[0], other])
+  config = test_config.get_config()
+  config.synthetic.seed = 1
+  other_data = _run(tmp_path / 'data1', model='mf', optimizer='lazy_adam',
+                    synthetic=config.synthetic)
+  with pytest.raises(ConfigError, match='config.synthetic'):
+    ensemble.load_ensemble([runs[0], other_data])
+
+
+def test_runs_of_other_seeds_train_on_the_same_synthetic_data(runs, tmp_path):
   reseeded = _run(tmp_path / 'seed1', model='mf', optimizer='lazy_adam', seed=1)
-  with pytest.raises(ConfigError, match='config.seed'):  # another synthetic dataset
-    ensemble.load_ensemble([runs[0], reseeded])
+  model, params, _ = ensemble.load_ensemble([runs[0], reseeded])
+  assert len(model.members) == 2 and set(params) == {'members_0', 'members_1'}

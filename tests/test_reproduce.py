@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import reproduce
+from ncf_jax import ensemble
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,18 +72,23 @@ def test_factors_smoke_run_writes_rows_with_full_ranking(tmp_path):
   assert 'mf-8' in (tmp_path / 'results' / 'factors.md').read_text()
 
 
-def test_best_runs_select_on_validation_and_summarize_seeds(tmp_path):
+def test_best_is_the_ensemble_of_validation_selected_seeds(tmp_path):
   _reproduce(tmp_path, '--experiment=best', '--seeds=0,1')
   best = json.loads((tmp_path / 'results' / 'summary.json').read_text())['best']
-  assert best['selection'] == 'validation'
-  assert '--config.validation=true' in best['command'] and '--config.seed=0' in best['command']
-  assert [s['seed'] for s in best['seeds']] == [0, 1]
-  assert best['hr'] == best['seeds'][0]['hr']
-  assert abs(best['mean_hr'] - (best['seeds'][0]['hr'] + best['seeds'][1]['hr']) / 2) < 1e-12
-  metrics = [json.loads(line) for line in
-             open(tmp_path / 'runs' / 'best' / 'mf-192-seed0' / 'metrics.jsonl')]
-  chosen = max(metrics, key=lambda r: r['valid_hr'])
-  assert (best['epoch'], best['hr']) == (chosen['epoch'], chosen['hr'])
+  assert best['selection'] == 'validation' and 'ensemble of 2 seeds' in best['model']
+  assert best['command'].startswith('python -m experiments.reproduce --experiment=best')
+  assert '--seeds=0,1' in best['command']
+  singles = best['single_runs']
+  assert [s['seed'] for s in singles] == [0, 1]
+  assert all('--config.validation=true' in s['command'] for s in singles)
+  workdirs = [tmp_path / 'runs' / 'best' / f'mf-192-seed{seed}' for seed in (0, 1)]
+  for single, workdir in zip(singles, workdirs):
+    metrics = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+    chosen = max(metrics, key=lambda r: r['valid_hr'])
+    assert (single['epoch'], single['hr']) == (chosen['epoch'], chosen['hr'])
+  assert best['single_mean_hr'] == pytest.approx((singles[0]['hr'] + singles[1]['hr']) / 2)
+  assert best['hr'] == pytest.approx(
+      ensemble.evaluate_ensemble([str(w) for w in workdirs])['hr'])
 
 
 def test_seed_statistics_group_runs_that_differ_only_in_seed():

@@ -74,10 +74,13 @@ def load_dataset(config) -> Dataset:
   """The dataset a config names: synthetic, or NCF files (fetched if missing).
 
   Reads `config.dataset`, `config.data_dir`, `config.validation`, `config.seed`
-  and, for synthetic data, `config.synthetic`.
+  (which seeds the validation holdout) and, for synthetic data, `config.synthetic`
+  (whose own `seed` generates the data).
   """
   if config.dataset == SYNTHETIC:
-    dataset = synthetic.generate(**config.synthetic.to_dict(), seed=config.seed)
+    params = config.synthetic.to_dict()
+    params.setdefault('seed', config.seed)  # workdirs written before synthetic.seed existed
+    dataset = synthetic.generate(**params)
     if config.validation:
       dataset = carve_validation(dataset, config.seed, dataset.test.negatives.shape[1])
     return dataset
