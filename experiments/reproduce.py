@@ -299,8 +299,10 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
       print(f'[{run.name}] not finished: left out of the results', flush=True)
   if experiment == 'factors':
     rows.append(item_popularity_row())
-  command = ('python -m experiments.reproduce --experiment=' + experiment
-             + (' --validation' if FLAGS.validation else ''))
+  command = 'python -m experiments.reproduce --experiment=' + experiment + ''.join(
+      f' --{name}={",".join(FLAGS[name].value) if isinstance(FLAGS[name].value, list) else FLAGS[name].value}'
+      for name in ('factors', 'mf_factors', 'seeds', 'num_epochs', 'seed', 'validation')
+      if FLAGS[name].value != FLAGS[name].default)
   out_dir = FLAGS.results_dir
   if FLAGS.validation and experiment not in ('seeds', 'best'):
     experiment += '_validation'
@@ -324,8 +326,7 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
     lines += ['', *seed_statistics(rows, [k for k in run_labels if k != 'seed'])]
   best = None
   if experiment == 'best' and rows:
-    best_command = f'{command} --data_dir={FLAGS.data_dir}' + (
-        f" --seeds={','.join(FLAGS.seeds)}" if FLAGS.seeds != ['0', '1', '2'] else '')
+    best_command = f'{command} --data_dir={FLAGS.data_dir}'
     best = best_summary(rows, best_command)
     lines += [f"- {best['model']}: test HR@10 {best['hr']:.4f}, NDCG@10 {best['ndcg']:.4f}; "
               f"full ranking {best['full_hr']:.4f} / {best['full_ndcg']:.4f}"]
