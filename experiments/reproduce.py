@@ -29,7 +29,8 @@ carves a validation holdout and selects epochs on it (the honest protocol);
 without it the best epoch is picked on test, as the original code does, and the
 tables say which, next to the last epoch's figures (a choice that never looks
 at test). Full-ranking HR/NDCG of each best checkpoint are added
-(`--full_ranking`). `--dry_run` lists the runs and their commands.
+(`--full_ranking`). `--dry_run` lists the runs and their commands;
+`--write_only` writes the results of the runs finished so far.
 
 Settings: the paper's (configs/neumf.py etc.: batch 256, Adam 0.001, 4
 negatives, 20 epochs) except where a CPU cannot afford them: 64 factors train at
@@ -88,6 +89,7 @@ flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` exp
                   '(best reports the first).')
 flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
 flags.DEFINE_bool('dry_run', False, 'List the runs and their commands, train nothing.')
+flags.DEFINE_bool('write_only', False, 'Write the results of the finished runs, train nothing.')
 FLAGS = flags.FLAGS
 
 
@@ -367,8 +369,9 @@ def main(argv):
     for run in runs:
       print(run.command())
     return
-  for run in runs:
-    execute(run)
+  if not FLAGS.write_only:
+    for run in runs:
+      execute(run)
   write_results(FLAGS.experiment, runs)
 
 

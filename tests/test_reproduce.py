@@ -99,3 +99,11 @@ def test_seed_statistics_group_runs_that_differ_only_in_seed():
   assert 'factors 8: 3 seeds' in lines[0] and 'hr 0.7000 ± 0.1000' in lines[0]
   assert 'ndcg 0.4000 ± 0.0000' in lines[0]
   assert 'factors 16: 1 seed,' in lines[1] and 'hr 0.5000 ± 0.0000' in lines[1]
+
+
+def test_write_only_trains_nothing_and_leaves_unfinished_runs_out(tmp_path):
+  out = _reproduce(tmp_path, '--experiment=negatives', '--write_only')
+  assert out.count('not finished') == 10
+  assert not (tmp_path / 'runs').exists()
+  result = json.loads((tmp_path / 'results' / 'negatives.json').read_text())
+  assert result['rows'] == [] and '--write_only' not in result['command']
