@@ -20,16 +20,19 @@ from ncf_jax.data.ncf_format import atomic_write_text
 FULL_RANKING_FILE = 'full_ranking.json'
 
 
-def full_ranking_at_best(workdir: str) -> dict:
+def full_ranking_at_best(workdir: str, epoch: int | None = None) -> dict:
   """{'epoch', 'hr', 'ndcg'} of the best checkpoint ranked against all items.
 
   Computed from the checkpoint when the run did not evaluate full ranking
-  itself, then cached in `<workdir>/full_ranking.json`.
+  itself, then cached in `<workdir>/full_ranking.json`; a cache of another
+  epoch than `epoch` (the run went on and found a new best) is recomputed.
   """
   path = os.path.join(workdir, FULL_RANKING_FILE)
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
-      return json.load(f)
+      cached = json.load(f)
+    if epoch is None or cached.get('epoch') == epoch:
+      return cached
   config = pretrain.read_config(workdir)
   dataset = registry.load_dataset(config)
   state, epoch, model = pretrain.restore_best_state(workdir, config, dataset.num_users,
@@ -64,7 +67,7 @@ def summarize_run(workdir: str, full_ranking: bool = False) -> dict:
   if 'full_hr' in best:
     row.update(full_hr=best['full_hr'], full_ndcg=best['full_ndcg'])
   elif full_ranking:
-    full = full_ranking_at_best(workdir)
+    full = full_ranking_at_best(workdir, best['epoch'])
     if full['epoch'] == best['epoch']:
       row.update(full_hr=full['hr'], full_ndcg=full['ndcg'])
   return row

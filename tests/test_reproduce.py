@@ -107,3 +107,19 @@ def test_write_only_trains_nothing_and_leaves_unfinished_runs_out(tmp_path):
   assert not (tmp_path / 'runs').exists()
   result = json.loads((tmp_path / 'results' / 'negatives.json').read_text())
   assert result['rows'] == [] and '--write_only' not in result['command']
+
+
+def test_full_ranking_cache_of_another_epoch_is_recomputed(tmp_path):
+  from configs import test as test_config
+  from experiments import report
+  from ncf_jax import train
+  config = test_config.get_config()
+  config.num_epochs = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  row = report.summarize_run(str(tmp_path), full_ranking=True)
+  cache = tmp_path / report.FULL_RANKING_FILE
+  assert json.loads(cache.read_text())['epoch'] == row['best_epoch']
+  cache.write_text(json.dumps(dict(epoch=row['best_epoch'] + 5, hr=2.0, ndcg=2.0)))
+  again = report.summarize_run(str(tmp_path), full_ranking=True)
+  assert (again['full_hr'], again['full_ndcg']) == (row['full_hr'], row['full_ndcg'])
+  assert 0 <= again['full_hr'] <= 1
