@@ -34,8 +34,8 @@ at test). Full-ranking HR/NDCG of each best checkpoint are added
 
 Settings: the paper's (configs/neumf.py etc.: batch 256, Adam 0.001, 4
 negatives, 20 epochs) except where a CPU cannot afford them: 64 factors train at
-batch 1024, and the negatives sweep (65 epoch-equivalents of work) at batch 1024
-with Adam 0.005, all values in the paper's tuning grid; MF follows Rendle et al.
+batch 1024, and the negatives sweep (GMF, MLP and NeuMF at 1 to 10 negatives: 65
+epoch-equivalents of work each) at batch 1024 with Adam 0.005, all values in the paper's tuning grid; MF follows Rendle et al.
 (configs/mf.py). Only finished runs enter the results.
 """
 
@@ -173,10 +173,13 @@ def plan(experiment: str) -> list[Run]:
         run.labels = dict(factors=f, hidden_layers=hidden)
         runs.append(run)
   elif experiment == 'negatives':
-    for n in range(1, 11):
-      runs.append(Run(f'neumf-neg{n}', 'neumf',
-                      dict(common, num_negatives=n, batch_size=1024, learning_rate=0.005),
-                      os.path.join(root, f'neg{n}'), labels=dict(num_negatives=n)))
+    for model in ('neumf', 'gmf', 'mlp'):
+      for n in range(1, 11):
+        prefix = '' if model == 'neumf' else f'{model}-'  # NeuMF's runs came first
+        runs.append(Run(f'{model}-neg{n}', model,
+                        dict(common, num_negatives=n, batch_size=1024, learning_rate=0.005),
+                        os.path.join(root, f'{prefix}neg{n}'),
+                        labels=dict(model=model, num_negatives=n)))
   elif experiment == 'factors':
     for f in factors:
       size = dict(num_factors=f, **TABLE2_BATCH_SIZE.get(f, {}))
