@@ -162,13 +162,14 @@ def plan(experiment: str) -> list[Run]:
                       labels=dict(factors=f, pretrained=True)))
   elif experiment == 'table3':
     for f in factors:
+      size = dict(num_factors=f, **TABLE2_BATCH_SIZE.get(f, {}))
       for hidden in range(5):
-        if hidden == 3 and f not in TABLE2_BATCH_SIZE:  # the paper's tower: Table 2's MLP
-          run = Run(f'mlp3-{f}', 'mlp', dict(common, num_factors=f),
+        if hidden == 3:  # the paper's tower: Table 2's MLP
+          run = Run(f'mlp3-{f}', 'mlp', dict(common, **size),
                     os.path.join(table2, f'pre-{f}', 'mlp'))
         else:
           run = Run(f'mlp{hidden}-{f}', 'mlp',
-                    dict(common, num_factors=f, layers=mlp_layers(hidden, f)),
+                    dict(common, **size, layers=mlp_layers(hidden, f)),
                     os.path.join(root, f'mlp{hidden}-{f}'))
         run.labels = dict(factors=f, hidden_layers=hidden)
         runs.append(run)

@@ -56,6 +56,10 @@ def test_shared_runs_use_one_workdir(tmp_path):
   assert [w.split('runs/')[-1] for w in workdirs(table3)] == [
       'table3/mlp0-8', 'table3/mlp1-8', 'table3/mlp2-8', 'table2/pre-8/mlp', 'table3/mlp4-8']
   assert '--config.layers="(8,)"' in table3[0] and '--config.layers' not in table3[3]
+  # At 64 factors every run trains at Table 2's batch size, so the 3-layer MLP is shared too.
+  table3_64 = _reproduce(tmp_path, '--experiment=table3', '--factors=64', '--dry_run').splitlines()
+  assert workdirs(table3_64)[3].endswith('runs/table2/pre-64/mlp')
+  assert all('--config.batch_size=1024' in line for line in table3_64)
 
 
 def test_factors_smoke_run_writes_rows_with_full_ranking(tmp_path):
