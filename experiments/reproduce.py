@@ -35,8 +35,9 @@ at test). Full-ranking HR/NDCG of each best checkpoint are added
 Settings: the paper's (configs/neumf.py etc.: batch 256, Adam 0.001, 4
 negatives, 20 epochs) except where a CPU cannot afford them: 64 factors train at
 batch 1024, and the negatives sweep (GMF, MLP and NeuMF at 1 to 10 negatives: 65
-epoch-equivalents of work each) at batch 1024 with Adam 0.005, all values in the paper's tuning grid; MF follows Rendle et al.
-(configs/mf.py). Only finished runs enter the results.
+epoch-equivalents of work each) at batch 1024 with Adam 0.005, all values in the
+paper's tuning grid; MF follows Rendle et al. (configs/mf.py). Only finished runs
+enter the results.
 """
 
 import dataclasses
@@ -86,7 +87,7 @@ flags.DEFINE_integer('num_epochs', None, 'Epochs per run; unset: each config\'s 
                      '(the paper\'s 20; MF 256).')
 flags.DEFINE_integer('seed', 0, 'Seed of every run.')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` experiments '
-                  '(best reports the first).')
+                  '(best reports their ensemble).')
 flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
 flags.DEFINE_bool('dry_run', False, 'List the runs and their commands, train nothing.')
 flags.DEFINE_bool('write_only', False, 'Write the results of the finished runs, train nothing.')
@@ -295,6 +296,17 @@ def _cell(value, fmt: str = '.4f') -> str:
   return '' if value is None else format(value, fmt)
 
 
+def _update_summary(out_dir: str, key: str, value) -> None:
+  """Sets one entry of `summary.json`, keeping the others."""
+  path = os.path.join(out_dir, 'summary.json')
+  summary = {}
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      summary = json.load(f)
+  summary[key] = value
+  atomic_write_text(path, json.dumps(summary, indent=2) + '\n')
+
+
 def write_results(experiment: str, runs: list[Run]) -> list[dict]:
   """Tables (markdown + JSON), summary.json's table2 and, with matplotlib, the plot."""
   rows = []
@@ -305,10 +317,12 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
       print(f'[{run.name}] not finished: left out of the results', flush=True)
   if experiment == 'factors':
     rows.append(item_popularity_row())
+  changed = {name: FLAGS[name].value
+             for name in ('factors', 'mf_factors', 'seeds', 'num_epochs', 'seed', 'validation')
+             if FLAGS[name].value != FLAGS[name].default}
   command = 'python -m experiments.reproduce --experiment=' + experiment + ''.join(
-      f' --{name}={",".join(FLAGS[name].value) if isinstance(FLAGS[name].value, list) else FLAGS[name].value}'
-      for name in ('factors', 'mf_factors', 'seeds', 'num_epochs', 'seed', 'validation')
-      if FLAGS[name].value != FLAGS[name].default)
+      f' --{name}={",".join(value) if isinstance(value, list) else value}'
+      for name, value in changed.items())
   out_dir = FLAGS.results_dir
   if FLAGS.validation and experiment not in ('seeds', 'best'):
     experiment += '_validation'
@@ -341,17 +355,11 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
                     json.dumps(dict(experiment=experiment, command=command, rows=rows), indent=1)
                     + '\n')
   if experiment == 'table2':
-    path = os.path.join(out_dir, 'summary.json')
-    summary = json.load(open(path, encoding='utf-8')) if os.path.exists(path) else {}
-    summary['table2'] = [{k: row[k] for k in ('factors', 'pretrained', 'hr', 'ndcg', 'paper_hr',
-                                              'paper_ndcg', 'command', 'selection')}
-                         for row in rows]
-    atomic_write_text(path, json.dumps(summary, indent=2) + '\n')
+    _update_summary(out_dir, 'table2', [
+        {k: row[k] for k in ('factors', 'pretrained', 'hr', 'ndcg', 'paper_hr', 'paper_ndcg',
+                             'command', 'selection')} for row in rows])
   if best is not None:
-    path = os.path.join(out_dir, 'summary.json')
-    summary = json.load(open(path, encoding='utf-8')) if os.path.exists(path) else {}
-    summary['best'] = best
-    atomic_write_text(path, json.dumps(summary, indent=2) + '\n')
+    _update_summary(out_dir, 'best', best)
   print('\n'.join(lines))
   try:
     from experiments import plots
