@@ -240,11 +240,7 @@ def item_popularity_row() -> dict:
   config.dataset, config.validation = FLAGS.dataset, FLAGS.validation
   if FLAGS.data_dir:
     config.data_dir = os.path.abspath(FLAGS.data_dir)
-  dataset = registry.load_dataset(config)
-  popularity = dataset.item_popularity
-  test = dataset.test
-  ranks = (popularity[test.negatives] > popularity[test.items][:, None]).sum(1)
-  result = evaluation.summarize(ranks, config.top_k)
+  result = evaluation.item_popularity(registry.load_dataset(config), config.top_k)
   return dict(name='itempop', model='itempop', factors=None, hr=result['hr'],
               ndcg=result['ndcg'], best_epoch=None, selection='none (no training)',
               command='python -m experiments.reproduce --experiment=factors (ItemPop row)')

@@ -38,6 +38,10 @@ class Ensemble(nn.Module):
   def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
     return jnp.mean(jnp.stack([m(users, items) for m in self.members]), axis=0)
 
+  @property
+  def pair_width(self) -> int:
+    return max(m.pair_width for m in self.members)
+
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
     return jnp.mean(jnp.stack([m.score_matrix(users, items) for m in self.members]), axis=0)
 

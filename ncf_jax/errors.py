@@ -15,3 +15,7 @@ class ConfigError(NcfError):
 
 class CheckpointError(NcfError):
   """A checkpoint is missing, partial or does not fit the model (the message names the path)."""
+
+
+class NonFiniteError(NcfError):
+  """Training or a model produced NaN or infinite values (the message says where)."""

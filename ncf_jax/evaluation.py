@@ -1,16 +1,21 @@
 """Leave-one-out ranking metrics, computed on the device in blocks of users.
 
 Rank rule (both protocols): the rank of a held-out item is the number of
-candidates that score *strictly* higher. A tie is decided in the held-out
-item's favour, and a copy of the held-out item among its sampled negatives
-(156 rows of the NCF ML-1M file) never counts against it, because it scores
-exactly the same. The original code instead lets the held-out item lose exact
-ties and collapses duplicates; with continuous scores the rules differ only on
-exact ties. HR@K = [rank < K]; NDCG@K = [rank < K] / log2(rank + 2).
+candidates that score *greater than or equal to* it, so every tie counts
+against the held-out item, as in the original code (which lets it lose exact
+ties). Copies of the held-out item among its own candidates (156 rows of the
+NCF ML-1M file list it among its 99 negatives) are excluded by item id, so
+they never count against it. A model that gives every candidate one score
+(collapsed, saturated, all-zero) therefore ranks last: HR@K = 0. Non-finite
+scores are an error (`NonFiniteError`), never a hit. HR@K = [rank < K];
+NDCG@K = [rank < K] / log2(rank + 2).
 
 - Sampled: each row's held-out item against its N listed negatives (99 in NCF).
 - Full ranking (Krichene & Rendle, KDD 2020): against every item, except the
   user's known interactions (training and the other held-out split).
+
+`top_k` must be smaller than the number of candidates of every row (held-out
+item included): otherwise every model, a random one too, scores HR = 1.
 """
 
 import dataclasses
@@ -20,20 +25,21 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from ncf_jax.data.dataset import HeldOut
+from ncf_jax.data.dataset import Dataset, HeldOut
+from ncf_jax.errors import ConfigError, NonFiniteError
 
 CURVE_KS = (1, 5, 10, 20)
 
 
-def ranks_from_scores(heldout_scores: jax.Array, candidate_scores: jax.Array) -> jax.Array:
-  """(R,) number of candidates scoring strictly above each row's held-out item."""
-  return jnp.sum(candidate_scores > heldout_scores[..., None], axis=-1)
+def ranks_from_scores(heldout_scores: jax.Array, candidate_scores: jax.Array,
+                      counted: jax.Array) -> jax.Array:
+  """(R,) number of counted candidates scoring >= each row's held-out item.
 
-
-def hit_and_ndcg(ranks: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  """Per-row HR@k and NDCG@k from 0-based ranks."""
-  hit = ranks < k
-  return hit.astype(jnp.float32), jnp.where(hit, 1.0 / jnp.log2(ranks + 2.0), 0.0)
+  `candidate_scores` and `counted` are (R, C); `counted` is False where a
+  candidate is not to be ranked (a copy of the held-out item, a known item).
+  Works on NumPy and JAX arrays alike.
+  """
+  return (((candidate_scores >= heldout_scores[..., None]) & counted).sum(axis=-1))
 
 
 def summarize(ranks: np.ndarray, top_k: int, ks=CURVE_KS) -> dict:
@@ -48,11 +54,39 @@ def summarize(ranks: np.ndarray, top_k: int, ks=CURVE_KS) -> dict:
   return out
 
 
+def check_top_k(top_k: int, num_candidates: int, what: str) -> None:
+  """ConfigError unless `top_k` is below the fewest candidates a row of `what` has."""
+  if top_k >= num_candidates:
+    raise ConfigError(f'config.top_k={top_k}: must be smaller than the number of candidates, '
+                      f'but some {what} rows rank only {num_candidates} (every model would '
+                      f'score HR@{top_k} = 1)')
+
+
+def _summary(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, top_k: int,
+             num_candidates: int, what: str) -> dict:
+  """Host-side metrics of one evaluation; the one device-to-host transfer."""
+  check_top_k(top_k, num_candidates, what)
+  ranks, nonfinite = jax.device_get((ranks, nonfinite))
+  if nonfinite:
+    raise NonFiniteError(f'{what} evaluation: the model scored {int(nonfinite)} '
+                         'candidates NaN or infinite (a diverged or damaged model)')
+  return summarize(ranks[:num_rows], top_k, [k for k in CURVE_KS if k < num_candidates])
+
+
 def _blocks(values: np.ndarray, block: int, fill) -> np.ndarray:
   """Pads axis 0 to a multiple of `block` and reshapes to (num_blocks, block, ...)."""
   pad = -len(values) % block
   values = np.concatenate([values, np.full((pad, *values.shape[1:]), fill, values.dtype)])
   return values.reshape(-1, block, *values.shape[1:])
+
+
+def _real_rows(num_rows: int, block: int) -> np.ndarray:
+  """(num_blocks, block) True for rows that are not padding."""
+  return _blocks(np.ones(num_rows, bool), block, False)
+
+
+def _count_nonfinite(scores: jax.Array, real: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(scores) & real[:, None])
 
 
 @dataclasses.dataclass
@@ -62,31 +96,42 @@ class SampledEvaluator:
   model: object
   heldout: HeldOut
   users_per_block: int = 2048
+  what: str = 'test'
 
   def __post_init__(self):
     block = min(self.users_per_block, len(self.heldout))
     candidates = np.concatenate([self.heldout.items[:, None], self.heldout.negatives], axis=1)
+    counted = self.heldout.negatives != self.heldout.items[:, None]
+    # The fewest candidates any row ranks: its held-out item and its other negatives.
+    self.num_candidates = 1 + int(counted.sum(axis=1).min())
     self._users = jnp.asarray(_blocks(self.heldout.users, block, 0))
     self._candidates = jnp.asarray(_blocks(candidates.astype(np.int32), block, 0))
+    self._counted = jnp.asarray(_blocks(counted, block, False))
+    self._real = jnp.asarray(_real_rows(len(self.heldout), block))
     model = self.model
 
     def score_user(params, user, items):
       return model.apply({'params': params}, jnp.full(items.shape, user), items)
 
     def block_ranks(params, block):
-      users, candidates = block
+      users, candidates, counted, real = block
       scores = jax.vmap(score_user, in_axes=(None, 0, 0))(params, users, candidates)
-      return ranks_from_scores(scores[:, 0], scores[:, 1:])
+      return (ranks_from_scores(scores[:, 0], scores[:, 1:], counted),
+              _count_nonfinite(scores, real))
 
-    self._ranks = jax.jit(lambda params, users, candidates: lax.map(
-        lambda b: block_ranks(params, b), (users, candidates)).reshape(-1))
+    def all_ranks(params, *blocks):
+      ranks, nonfinite = lax.map(lambda b: block_ranks(params, b), blocks)
+      return ranks.reshape(-1), nonfinite.sum()
 
-  def ranks(self, params) -> jax.Array:
-    """(R,) ranks, on the device."""
-    return self._ranks(params, self._users, self._candidates)[:len(self.heldout)]
+    self._ranks = jax.jit(all_ranks)
+
+  def ranks(self, params) -> tuple[jax.Array, jax.Array]:
+    """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
+    return self._ranks(params, self._users, self._candidates, self._counted, self._real)
 
   def __call__(self, params, top_k: int) -> dict:
-    return summarize(jax.device_get(self.ranks(params)), top_k)
+    return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,
+                    self.what)
 
 
 @dataclasses.dataclass
@@ -103,22 +148,15 @@ class FullRankingEvaluator:
   known_items: np.ndarray
   num_items: int
   max_block_elements: int = 2**25
+  what: str = 'full-ranking test'
 
   def __post_init__(self):
-    width = max(64, getattr(self.model, 'layers', (64,))[0])  # widest per-pair activation
+    width = max(64, self.model.pair_width)  # the widest per-pair activation of full ranking
     block = int(np.clip(self.max_block_elements // (self.num_items * width), 1, len(self.heldout)))
     rows = len(self.heldout)
     num_blocks = -(-rows // block)
-    # Each known pair masks every held-out row of its user (a vectorised join).
-    order = np.argsort(self.heldout.users, kind='stable')
-    sorted_users = self.heldout.users[order]
-    lo = np.searchsorted(sorted_users, self.known_users, side='left')
-    hi = np.searchsorted(sorted_users, self.known_users, side='right')
-    counts = hi - lo
-    pair = np.repeat(np.arange(len(self.known_users)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    row = order[np.repeat(lo, counts) + offsets]
-    item = self.known_items[pair]
+    row, item = self._known_pairs_by_row()
+    self.num_candidates = self._fewest_candidates(row, item)
     # Known pairs sorted by block, flat (memory ~ the number of pairs); each block reads a
     # fixed-width window from its offset and masks what lies beyond its own pairs.
     blk = row // block
@@ -132,10 +170,11 @@ class FullRankingEvaluator:
     self._block_count = jnp.asarray(per_block.astype(np.int32))
     self._users = jnp.asarray(_blocks(self.heldout.users, block, 0))
     self._items = jnp.asarray(_blocks(self.heldout.items, block, 0))
+    self._real = jnp.asarray(_real_rows(rows, block))
     model, num_items = self.model, self.num_items
 
     def block_ranks(params, pair_rows, pair_items, b):
-      users, items, start, count = b
+      users, items, start, count, real = b
       scores = model.apply({'params': params}, users, jnp.arange(num_items),
                            method=model.score_matrix)
       heldout = jnp.take_along_axis(scores, items[:, None], axis=1)[:, 0]
@@ -143,20 +182,44 @@ class FullRankingEvaluator:
       rows = jnp.where(jnp.arange(window) < count, rows, block)  # beyond the block: dropped
       cols = lax.dynamic_slice(pair_items, (start,), (window,))
       known = jnp.zeros(scores.shape, bool).at[rows, cols].set(True, mode='drop')
-      return ranks_from_scores(heldout, jnp.where(known, -jnp.inf, scores))
+      counted = ~known & (jnp.arange(num_items)[None, :] != items[:, None])
+      return ranks_from_scores(heldout, scores, counted), _count_nonfinite(scores, real)
 
-    self._ranks = jax.jit(lambda params, pair_rows, pair_items, *blocks: lax.map(
-        lambda b: block_ranks(params, pair_rows, pair_items, b), blocks).reshape(-1))
+    def all_ranks(params, pair_rows, pair_items, *blocks):
+      ranks, nonfinite = lax.map(lambda b: block_ranks(params, pair_rows, pair_items, b), blocks)
+      return ranks.reshape(-1), nonfinite.sum()
 
-  def ranks(self, params) -> jax.Array:
+    self._ranks = jax.jit(all_ranks)
+
+  def _known_pairs_by_row(self) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out row, item) for every known pair of that row's user (a vectorised join)."""
+    order = np.argsort(self.heldout.users, kind='stable')
+    sorted_users = self.heldout.users[order]
+    lo = np.searchsorted(sorted_users, self.known_users, side='left')
+    hi = np.searchsorted(sorted_users, self.known_users, side='right')
+    counts = hi - lo
+    pair = np.repeat(np.arange(len(self.known_users)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return order[np.repeat(lo, counts) + offsets], self.known_items[pair]
+
+  def _fewest_candidates(self, row: np.ndarray, item: np.ndarray) -> int:
+    """Items a row ranks: all but its user's distinct known items other than its own."""
+    other = item != self.heldout.items[row]
+    keys = np.unique(row[other].astype(np.int64) * self.num_items + item[other])
+    known = np.bincount(keys // self.num_items, minlength=len(self.heldout))
+    return int(self.num_items - known.max())
+
+  def ranks(self, params) -> tuple[jax.Array, jax.Array]:
+    """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._pair_rows, self._pair_items, self._users, self._items,
-                       self._block_start, self._block_count)[:len(self.heldout)]
+                       self._block_start, self._block_count, self._real)
 
   def __call__(self, params, top_k: int) -> dict:
-    return summarize(jax.device_get(self.ranks(params)), top_k)
+    return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,
+                    self.what)
 
 
-def full_ranking_evaluator(model, dataset) -> FullRankingEvaluator:
+def full_ranking_evaluator(model, dataset: Dataset) -> FullRankingEvaluator:
   """Full ranking of `dataset.test`, excluding training and validation interactions."""
   users, items = [dataset.train_users], [dataset.train_items]
   if dataset.valid is not None:
@@ -164,3 +227,12 @@ def full_ranking_evaluator(model, dataset) -> FullRankingEvaluator:
     items.append(dataset.valid.items)
   return FullRankingEvaluator(model, dataset.test, np.concatenate(users), np.concatenate(items),
                               dataset.num_items)
+
+
+def item_popularity(dataset: Dataset, top_k: int) -> dict:
+  """The ItemPop baseline: test items ranked by their training popularity, same rule."""
+  popularity = dataset.item_popularity
+  test = dataset.test
+  counted = test.negatives != test.items[:, None]
+  ranks = ranks_from_scores(popularity[test.items], popularity[test.negatives], counted)
+  return summarize(ranks, top_k)

@@ -107,6 +107,11 @@ class NCF(nn.Module):
     """Logits (B,) for (B,) user and item ids."""
     return self.score(self.embed(users, items))
 
+  @property
+  def pair_width(self) -> int:
+    """The widest activation `score_matrix` holds per (user, item) pair."""
+    return int(self.layers[0]) if 'mlp' in self.towers else int(self.num_factors)
+
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
     """Logits (U, I) for every pair of (U,) users and (I,) items.
 
@@ -179,6 +184,10 @@ class MF(nn.Module):
 
   def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
     return self.score(self.embed(users, items))
+
+  @property
+  def pair_width(self) -> int:
+    return int(self.num_factors)
 
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
     rows = self.mf.embed(users, items)

@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, callable from a notebook."""
 
 import json
+import math
 import os
 import time
 
@@ -18,11 +19,23 @@ from ncf_jax import optimizers
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.ncf_format import atomic_write_text
-from ncf_jax.errors import ConfigError
+from ncf_jax.errors import ConfigError, NonFiniteError
+
+
+def _flat_items(config, prefix: str = ''):
+  """(dotted key, value) of every leaf field of a ConfigDict."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flat_items(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first field whose value cannot work."""
+  for key, value in _flat_items(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'config.{key}={value}: must be a finite number')
   positive = ('batch_size', 'num_negatives', 'top_k', 'steps_per_dispatch',
               'eval_users_per_block', 'num_factors', 'learning_rate')
   for field in positive:
@@ -67,9 +80,12 @@ class _Evaluators:
     self.top_k = config.top_k
     blocks = config.eval_users_per_block
     self.test = evaluation.SampledEvaluator(model, dataset.test, blocks)
-    self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks)
+    self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation')
                   if dataset.valid is not None else None)
     self.full = evaluation.full_ranking_evaluator(model, dataset) if config.full_ranking else None
+    for evaluator in (self.test, self.valid, self.full):
+      if evaluator is not None:  # before anything trains or is written
+        evaluation.check_top_k(self.top_k, evaluator.num_candidates, evaluator.what)
 
   def __call__(self, params) -> dict:
     test = self.test(params, self.top_k)
@@ -180,6 +196,16 @@ def _total_steps(config, dataset) -> int:
                                                          config.batch_size)
 
 
+def _check_finite(metrics: dict, epoch: int, config) -> None:
+  """NonFiniteError if the chunk's loss or parameters went NaN or infinite."""
+  if metrics['nonfinite']:
+    raise NonFiniteError(
+        f'epoch {epoch}: training diverged (the loss or parameters became NaN or infinite); '
+        f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
+        f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
+        f'one to resume after epoch {epoch - 1}')
+
+
 def _train_epochs(config, dataset, model, tx, state, done_epoch, evaluators, ckpts, log, history,
                   start_time):
   """Epochs done_epoch+1 .. num_epochs: train, evaluate, log, checkpoint."""
@@ -202,7 +228,7 @@ def _train_epochs(config, dataset, model, tx, state, done_epoch, evaluators, ckp
       state, metrics = train_chunk(state, batches.chunk(start, chunk_size), np.int32(num_steps))
       totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
       if config.log_every_seconds and time.time() - last_log > config.log_every_seconds:
-        jax.block_until_ready(metrics)  # a sync every few seconds, not every step
+        _check_finite(jax.device_get(metrics), epoch, config)  # a sync every few seconds
         done = (start + num_steps) / real_batches
         rate = done * batches.num_examples / (time.time() - t0)
         eta = (time.time() - t0) * (1 - done) / done
@@ -210,6 +236,7 @@ def _train_epochs(config, dataset, model, tx, state, done_epoch, evaluators, ckp
               flush=True)
         last_log = time.time()
     totals = jax.device_get(totals)
+    _check_finite(totals, epoch, config)
     train_seconds = time.time() - t0
     t1 = time.time()
     record = dict(epoch=epoch, step=int(state['step']), top_k=config.top_k,

@@ -164,6 +164,12 @@ def make_train_step(model: models.NCF, tx: optax.GradientTransformation, config,
   return train_step
 
 
+def count_nonfinite(*trees) -> jax.Array:
+  """The number of arrays in `trees` holding a NaN or an infinity (int32 scalar)."""
+  return sum(jnp.any(~jnp.isfinite(x)).astype(jnp.int32)
+             for x in jax.tree_util.tree_leaves(trees))
+
+
 def make_train_chunk(model: models.NCF, tx: optax.GradientTransformation, config,
                      total_steps: int = 1
                      ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
@@ -185,6 +191,8 @@ def make_train_chunk(model: models.NCF, tx: optax.GradientTransformation, config
       return state, jax.tree_util.tree_map(jnp.add, totals, metrics)
 
     zeros = dict(loss_sum=jnp.zeros(()), weight_sum=jnp.zeros(()))
-    return lax.fori_loop(0, num_steps, body, (state, zeros))
+    state, totals = lax.fori_loop(0, num_steps, body, (state, zeros))
+    # Checked once per chunk, on the device; the host reads it with the epoch's loss.
+    return state, dict(totals, nonfinite=count_nonfinite(totals['loss_sum'], state['params']))
 
   return jax.jit(train_chunk, donate_argnums=0)

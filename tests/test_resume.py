@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from configs import test as test_config
 from ncf_jax import train
-from ncf_jax.errors import CheckpointError
+from ncf_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
 # Large enough that an epoch takes a while (~3000 steps of batch 64) and a
 # kill lands inside one; small enough for seconds per epoch.
@@ -166,3 +166,28 @@ def test_damaged_checkpoint_fails_in_one_line(trained, tmp_path, capfd, damage):
   del e
   gc.collect()  # finalises the reads Orbax abandoned, while this test's hooks are installed
   assert 'Traceback' not in capfd.readouterr().err  # no noise from abandoned reads
+
+
+def test_diverged_run_stops_saves_nothing_nonfinite_and_resumes_with_a_smaller_rate(tmp_path):
+  diverging = _config(optimizer='sgd', learning_rate=1000.0)
+  with pytest.raises(NonFiniteError, match=r'epoch 1: training diverged.*learning_rate=1000'):
+    _train(diverging, tmp_path)
+  assert [r['epoch'] for r in _records(tmp_path)] == [0]  # epoch 1 was neither logged nor saved
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'latest')) == ['0']
+  _, history = _train(_config(optimizer='sgd', learning_rate=0.1), tmp_path)
+  assert [r['epoch'] for r in history] == [0, 1, 2]
+  assert all(r['loss'] is None or r['loss'] < 1.0 for r in history)
+
+
+def test_diverged_run_is_one_line_and_a_nonzero_exit(tmp_path):
+  done = subprocess.run(_cli(tmp_path, '--config.optimizer=sgd', '--config.learning_rate=1000'),
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert done.stderr.strip().splitlines()[-1].startswith('error: epoch 1: training diverged')
+  assert 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('value', ['nan', 'inf', '-inf'])
+def test_non_finite_config_numbers_are_refused(tmp_path, value):
+  with pytest.raises(ConfigError, match=f'config.learning_rate={value}: must be a finite'):
+    _train(_config(learning_rate=float(value)), tmp_path)

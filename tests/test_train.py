@@ -27,9 +27,7 @@ def _config(**overrides):
 
 
 def _popularity_hr(dataset, k=10):
-  pop = dataset.item_popularity
-  ranks = (pop[dataset.test.negatives] > pop[dataset.test.items][:, None]).sum(1)
-  return evaluation.summarize(ranks, k)['hr']
+  return evaluation.item_popularity(dataset, k)['hr']
 
 
 @pytest.fixture(scope='module')
