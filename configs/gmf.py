@@ -1,6 +1,6 @@
 """GMF with the paper's settings."""
 
-from configs import default
+from ncf_jax.configs import default
 
 
 def get_config():

@@ -9,7 +9,7 @@ figure (HR@10 0.7294, NDCG@10 0.4523) is at embedding dimension 192, one dimensi
 holds a bias; `num_factors` counts the dot-product dimensions only.
 """
 
-from configs import default
+from ncf_jax.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """MLP with 3 hidden layers (64 -> 32 -> 16 -> 8 at 8 factors), the paper's settings."""
 
-from configs import default
+from ncf_jax.configs import default
 
 
 def get_config():

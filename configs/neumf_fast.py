@@ -9,7 +9,7 @@ Adam, because on a CPU lazy Adam's scatters cost more than they save at this bat
 is slightly more accurate per epoch: see the tuning notes).
 """
 
-from configs import neumf
+from ncf_jax.configs import neumf
 
 
 def get_config():

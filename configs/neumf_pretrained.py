@@ -43,7 +43,7 @@ this sets a safe default rather than a tuned one: on real data, sweep it.)
 
 from ml_collections import config_dict
 
-from configs import neumf
+from ncf_jax.configs import neumf
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Tiny NeuMF on synthetic data: a smoke run of seconds on a CPU."""
 
-from configs import default
+from ncf_jax.configs import default
 
 
 def get_config():

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from ncf_jax import run_dir
+
 if TYPE_CHECKING:
   from matplotlib.axes import Axes
   from matplotlib.figure import Figure
@@ -56,17 +58,6 @@ def load_rows(path: str, experiment: str) -> list[Row]:
     raise ValueError(f"{path}: key 'rows' is not a list")
   check_rows(results['rows'], experiment, path)
   return results['rows']
-
-
-def read_metrics(workdir: str) -> list[Row]:
-  """The records of `workdir/metrics.jsonl`, one per epoch (the last line wins), by epoch."""
-  by_epoch = {}
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
-        by_epoch[record['epoch']] = record
-  return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def _figure(ncols: int, title: str) -> 'Figure':
@@ -231,7 +222,7 @@ def plot_curves(runs: dict[str, str], path: str) -> 'Figure':
   """Figure 6: training loss (epochs 1..) and test HR@10 (epochs 0..) per epoch.
 
   Args:
-    runs: label -> workdir holding a `metrics.jsonl`.
+    runs: label -> workdir of a run that logged metrics.
     path: where the PNG goes.
 
   Returns:
@@ -241,7 +232,7 @@ def plot_curves(runs: dict[str, str], path: str) -> 'Figure':
   fig = _figure(2, 'ML-1M, training loss and test HR@10 per epoch')
   loss_ax, hr_ax = fig.axes
   for label, workdir in runs.items():
-    records = read_metrics(workdir)
+    records = run_dir.RunDir(workdir).read_metrics()
     losses = [r for r in records if r['epoch'] > 0 and r.get('loss') is not None]
     loss_ax.plot([r['epoch'] for r in losses], [r['loss'] for r in losses], marker='.',
                  label=label)
@@ -259,13 +250,13 @@ PLOTTERS: dict[str, Callable[[list[Row], str], 'Figure']] = {
 
 
 def curve_runs(rows: list[Row], repo_root: str) -> dict[str, str] | None:
-  """GMF/MLP/NeuMF at 8 factors -> workdir, if all three rows have a metrics.jsonl."""
+  """GMF/MLP/NeuMF at 8 factors -> workdir, if all three rows' runs logged metrics."""
   runs = {}
   for model in ('gmf', 'mlp', 'neumf'):
     for row in rows:
       workdir = row.get('workdir')
       if (row.get('model') == model and row.get('factors') == 8 and workdir and
-          os.path.isfile(os.path.join(repo_root, workdir, 'metrics.jsonl'))):
+          run_dir.RunDir(os.path.join(repo_root, workdir)).read_metrics()):
         runs[MODEL_NAMES[model]] = os.path.join(repo_root, workdir)
         break
     else:

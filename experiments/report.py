@@ -13,7 +13,7 @@ import statistics
 import sys
 
 from ncf_jax import evaluation
-from ncf_jax import pretrain
+from ncf_jax import run_dir
 from ncf_jax.data import registry
 from ncf_jax.data.ncf_format import atomic_write_text
 
@@ -33,25 +33,22 @@ def full_ranking_at_best(workdir: str, epoch: int | None = None) -> dict:
       cached = json.load(f)
     if epoch is None or cached.get('epoch') == epoch:
       return cached
-  config = pretrain.read_config(workdir)
-  dataset = registry.load_dataset(config)
-  state, epoch, model = pretrain.restore_best_state(workdir, config, dataset.num_users,
-                                                    dataset.num_items)
-  result = evaluation.full_ranking_evaluator(model, dataset)(state['params'], config.top_k)
-  out = dict(epoch=int(epoch), hr=float(result['hr']), ndcg=float(result['ndcg']))
+  dataset = registry.load_dataset(run_dir.RunDir(workdir).read_config())
+  trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
+  result = evaluation.full_ranking_evaluator(trained.model, dataset)(trained.params,
+                                                                      trained.config.top_k)
+  out = dict(epoch=int(trained.epoch), hr=float(result['hr']), ndcg=float(result['ndcg']))
   atomic_write_text(path, json.dumps(out) + '\n')
   return out
 
 
 def summarize_run(workdir: str, full_ranking: bool = False) -> dict:
   """The numbers of one workdir, as a dict; `full_ranking` adds full_hr/full_ndcg."""
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    records = [json.loads(line) for line in f]
-  on_valid = all('valid_hr' in r for r in records)
-  key = 'valid_hr' if on_valid else 'hr'
-  best = max(records, key=lambda r: r[key])  # the first epoch reaching the max
+  run = run_dir.RunDir(workdir)
+  config = run_dir.config_to_dict(run.read_config())
+  records = run.read_metrics()
+  on_valid = run_dir.selection_key(records) == 'valid_hr'
+  best = run_dir.best_record(records)
   train = [r['train_seconds'] for r in records if r.get('train_seconds')]
   row = dict(workdir=workdir, model=config['model'], num_factors=config['num_factors'],
              layers=config.get('layers'), batch_size=config['batch_size'],

@@ -43,7 +43,6 @@ enter the results.
 import dataclasses
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -56,7 +55,7 @@ from ncf_jax import ensemble
 from ncf_jax import evaluation
 from ncf_jax import pipeline
 from ncf_jax import train
-from ncf_jax import xla_cpu
+from ncf_jax import run_dir
 from ncf_jax.data import registry
 from ncf_jax.data.ncf_format import atomic_write_text
 
@@ -105,7 +104,7 @@ class Run:
   labels: dict = dataclasses.field(default_factory=dict)
 
   def config(self) -> ml_collections.ConfigDict:
-    module = __import__(f'configs.{self.config_file}', fromlist=['get_config'])
+    module = __import__(f'ncf_jax.configs.{self.config_file}', fromlist=['get_config'])
     config = module.get_config()
     for key, value in self.overrides.items():
       config[key] = value
@@ -215,7 +214,7 @@ def execute(run: Run) -> None:
   config = run.config()
   if run.pipeline:
     pipeline.run_pipeline(config, run.workdir)
-  elif pipeline.is_finished(config, run.workdir):
+  elif run_dir.RunDir(run.workdir).is_finished(config.num_epochs):
     print(f'[{run.name}] finished earlier', flush=True)
   else:
     print(f'[{run.name}] {run.command()}', flush=True)
@@ -236,7 +235,7 @@ def _row(experiment: str, run: Run) -> dict:
 
 def item_popularity_row() -> dict:
   """ItemPop (rank by training popularity) through the same metric code."""
-  config = __import__('configs.default', fromlist=['get_config']).get_config()
+  config = __import__('ncf_jax.configs.default', fromlist=['get_config']).get_config()
   config.dataset, config.validation = FLAGS.dataset, FLAGS.validation
   if FLAGS.data_dir:
     config.data_dir = os.path.abspath(FLAGS.data_dir)
@@ -307,7 +306,7 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
   """Tables (markdown + JSON), summary.json's table2 and, with matplotlib, the plot."""
   rows = []
   for run in runs:
-    if pipeline.is_finished(run.config(), run.result_dir()):
+    if run_dir.RunDir(run.result_dir()).is_finished(run.config().num_epochs):
       rows.append(_row(experiment, run))
     else:
       print(f'[{run.name}] not finished: left out of the results', flush=True)
@@ -371,7 +370,6 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   runs = plan(FLAGS.experiment)
   if FLAGS.dry_run:
     for run in runs:
@@ -384,5 +382,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  xla_cpu.use_fast_cpu_runtime()
   app.run(main)

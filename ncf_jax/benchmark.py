@@ -29,7 +29,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ncf_jax import xla_cpu
 
 flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
 flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
@@ -60,7 +59,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.model, config.batch_size, config.optimizer = model, batch_size, optimizer
   config.num_factors = num_factors
@@ -93,11 +92,12 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   from ncf_jax import feeder, models, optimizers, train_step  # pylint: disable=g-import-not-at-top
   config = _config(model_name, batch_size, optimizer, num_factors)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
-  tx = optimizers.create_optimizer(config)
+  optimizer_ = optimizers.create_optimizer(config)
   ids = jnp.zeros((1,), jnp.int32)
-  state = train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'], tx,
-                                optimizer)
-  chunk_fn = train_step.make_train_chunk(model, tx, config)
+  state = train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'], optimizer_,
+                                model)
+  chunk_fn = train_step.make_train_chunk(model, optimizer_,
+                                         train_step.Regularization.from_config(config))
   steps = config.steps_per_dispatch
   chunks = max(1, samples // (batch_size * steps))
   batches = feeder.epoch_batches(dataset, 4, batch_size, 0, 1, batch_multiple=steps)
@@ -145,7 +145,7 @@ def bench_eval(dataset, repeats: int, full_ranking: bool = True) -> dict:
 def bench_epoch(data_dir: str | None, num_epochs: int = 3) -> dict:
   """Epoch wall time of the real training loop, paper settings (epoch 1 includes compiling)."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  from configs import neumf  # pylint: disable=g-import-not-at-top
+  from ncf_jax.configs import neumf  # pylint: disable=g-import-not-at-top
   from ncf_jax import train  # pylint: disable=g-import-not-at-top
   config = neumf.get_config()
   config.num_epochs, config.log_every_seconds = num_epochs, 0.0
@@ -229,8 +229,7 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
   results = dict(environment=_environment())
   print(json.dumps(results['environment']))
@@ -264,5 +263,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  xla_cpu.use_fast_cpu_runtime()
   app.run(main)

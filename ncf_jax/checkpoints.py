@@ -1,14 +1,24 @@
-"""Orbax checkpoints of the train state: the latest few for resuming, the best for use.
+"""One directory of numbered Orbax checkpoints of a state pytree, verified on restore.
 
-Two managers under `<workdir>/checkpoints`, because Orbax's `best_fn` with
-`max_to_keep` may delete the newest checkpoint (which resuming needs):
-`latest/` keeps the last `keep` epochs, `best/` the epoch that first reached
-the best selection metric (the caller decides; ties keep the earlier epoch). The step number is the epoch. Before restoring, the stored
-tree is checked against the expected one, so a checkpoint from another model
-or size fails with the path of the first mismatching parameter.
+Each checkpoint holds two items: `state` (the pytree, Orbax's standard format)
+and `digests`, a JSON record of the state's contents: for every array, a
+BLAKE2b digest of each block of `ROW_BLOCK` rows along its first axis, keyed
+by the block's first row. Orbax 0.12 verifies no array contents (only a
+zarr3 shard index carries a CRC), so a damaged data file could otherwise be
+restored as garbage. The digests depend on the values alone, not on how the
+arrays are sharded or on how many devices wrote them, so a checkpoint written
+on 8 devices verifies on 1.
+
+Before restoring, the stored tree is checked against the expected one, so a
+checkpoint from another model or size fails with the path of the first
+mismatching parameter. Which directories a run keeps (`latest/`, `best/`) is
+the run folder's business (`run_dir.py`).
 """
 
 import asyncio
+import contextlib
+import gc
+import hashlib
 import os
 import sys
 
@@ -16,7 +26,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ncf_jax.errors import CheckpointError
+from ncf_jax.errors import CheckpointError, DamagedCheckpointError
+
+ROW_BLOCK = 1024  # rows per digest block: fixed, so digests do not depend on sharding
 
 
 def describe_error(e: Exception, limit: int = 300) -> str:
@@ -29,26 +41,33 @@ def describe_error(e: Exception, limit: int = 300) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
-def _drop_closed_loop_noise(previous):
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
-      return
-    if (asyncio.iscoroutine(unraisable.object)
-        and isinstance(error.__cause__ or error.__context__, GeneratorExit)):
-      return  # a read coroutine abandoned with its loop, complaining as it is closed
-    previous(unraisable)
-  hook.drops_closed_loop_noise = True
-  return hook
-
-
-def silence_abandoned_reads() -> None:
+def _is_closed_loop_noise(unraisable) -> bool:
   """When one read of a damaged checkpoint fails, Orbax closes its event loop while
-  TensorStore still completes the other reads; each then prints an "Event loop is
-  closed" traceback through `sys.unraisablehook`, and the abandoned coroutines another
-  when collected. Those (only those) are dropped."""
-  if not getattr(sys.unraisablehook, 'drops_closed_loop_noise', False):
-    sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
+  TensorStore still completes the other reads; each then reports "Event loop is
+  closed" through `sys.unraisablehook`, and the abandoned coroutines another when
+  collected."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    return True
+  return (asyncio.iscoroutine(unraisable.object)
+          and isinstance(error.__cause__ or error.__context__, GeneratorExit))
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Drops (only) that noise while a restore runs, then puts the previous hook back."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_noise(unraisable):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()  # finalises the abandoned reads while the hook is in place
+    sys.unraisablehook = previous
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -83,74 +102,104 @@ def check_tree_matches(expected, found, where: str) -> None:
                             f'expected {want[path]}')
 
 
-def stored_tree(manager: ocp.CheckpointManager, epoch: int):
-  """The stored tree's metadata (shapes and dtypes) of `epoch`; CheckpointError if unreadable."""
-  where = os.path.join(manager.directory, str(epoch))
-  silence_abandoned_reads()
-  try:
-    metadata = manager.item_metadata(epoch)
-    found = getattr(metadata, 'tree', metadata)
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'{where}: unreadable checkpoint ({describe_error(e)})') from None
-  if found is None:
-    raise CheckpointError(f'{where}: unreadable checkpoint (no metadata)')
-  return found
+def _host_array(x) -> np.ndarray:
+  """The whole array on this host (gathered from the other processes when it is not)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
 
 
-def restore_checked(manager: ocp.CheckpointManager, epoch: int, abstract_state,
-                    found=None):
-  """Restores `epoch` after checking the stored tree against `abstract_state`."""
-  where = os.path.join(manager.directory, str(epoch))
-  check_tree_matches(abstract_state, stored_tree(manager, epoch) if found is None else found,
-                     where)
-  try:
-    return manager.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
+def content_digests(state) -> dict[str, dict[str, str]]:
+  """{array path: {first row of a block: hex digest of the block's bytes}}."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    array = np.ascontiguousarray(_host_array(leaf))
+    rows = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
+    header = f'{array.dtype.str}{array.shape}'.encode()
+    out['/'.join(_path_names(path))] = {
+        str(start): hashlib.blake2b(header + rows[start:start + ROW_BLOCK].tobytes(),
+                                    digest_size=16).hexdigest()
+        for start in range(0, max(len(rows), 1), ROW_BLOCK)}
+  return out
 
 
-class Checkpoints:
-  """The `latest/` and `best/` checkpoints of one workdir."""
+def _first_mismatch(expected: dict, found: dict) -> str | None:
+  """The first array (and block) whose digest differs, or None."""
+  for name in sorted(set(expected) | set(found)):
+    want, have = expected.get(name), found.get(name)
+    if want is None or have is None:
+      return f'{name} has no recorded digest' if want is None else f'{name} is not in the state'
+    for start in sorted(set(want) | set(have), key=int):
+      if want.get(start) != have.get(start):
+        return f'{name} rows {start}..{int(start) + ROW_BLOCK - 1}'
+  return None
 
-  def __init__(self, workdir: str, keep: int = 2):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self._latest = ocp.CheckpointManager(
-        os.path.join(self.directory, 'latest'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_handlers=ocp.StandardCheckpointHandler())
-    self._best = ocp.CheckpointManager(
-        os.path.join(self.directory, 'best'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
-        item_handlers=ocp.StandardCheckpointHandler())
 
-  def latest_epoch(self) -> int | None:
-    return self._latest.latest_step()
+class CheckpointDir:
+  """Numbered checkpoints (the step is the epoch) of one state pytree in one directory."""
 
-  def save(self, epoch: int, state, is_best: bool) -> None:
-    """Saves asynchronously into `latest/`, and into `best/` (replacing it) if `is_best`."""
-    self._latest.save(epoch, args=ocp.args.StandardSave(state))
-    if is_best:
-      self._best.save(epoch, args=ocp.args.StandardSave(state))
+  def __init__(self, directory: str, keep: int | None = None, create: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'digests': ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
 
-  def restore_latest(self, abstract_state):
-    """(state, epoch) of the newest complete checkpoint."""
-    epoch = self.latest_epoch()
-    if epoch is None:
-      raise CheckpointError(f'{self.directory}/latest: no checkpoint')
-    return restore_checked(self._latest, epoch, abstract_state), epoch
+  def where(self, epoch: int) -> str:
+    return os.path.join(self.directory, str(epoch))
 
-  def best_epoch(self) -> int | None:
-    return self._best.latest_step()
+  def epochs(self) -> list[int]:
+    """The complete checkpoints, oldest first."""
+    return sorted(self._manager.all_steps())
 
-  def restore_best(self, abstract_state):
-    """(state, epoch) of the best checkpoint."""
-    epoch = self.best_epoch()
-    if epoch is None:
-      raise CheckpointError(f'{self.directory}/best: no checkpoint')
-    return restore_checked(self._best, epoch, abstract_state), epoch
+  def save(self, epoch: int, state) -> None:
+    """Saves asynchronously, replacing a checkpoint of the same epoch."""
+    if epoch in self._manager.all_steps():  # a retrained epoch after resuming from an older one
+      self._manager.wait_until_finished()
+      self._manager.delete(epoch)
+    digests = content_digests(state)
+    self._manager.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), digests=ocp.args.JsonSave(digests)))
+
+  def delete(self, epoch: int) -> None:
+    self._manager.wait_until_finished()
+    self._manager.delete(epoch)
+
+  def stored_tree(self, epoch: int):
+    """The stored state's metadata (shapes and dtypes); CheckpointError if unreadable."""
+    try:
+      metadata = self._manager.item_metadata(epoch)['state']
+      found = getattr(metadata, 'tree', metadata)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(f'{self.where(epoch)}: unreadable checkpoint '
+                                   f'({describe_error(e)})') from None
+    if found is None:
+      raise DamagedCheckpointError(f'{self.where(epoch)}: unreadable checkpoint (no metadata)')
+    return found
+
+  def restore(self, epoch: int, abstract_state):
+    """The state of `epoch`, checked against `abstract_state` (shapes, dtypes, shardings)
+    and verified against its digests; CheckpointError naming the checkpoint if not."""
+    where = self.where(epoch)
+    with _quiet_abandoned_reads():
+      check_tree_matches(abstract_state, self.stored_tree(epoch), where)
+      try:
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), digests=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        raise DamagedCheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
+    mismatch = _first_mismatch(restored['digests'] or {}, content_digests(restored['state']))
+    if mismatch is not None:
+      raise DamagedCheckpointError(f'{where}: damaged checkpoint (the contents of {mismatch} do not '
+                            'match the digest recorded when it was saved)')
+    return restored['state']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending writes, then releases the managers."""
-    for manager in (self._latest, self._best):
-      manager.wait_until_finished()
-      manager.close()
+    """Waits for pending writes, then releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()

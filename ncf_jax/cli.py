@@ -1,6 +1,16 @@
-"""What the command-line entry points share: flag parsing that fails in one line."""
+"""What every command-line entry point shares: flags parsed with one-line errors, logging set
+once, shipped configs found from any directory, and one way of reporting errors.
 
+  if __name__ == '__main__':
+    cli.run(main, define_flags)
+
+A user's error (`NcfError`), an OSError, Ctrl-C or SIGTERM ends the command with
+one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+import os
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -9,6 +19,12 @@ from absl import flags
 from absl import logging
 
 from ncf_jax.errors import NcfError
+
+CONFIG_FLAG = 'config'
+
+
+class Interrupted(KeyboardInterrupt):
+  """SIGTERM (a preempted or cancelled job), raised in the main thread like Ctrl-C."""
 
 
 def config_key_error(error: Exception) -> str:
@@ -20,26 +36,109 @@ def config_key_error(error: Exception) -> str:
           + (f'. {hint.group(0)}?' if hint else ''))
 
 
+def shipped_config(path: str) -> str:
+  """`path`, or the config shipped with ncf_jax when `path` names `configs/<file>.py` and the
+  current directory has no such file (so the README's commands work from anywhere)."""
+  if os.path.exists(path):
+    return path
+  head, name = os.path.split(os.path.normpath(path))
+  if os.path.basename(head) != 'configs' or not name.endswith('.py'):
+    return path
+  from ncf_jax import configs  # pylint: disable=g-import-not-at-top
+  shipped = os.path.join(os.path.dirname(configs.__file__), name)
+  return shipped if os.path.isfile(shipped) else path
+
+
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+  out = []
+  for arg in argv:
+    for prefix in (f'--{CONFIG_FLAG}=', f'-{CONFIG_FLAG}='):
+      if arg.startswith(prefix):
+        arg = prefix + shipped_config(arg[len(prefix):])
+    out.append(arg)
+  return out
+
+
 def parse_flags_or_exit(argv: list[str]) -> list[str]:
   """absl's parsing, but a bad flag or a misspelt config key exits with one line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_resolve_config_arg(argv))
   except flags.Error as e:
     message = str(e)
   except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
     message = config_key_error(e)
+  except NcfError as e:
+    message = str(e)
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 
 
-def run_reporting_errors(argv: list[str], action: Callable[[], object]) -> None:
-  """A command's main: no stray arguments, Orbax's INFO logs off, user errors in one line."""
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]} (write --config.field=value, with =)')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+def _raise_interrupted(signum, frame):
+  del frame
+  raise Interrupted(signal.Signals(signum).name)
+
+
+def one_line(error: BaseException) -> str:
+  """The message of an error the user can act on, on one line."""
+  if isinstance(error, OSError) and error.strerror:
+    where = f'{error.filename}: ' if error.filename else ''
+    return f'{where}{error.strerror}'
+  return ' '.join(str(error).split()) or type(error).__name__
+
+
+def _report(action: Callable[[], object]) -> int:
+  """Runs `action`; returns the exit code, printing one line for a user-facing failure."""
   try:
     action()
   except NcfError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    print(f'error: {one_line(e)}', file=sys.stderr)
+    return 1
+  except OSError as e:
+    print(f'error: {one_line(e)}', file=sys.stderr)
+    return 1
+  except KeyboardInterrupt as e:
+    name = str(e) if isinstance(e, Interrupted) else 'Ctrl-C'
+    print(f'error: interrupted ({name}); the same command resumes after the last saved epoch',
+          file=sys.stderr)
+    return 128 + (signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT)
+  return 0
+
+
+def resolve_workdir(prefix: str = '') -> str:
+  """--workdir, or the default folder of --config and its overrides (said on stdout); with
+  --restart an existing run there is moved aside first. For commands that train."""
+  # Imported here: keeps `python -m ncf_jax.data` free of JAX and Orbax imports.
+  from ncf_jax import run_dir  # pylint: disable=g-import-not-at-top
+  workdir = flags.FLAGS.workdir
+  if workdir is None:
+    workdir = run_dir.default_workdir(flags.FLAGS[CONFIG_FLAG].config_filename,
+                                      flags.FLAGS[CONFIG_FLAG].value, prefix)
+    print(f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
+          flush=True)
+  if flags.FLAGS.restart:
+    moved = run_dir.RunDir(workdir).move_aside()
+    if moved:
+      print(f'restart: the earlier run was moved to {moved}', flush=True)
+  return workdir
+
+
+def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | None = None,
+        max_args: int = 0) -> None:
+  """Runs a command: defines its flags (only now: importing a module defines none),
+  parses them, sets logging, turns SIGTERM into an interrupt, reports errors in one line.
+
+  `max_args`: how many positional arguments the command takes.
+  """
+  if define_flags is not None:
+    define_flags()
+
+  def wrapped(argv: list[str]) -> None:
+    if len(argv) - 1 > max_args:
+      raise app.UsageError(f'unexpected arguments {argv[1 + max_args:]} '
+                           '(write --flag=value, with =)')
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    sys.exit(_report(lambda: main(argv)))
+
+  app.run(wrapped, flags_parser=parse_flags_or_exit)

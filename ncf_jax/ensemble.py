@@ -14,16 +14,14 @@ test only.
 import json
 from typing import Sequence
 
-from absl import app
 from absl import flags
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncf_jax import cli
 from ncf_jax import evaluation
-from ncf_jax import pretrain
-from ncf_jax import xla_cpu
+from ncf_jax import run_dir
 from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError
 
@@ -50,7 +48,7 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
   """(ensemble, its params, the first member's dataset) from trained workdirs."""
   if not workdirs:
     raise ConfigError('an ensemble needs at least one workdir')
-  configs = [pretrain.read_config(w) for w in workdirs]
+  configs = [run_dir.RunDir(w).read_config() for w in workdirs]
   fields = SAME_DATA_FIELDS + (('synthetic',) if configs[0].get('dataset') == 'synthetic' else ())
   for workdir, config in zip(workdirs[1:], configs[1:]):
     for field in fields:
@@ -59,11 +57,10 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
                           f'{workdirs[0]} has {configs[0].get(field)!r}')
   dataset = registry.load_dataset(configs[0])
   members, params = [], {}
-  for i, (workdir, config) in enumerate(zip(workdirs, configs)):
-    state, _, model = pretrain.restore_best_state(workdir, config, dataset.num_users,
-                                                  dataset.num_items)
-    members.append(model)
-    params[f'members_{i}'] = state['params']
+  for i, workdir in enumerate(workdirs):
+    trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
+    members.append(trained.model)
+    params[f'members_{i}'] = trained.params
   return Ensemble(tuple(members)), params, dataset
 
 
@@ -78,13 +75,14 @@ def evaluate_ensemble(workdirs: Sequence[str], top_k: int = 10) -> dict:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   print(json.dumps(evaluate_ensemble(flags.FLAGS.workdir, flags.FLAGS.top_k)))
 
 
-if __name__ == '__main__':
-  # Defined here, not on import, so library users' own flags never collide with these.
+def define_flags() -> None:
+  """Defined only when run, so library users' own flags never collide with these."""
   flags.DEFINE_multi_string('workdir', [], 'A trained run (repeat the flag for each member).')
   flags.DEFINE_integer('top_k', 10, 'Cut-off of HR and NDCG.')
-  xla_cpu.use_fast_cpu_runtime()
-  app.run(main)
+
+
+if __name__ == '__main__':
+  cli.run(main, define_flags)

@@ -19,3 +19,11 @@ class CheckpointError(NcfError):
 
 class NonFiniteError(NcfError):
   """Training or a model produced NaN or infinite values (the message says where)."""
+
+
+class WorkdirError(NcfError):
+  """A workdir cannot be used: not a directory, not writable, in use by another run."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint cannot be read, or its contents differ from the digests saved with it."""

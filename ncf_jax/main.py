@@ -1,24 +1,34 @@
-"""Command line: `python -m ncf_jax.main --config=configs/neumf.py --workdir=DIR [--config.x=y]`."""
+"""Command line: `python -m ncf_jax.main --config=configs/neumf.py [--workdir=DIR] [--config.x=y]`.
 
-from absl import app
+Without --workdir the run goes to `workdirs/<config stem>[-<digest of the overrides>]` under
+the current directory; the same command again resumes it.
+"""
+
 from absl import flags
 from ml_collections import config_flags
 
 from ncf_jax import cli
 from ncf_jax import train
-from ncf_jax import xla_cpu
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Configuration file, e.g. configs/neumf.py.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file(cli.CONFIG_FLAG, None,
+                                  'Configuration file, e.g. configs/neumf.py (the shipped one '
+                                  'when the current directory has no configs/).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run folder (config.json, metrics.jsonl, checkpoints). '
+                      'Default: workdirs/<config stem>[-<digest of overrides>] here.')
+  flags.DEFINE_bool('restart', False, 'Move an existing run in the workdir aside '
+                    '(<workdir>.old-<time>) and start afresh.')
+  flags.mark_flags_as_required([cli.CONFIG_FLAG])
 
 
 def main(argv: list[str]) -> None:
-  cli.run_reporting_errors(argv, lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+  del argv
+  train.train_and_evaluate(FLAGS.config, cli.resolve_workdir())
 
 
 if __name__ == '__main__':
-  xla_cpu.use_fast_cpu_runtime()
-  app.run(main, flags_parser=cli.parse_flags_or_exit)
+  cli.run(main, define_flags)

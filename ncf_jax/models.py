@@ -1,31 +1,63 @@
-"""GMF, MLP and NeuMF (He et al., 2017) as Flax Linen modules that return logits.
+"""The models: GMF, MLP and NeuMF (He et al., 2017) and dot-product MF (Rendle et al., 2020).
+
+Every model satisfies `ScoringModel`: `embed` gathers a batch's embedding rows
+(a tree that mirrors the tables' parameter paths), `score` maps gathered rows
+to logits, `__call__` is the two together, `score_matrix` scores every
+(user, item) pair of two id lists, and `embedding_tables` says which
+parameters are per-user or per-item tables, so that a row-sparse optimizer can
+update only a batch's rows and regularisers and sharding can find them.
 
 Parameter trees are laid out so that pretrained towers drop into NeuMF:
 
   GMF:   {'gmf': {'user_embedding', 'item_embedding'}, 'head': {'kernel', 'bias'}}
   MLP:   {'mlp': {'user_embedding', 'item_embedding', 'layer_0', ...}, 'head': ...}
   NeuMF: {'gmf': ..., 'mlp': ..., 'head': ...}
+  MF:    {'mf': {'user_embedding', 'item_embedding', 'user_bias', 'item_bias'}, 'bias'}
 
-`MF` (Rendle et al.'s dot-product baseline) has {'mf': {..., 'user_bias',
-'item_bias'}, 'bias'}. Every model splits into `embed` (gather the batch's embedding rows, a tree that
-mirrors the tables' paths) and `score` (everything after the lookup), so that a
-row-sparse optimizer can differentiate with respect to the gathered rows only.
+A new model: a module satisfying `ScoringModel`, an entry in `MODELS`, a config, a test.
 """
 
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal, Protocol, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from ncf_jax.errors import ConfigError
 
 # The original code: embeddings N(0, 0.01) (`config.embedding_stddev`); hidden
 # layers Keras' default glorot-uniform; the prediction layer lecun-uniform; biases zero.
 hidden_init = nn.initializers.glorot_uniform()
 head_init = nn.initializers.lecun_uniform()
 
-MODELS = ('gmf', 'mlp', 'neumf', 'mf')
+ParamPath = tuple[str, ...]
+IdsKey = Literal['users', 'items']  # which batch ids index a table
+
+
+class ScoringModel(Protocol):
+  """What training, evaluation, recommendation and checkpoints rely on (Flax modules)."""
+  num_users: int
+  num_items: int
+
+  def embed(self, users: jax.Array, items: jax.Array) -> dict:
+    """The batch's embedding rows: a tree keyed like the tables in the params."""
+
+  def score(self, rows: dict) -> jax.Array:
+    """Logits (B,) from the rows `embed` gathered."""
+
+  def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    """Logits (B,) for (B,) user and item ids."""
+
+  def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    """Logits (U, I) for every pair of (U,) users and (I,) items."""
+
+  def embedding_tables(self) -> dict[ParamPath, IdsKey]:
+    """Parameter path of every per-user or per-item table -> the ids that index it."""
+
+  def hidden_kernels(self) -> tuple[ParamPath, ...]:
+    """Paths of the hidden layers' kernels (the original's `reg_layers` applies to these)."""
+
+  @property
+  def pair_width(self) -> int:
+    """The widest activation `score_matrix` holds per (user, item) pair (sizes its blocks)."""
 
 
 class GMFTower(nn.Module):
@@ -107,9 +139,19 @@ class NCF(nn.Module):
     """Logits (B,) for (B,) user and item ids."""
     return self.score(self.embed(users, items))
 
+  @nn.nowrap
+  def embedding_tables(self) -> dict[ParamPath, IdsKey]:
+    return {(tower, f'{side}_embedding'): f'{side}s' for tower in self.towers
+            for side in ('user', 'item')}
+
+  @nn.nowrap
+  def hidden_kernels(self) -> tuple[ParamPath, ...]:
+    if 'mlp' not in self.towers:
+      return ()
+    return tuple(('mlp', f'layer_{j}', 'kernel') for j in range(len(self.layers) - 1))
+
   @property
   def pair_width(self) -> int:
-    """The widest activation `score_matrix` holds per (user, item) pair."""
     return int(self.layers[0]) if 'mlp' in self.towers else int(self.num_factors)
 
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
@@ -170,7 +212,6 @@ class MF(nn.Module):
   num_factors: int = 8
   layers: Sequence[int] = ()
   embedding_stddev: float = 0.01
-  towers: ClassVar[tuple[str, ...]] = ('mf',)
 
   def setup(self):
     self.mf = _MFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev)
@@ -184,6 +225,15 @@ class MF(nn.Module):
 
   def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
     return self.score(self.embed(users, items))
+
+  @nn.nowrap
+  def embedding_tables(self) -> dict[ParamPath, IdsKey]:
+    return {('mf', f'{side}_{kind}'): f'{side}s' for kind in ('embedding', 'bias')
+            for side in ('user', 'item')}
+
+  @nn.nowrap
+  def hidden_kernels(self) -> tuple[ParamPath, ...]:
+    return ()
 
   @property
   def pair_width(self) -> int:
@@ -220,39 +270,19 @@ class _MFTower(nn.Module):
     return dot + rows['user_bias'][:, 0] + rows['item_bias'][:, 0]
 
 
-def resolve_layers(num_factors: int, layers: Sequence[int]) -> tuple[int, ...]:
-  """`layers` if given, else the original's tower (8f, 4f, 2f, f)."""
-  layers = tuple(int(w) for w in layers) or (8 * num_factors, 4 * num_factors,
-                                               2 * num_factors, num_factors)
-  if layers[0] % 2 or any(w <= 0 for w in layers):
-    raise ConfigError(f'config.layers={layers}: widths must be positive and the first '
-                      '(user + item embedding width) even')
-  return layers
+MODELS = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF}
 
 
-def create_model(config, num_users: int, num_items: int) -> NCF:
-  """The model `config.model` names, sized for the dataset."""
-  classes = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF}
-  if config.model not in classes:
-    raise ConfigError(f'config.model: unknown model {config.model!r}; choose from {MODELS}')
-  if config.num_factors <= 0:
-    raise ConfigError(f'config.num_factors={config.num_factors}: must be positive')
+def default_layers(num_factors: int) -> tuple[int, ...]:
+  """The original's MLP tower for `num_factors`: (8f, 4f, 2f, f)."""
+  return (8 * num_factors, 4 * num_factors, 2 * num_factors, num_factors)
+
+
+def create_model(config, num_users: int, num_items: int) -> ScoringModel:
+  """The model `config.model` names, sized for the dataset (a validated config)."""
+  layers = tuple(int(w) for w in config.layers) or default_layers(int(config.num_factors))
   # Workdirs written before the field existed used the original's 0.01.
   stddev = float(config.get('embedding_stddev', 0.01))
-  if stddev <= 0:
-    raise ConfigError(f'config.embedding_stddev={stddev}: must be positive')
-  return classes[config.model](num_users=num_users, num_items=num_items,
-                               num_factors=int(config.num_factors),
-                               layers=resolve_layers(config.num_factors, config.layers),
-                               embedding_stddev=stddev)
-
-
-def is_embedding_path(path: tuple[str, ...]) -> bool:
-  """Whether a flattened parameter path names a per-user or per-item table."""
-  return path[-1].startswith(('user_', 'item_'))
-
-
-def table_ids_key(path: tuple[str, ...]) -> str:
-  """'users' or 'items': which batch ids index the table at `path`."""
-  return 'users' if path[-1].startswith('user_') else 'items'
-
+  return MODELS[config.model](num_users=num_users, num_items=num_items,
+                              num_factors=int(config.num_factors), layers=layers,
+                              embedding_stddev=stddev)

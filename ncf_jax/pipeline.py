@@ -27,39 +27,27 @@ latest checkpoint (train_and_evaluate does that). A finished NeuMF stage is
 not redone when an earlier stage is extended (e.g. more epochs): use a new DIR.
 """
 
-import json
 import os
 
-from absl import app
 from absl import flags
 import ml_collections
 from ml_collections import config_dict
 from ml_collections import config_flags
 
-from configs import gmf as gmf_config
-from configs import mlp as mlp_config
 from ncf_jax import cli
+from ncf_jax import config_checks
+from ncf_jax import run_dir
 from ncf_jax import train
-from ncf_jax import xla_cpu
-from ncf_jax.errors import ConfigError
+from ncf_jax.configs import gmf as gmf_config
+from ncf_jax.configs import mlp as mlp_config
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'neumf_pretrained.py')
+DEFAULT_CONFIG = 'configs/neumf_pretrained.py'
 
 # Fields each stage takes from its own config file rather than from `--config`.
 STAGE_FIELDS = ('model', 'optimizer', 'learning_rate', 'adam_b1', 'adam_b2', 'adam_eps',
                 'gmf_workdir', 'mlp_workdir', 'alpha')
 
 FLAGS = flags.FLAGS
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing; a misspelt config key ends in one line (as in `ncf_jax.main`, whose
-  flags this module cannot import alongside its own)."""
-  if not any(arg in ('--config', '-config') or arg.startswith(('--config=', '-config='))
-             for arg in argv[1:]):
-    argv = [argv[0], f'--config={_DEFAULT_CONFIG}', *argv[1:]]
-  return cli.parse_flags_or_exit(argv)
 
 
 def _copy_shared(source: ml_collections.ConfigDict,
@@ -92,32 +80,14 @@ def stage_configs(config: ml_collections.ConfigDict,
           ('neumf', neumf, dirs['neumf'])]
 
 
-def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """Whether the run logged its last epoch and its latest checkpoint is that epoch."""
-  last = int(config.num_epochs)
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
-    return False
-  epochs = set()
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      try:
-        epochs.add(json.loads(line).get('epoch'))
-      except (json.JSONDecodeError, AttributeError):
-        break  # a line cut short by a killed process
-  # Orbax renames a checkpoint into place when complete, so the directory means a whole one.
-  return last in epochs and os.path.isdir(os.path.join(workdir, 'checkpoints', 'latest',
-                                                       str(last)))
-
-
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[dict]]:
   """Runs (or resumes, or skips) the three stages; returns each trained stage's history."""
   histories = {}
   stages = stage_configs(config, workdir)
   for _, stage_config, _ in stages:  # all before any training: a bad value fails at once
-    train.validate_config(stage_config)
+    config_checks.validate(stage_config)
   for name, stage_config, stage_dir in stages:
-    if is_finished(stage_config, stage_dir):
+    if run_dir.RunDir(stage_dir).is_finished(stage_config.num_epochs):
       print(f'[{name}] finished earlier: {stage_dir}', flush=True)
       continue
     print(f'[{name}] {stage_dir}', flush=True)
@@ -126,28 +96,21 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
 
 
 def main(argv: list[str]) -> None:
-  def action():
-    if FLAGS.config is None:
-      raise ConfigError('--config: no configuration')
-    run_pipeline(FLAGS.config, FLAGS.workdir)
-
-  cli.run_reporting_errors(argv, action)
+  del argv
+  run_pipeline(FLAGS.config, cli.resolve_workdir(prefix='pipeline-'))
 
 
 def define_flags() -> None:
   """The command line's flags; defined only when run, so importing this module (tests,
   notebooks, next to `ncf_jax.main` or `ncf_jax.recommend`) defines no flags."""
-  # No default here: ml_collections would parse `--config.x` overrides at import, outside
-  # `parse_flags`'s one-line errors; `parse_flags` supplies the default path instead.
-  config_flags.DEFINE_config_file('config', None,
+  config_flags.DEFINE_config_file(cli.CONFIG_FLAG, cli.shipped_config(DEFAULT_CONFIG),
                                   'NeuMF (fine-tuning) config; its shared fields apply to all '
-                                  'stages. Default: configs/neumf_pretrained.py.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Pipeline directory: gmf/, mlp/ and neumf/ go under it.')
-  flags.mark_flags_as_required(['workdir'])
+                                  f'stages. Default: {DEFAULT_CONFIG}.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Pipeline folder: gmf/, mlp/ and neumf/ go under it. '
+                      'Default: workdirs/pipeline-<config stem>[-<digest of overrides>] here.')
+  flags.DEFINE_bool('restart', False, 'Move an existing pipeline folder aside '
+                    '(<workdir>.old-<time>) and start afresh.')
 
 
 if __name__ == '__main__':
-  xla_cpu.use_fast_cpu_runtime()
-  define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)

@@ -2,8 +2,8 @@
 
 `merged_params(config, abstract_params)` is the hook `train.py` calls when
 `config.gmf_workdir` / `config.mlp_workdir` are set: it restores each run's
-best parameters (`load_best_params`) and merges them (`merge_params`) as the
-original code does:
+best parameters (`load_best_params`, through `run_dir`) and merges them
+(`merge_params`) as the original code does:
 
   GMF embeddings <- GMF run; MLP embeddings and hidden layers <- MLP run;
   head kernel = concat(alpha * h_gmf, (1 - alpha) * h_mlp);
@@ -15,77 +15,15 @@ with alpha = 1 it is the GMF logit. Every part is checked against NeuMF's own
 with the run's workdir and the first mismatching parameter path.
 """
 
-import json
 import os
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 
 from ncf_jax import checkpoints as checkpoints_lib
-from ncf_jax import models
-from ncf_jax import optimizers
-from ncf_jax import train_step as train_step_lib
+from ncf_jax import run_dir as run_dir_lib
 from ncf_jax.errors import CheckpointError, ConfigError
-
-_describe = checkpoints_lib.describe_error
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The `config.json` a training run wrote into `workdir`."""
-  path = os.path.join(os.path.abspath(workdir), 'config.json')
-  if not os.path.isfile(path):
-    raise CheckpointError(f'{path}: missing (not a training workdir, or its run never started)')
-  try:
-    with open(path, encoding='utf-8') as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError, TypeError) as e:
-    raise CheckpointError(f'{path}: unreadable ({_describe(e)})') from None
-
-
-def _table_sizes(tree, where: str) -> tuple[int, int]:
-  """(num_users, num_items) from the first user/item embedding table in `tree['params']`."""
-  flat = flax.traverse_util.flatten_dict(tree.get('params', {}) if isinstance(tree, dict) else {})
-  sizes = {}
-  for path, leaf in flat.items():
-    if path[-1] in ('user_embedding', 'item_embedding') and len(getattr(leaf, 'shape', ())) == 2:
-      sizes.setdefault(path[-1], int(leaf.shape[0]))
-  if len(sizes) != 2:
-    raise CheckpointError(f'{where}: no params/<tower>/user_embedding and item_embedding tables')
-  return sizes['user_embedding'], sizes['item_embedding']
-
-
-def restore_best_state(workdir: str, config: ml_collections.ConfigDict,
-                       num_users: int | None = None, num_items: int | None = None):
-  """(state, epoch, model) of the best checkpoint of a run made with `config`.
-
-  The model is sized from the stored embedding tables unless `num_users` and
-  `num_items` are given (then a stored tree of another size is an error). The
-  optimizer state is rebuilt from `config` (that run's own optimizer), since
-  Orbax restores a whole tree against an abstract one.
-  """
-  best_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', 'best')
-  if not os.path.isdir(best_dir):
-    raise CheckpointError(f'{best_dir}: no checkpoint')
-  # create=False: reading a run must not create or change anything in it.
-  manager = ocp.CheckpointManager(best_dir, options=ocp.CheckpointManagerOptions(create=False),
-                                  item_handlers=ocp.StandardCheckpointHandler())
-  try:
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise CheckpointError(f'{best_dir}: no checkpoint')
-    found = checkpoints_lib.stored_tree(manager, epoch)
-    if num_users is None or num_items is None:
-      num_users, num_items = _table_sizes(found, os.path.join(best_dir, str(epoch)))
-    model = models.create_model(config, num_users, num_items)
-    tx = optimizers.create_optimizer(config)
-    abstract_state = train_step_lib.abstract_init_state(model, tx, config.optimizer)
-    state = checkpoints_lib.restore_checked(manager, epoch, abstract_state, found)
-  finally:
-    manager.close()
-  return state, epoch, model
 
 
 def load_best_params(workdir: str,
@@ -96,12 +34,11 @@ def load_best_params(workdir: str,
   None accepts any model.
   """
   workdir = os.path.abspath(workdir)
-  config = read_config(workdir)
-  model = config.get('model')
+  model = run_dir_lib.RunDir(workdir).read_config().get('model')
   if expected_model is not None and model != expected_model:
     raise CheckpointError(f'{workdir}: a {model!r} run (config.json), expected {expected_model!r}')
-  state, _, _ = restore_best_state(workdir, config)
-  return state['params'], config
+  trained = run_dir_lib.load_best(workdir)
+  return trained.params, trained.config
 
 
 def _part(abstract: dict, tower: str, head_rows: slice) -> dict:

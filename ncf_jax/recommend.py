@@ -4,25 +4,23 @@
   rec.score(users, items)   # (N,) predicted probabilities, sigmoid of the logits
   rec.recommend(42, k=10)   # [(item, probability), ...] best first, training items excluded
 
-Command line: `python -m ncf_jax.recommend --workdir=DIR --user=42 --k=10`
+Command line: `python -m ncf_jax.recommend --workdir=DIR --user=42 --k=10` (or, instead of
+--workdir, the `--config=... [--config.x=y]` that trained the run into its default folder)
 prints one `item<TAB>probability` line per recommendation.
 """
 
-import sys
-
-from absl import app
 from absl import flags
-from absl import logging
+from ml_collections import config_flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse
 
+from ncf_jax import cli
 from ncf_jax import models
-from ncf_jax import pretrain
-from ncf_jax import xla_cpu
+from ncf_jax import run_dir
 from ncf_jax.data import registry
-from ncf_jax.errors import NcfError
+from ncf_jax.errors import ConfigError, NcfError
 
 
 class InputError(NcfError, ValueError):
@@ -47,7 +45,7 @@ def _ids(values, limit: int, what: str) -> np.ndarray:
 class Recommender:
   """A trained model's best parameters with the training matrix of its dataset."""
 
-  def __init__(self, model: models.NCF, params: dict, train_matrix: scipy.sparse.csr_matrix,
+  def __init__(self, model: models.ScoringModel, params: dict, train_matrix: scipy.sparse.csr_matrix,
                batch_size: int = 4096):
     self.model = model
     self.params = params
@@ -63,11 +61,9 @@ class Recommender:
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 4096) -> 'Recommender':
     """Loads `<workdir>/config.json`, its dataset (for the training matrix) and best params."""
-    config = pretrain.read_config(workdir)
-    dataset = registry.load_dataset(config)
-    state, _, model = pretrain.restore_best_state(workdir, config, dataset.num_users,
-                                                  dataset.num_items)
-    return cls(model, state['params'], dataset.train_matrix, batch_size)
+    dataset = registry.load_dataset(run_dir.RunDir(workdir).read_config())
+    trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
+    return cls(trained.model, trained.params, dataset.train_matrix, batch_size)
 
   def score(self, users, items) -> np.ndarray:
     """(N,) float32 predicted probabilities for N (user, item) pairs."""
@@ -108,30 +104,25 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command line's flags; defined only when run, so importing this module defines none."""
   flags.DEFINE_string('workdir', None, 'A training workdir (config.json and checkpoints/best).')
+  config_flags.DEFINE_config_file(cli.CONFIG_FLAG, None, 'Instead of --workdir: the config (and '
+                                  '--config.x=y overrides) of a run in its default workdir.',
+                                  lock_config=True)
   flags.DEFINE_integer('user', None, 'User id to recommend for.')
   flags.DEFINE_integer('k', 10, 'Number of items to recommend.')
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-  for name in ('workdir', 'user'):
-    if FLAGS[name].value is None:
-      print(f'error: --{name} is required', file=sys.stderr)
-      sys.exit(1)
-  try:
-    recommender = Recommender.from_workdir(FLAGS.workdir)
-    recommendations = recommender.recommend(FLAGS.user, FLAGS.k)
-  except NcfError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  for item, probability in recommendations:
+  del argv
+  if FLAGS.user is None:
+    raise ConfigError('--user is required')
+  workdir = FLAGS.workdir
+  if workdir is None and FLAGS.config is not None:
+    workdir = run_dir.default_workdir(FLAGS[cli.CONFIG_FLAG].config_filename, FLAGS.config)
+  if workdir is None:
+    raise ConfigError('--workdir (or the --config of a run in its default workdir) is required')
+  for item, probability in Recommender.from_workdir(workdir).recommend(FLAGS.user, FLAGS.k):
     print(f'{item}\t{probability:.6f}')
 
 
 if __name__ == '__main__':
-  xla_cpu.use_fast_cpu_runtime()
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

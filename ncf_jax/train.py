@@ -1,8 +1,14 @@
-"""`train_and_evaluate(config, workdir)`: the whole training run, callable from a notebook."""
+"""`train_and_evaluate(config, workdir)`: a training run in a few named steps, callable from a
+notebook.
 
-import json
-import math
-import os
+  build         the dataset, model, optimizer and evaluators a config names
+  start         a fresh state evaluated at epoch 0, or the state of the last intact checkpoint
+  train_epoch   one epoch of compiled chunks of steps; one host sync at its end
+  evaluate      test (and validation, full ranking) metrics of the params
+  record_epoch  metrics.jsonl, the console line, the latest and best checkpoints
+"""
+
+import dataclasses
 import time
 
 import jax
@@ -10,73 +16,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ncf_jax import checkpoints as checkpoints_lib
+from ncf_jax import config_checks
 from ncf_jax import evaluation
 from ncf_jax import feeder
-from ncf_jax import metric_log
 from ncf_jax import models
 from ncf_jax import optimizers
+from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
-from ncf_jax.data.ncf_format import atomic_write_text
-from ncf_jax.errors import ConfigError, NonFiniteError
+from ncf_jax.data.dataset import Dataset
+from ncf_jax.errors import DamagedCheckpointError, NonFiniteError
 
 
-def _flat_items(config, prefix: str = ''):
-  """(dotted key, value) of every leaf field of a ConfigDict."""
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _flat_items(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
+class Evaluators:
+  """The evaluations after each epoch: test; validation and full ranking if configured."""
 
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first field whose value cannot work."""
-  for key, value in _flat_items(config):
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ConfigError(f'config.{key}={value}: must be a finite number')
-  positive = ('batch_size', 'num_negatives', 'top_k', 'steps_per_dispatch',
-              'eval_users_per_block', 'num_factors', 'learning_rate')
-  for field in positive:
-    if config[field] <= 0:
-      raise ConfigError(f'config.{field}={config[field]}: must be positive')
-  if config.num_epochs < 0:
-    raise ConfigError(f'config.num_epochs={config.num_epochs}: must be >= 0')
-  if config.model not in models.MODELS:
-    raise ConfigError(f'config.model: unknown model {config.model!r}; choose from '
-                      f'{models.MODELS}')
-  if config.optimizer not in optimizers.OPTIMIZERS:
-    raise ConfigError(f'config.optimizer: unknown optimizer {config.optimizer!r}; choose from '
-                      f'{optimizers.OPTIMIZERS}')
-  models.resolve_layers(config.num_factors, config.layers)
-  optimizers.learning_rate_schedule(config, 1)
-  if (optimizers.is_lazy(config) and config.l2_embeddings
-      and not config.l2_embeddings_per_example):
-    raise ConfigError(f'config.optimizer={config.optimizer} never visits whole embedding '
-                      'tables: with config.l2_embeddings set config.l2_embeddings_per_example=True')
-
-
-def _format_metrics(record: dict) -> str:
-  parts = [f"epoch {record['epoch']:3d}"]
-  if record.get('loss') is not None:
-    parts.append(f"loss {record['loss']:.4f}")
-  parts.append(f"HR@{record['top_k']} {record['hr']:.4f}  NDCG@{record['top_k']} "
-               f"{record['ndcg']:.4f}")
-  if 'valid_hr' in record:
-    parts.append(f"valid HR {record['valid_hr']:.4f} NDCG {record['valid_ndcg']:.4f}")
-  if 'full_hr' in record:
-    parts.append(f"full-rank HR {record['full_hr']:.4f} NDCG {record['full_ndcg']:.4f}")
-  if record.get('train_seconds') is not None:
-    parts.append(f"train {record['train_seconds']:.1f}s ({record['samples_per_second'] / 1e6:.2f}M/s)")
-  parts.append(f"eval {record['eval_seconds']:.2f}s")
-  return '  '.join(parts)
-
-
-class _Evaluators:
-  """The evaluations run after each epoch (test; validation and full ranking if configured)."""
-
-  def __init__(self, config, dataset, model):
+  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, model):
     self.top_k = config.top_k
     blocks = config.eval_users_per_block
     self.test = evaluation.SampledEvaluator(model, dataset.test, blocks)
@@ -98,16 +53,37 @@ class _Evaluators:
       out.update(full_hr=full['hr'], full_ndcg=full['ndcg'], full=full)
     return out
 
+
+@dataclasses.dataclass
+class Experiment:
+  """What a run needs that does not change while it trains."""
+  config: ml_collections.ConfigDict
+  dataset: Dataset
+  model: models.ScoringModel
+  optimizer: optimizers.Optimizer
+  evaluators: Evaluators
+  total_steps: int  # the whole run's optimizer steps (the end of a decaying schedule)
+
   @property
-  def selection(self) -> str:
-    return 'validation' if self.valid is not None else 'test'
-
-  def selection_metric(self, record: dict) -> float:
-    return record['valid_hr'] if self.valid is not None else record['hr']
+  def batches_per_epoch(self) -> int:
+    return feeder.num_batches_per_epoch(self.dataset.num_train, self.config.num_negatives,
+                                        self.config.batch_size)
 
 
-def _initial_params(config, model, key, dummy):
-  params = model.init(key, dummy, dummy)['params']
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """The dataset, model, optimizer and evaluators `config` names (a validated config)."""
+  dataset = registry.load_dataset(config)
+  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  total_steps = config.num_epochs * feeder.num_batches_per_epoch(
+      dataset.num_train, config.num_negatives, config.batch_size)
+  return Experiment(config, dataset, model, optimizers.create_optimizer(config, total_steps),
+                    Evaluators(config, dataset, model), total_steps)
+
+
+def _initial_params(experiment: Experiment) -> dict:
+  config, model = experiment.config, experiment.model
+  ids = jnp.zeros((1,), jnp.int32)
+  params = model.init(jax.random.key(config.seed), ids, ids)['params']
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
@@ -116,16 +92,135 @@ def _initial_params(config, model, key, dummy):
   return params
 
 
-def _changed_fields(saved_path: str, config: ml_collections.ConfigDict) -> list[str]:
-  """Fields (other than num_epochs and logging) whose value differs from the saved config."""
-  if not os.path.exists(saved_path):
-    return []
-  with open(saved_path, encoding='utf-8') as f:
-    saved = json.load(f)
-  current = json.loads(config.to_json_best_effort())
-  ignore = {'num_epochs', 'log_every_seconds'}
-  return sorted(k for k in set(saved) | set(current)
-                if k not in ignore and saved.get(k) != current.get(k))
+def format_record(record: dict) -> str:
+  """The console line of one evaluation."""
+  parts = [f"epoch {record['epoch']:3d}"]
+  if record.get('loss') is not None:
+    parts.append(f"loss {record['loss']:.4f}")
+  parts.append(f"HR@{record['top_k']} {record['hr']:.4f}  NDCG@{record['top_k']} "
+               f"{record['ndcg']:.4f}")
+  if 'valid_hr' in record:
+    parts.append(f"valid HR {record['valid_hr']:.4f} NDCG {record['valid_ndcg']:.4f}")
+  if 'full_hr' in record:
+    parts.append(f"full-rank HR {record['full_hr']:.4f} NDCG {record['full_ndcg']:.4f}")
+  if record.get('train_seconds') is not None:
+    parts.append(f"train {record['train_seconds']:.1f}s "
+                 f"({record['samples_per_second'] / 1e6:.2f}M/s)")
+  parts.append(f"eval {record['eval_seconds']:.2f}s")
+  return '  '.join(parts)
+
+
+@dataclasses.dataclass
+class Progress:
+  """The run folder being written, and the run's clock and records so far."""
+  run: run_dir_lib.RunDir
+  latest: object  # checkpoints.CheckpointDir
+  best: object
+  start_time: float
+  history: list
+
+
+def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> dict:
+  """The metrics record of `state` after `epoch` (whose training loss was `loss`)."""
+  t0 = time.time()
+  record = dict(epoch=epoch, step=int(state['step']), top_k=experiment.config.top_k, loss=loss,
+                **experiment.evaluators(state['params']))
+  record['eval_seconds'] = time.time() - t0
+  return record
+
+
+def record_epoch(progress: Progress, record: dict, state) -> None:
+  """Appends `record`, prints it, and checkpoints `state` (as best, if it is)."""
+  record['elapsed_seconds'] = time.time() - progress.start_time
+  is_best = run_dir_lib.is_improvement(record, progress.history)
+  progress.history.append(progress.run.append_metrics(record))
+  print(format_record(record), flush=True)
+  progress.latest.save(record['epoch'], state)
+  if is_best:
+    progress.best.save(record['epoch'], state)
+
+
+def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int] | None:
+  """(state, epoch) of the newest intact latest checkpoint; None when there is none.
+
+  A damaged newest checkpoint is passed over for the one before it, with a note.
+  """
+  epochs = progress.latest.epochs()
+  for i, epoch in enumerate(reversed(epochs)):
+    try:
+      return progress.latest.restore(epoch, abstract_state), epoch
+    except DamagedCheckpointError as e:
+      if i == len(epochs) - 1:
+        raise
+      print(f'note: {e}; resuming from the checkpoint before it', flush=True)
+  return None
+
+
+def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
+  """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
+  (then evaluated and saved as epoch 0)."""
+  config = experiment.config
+  abstract = train_step_lib.abstract_state(experiment.model, experiment.optimizer)
+  resumed = _restore_latest(progress, abstract)
+  if resumed is not None:
+    state, epoch = resumed
+    progress.history[:] = progress.run.keep_metrics_through(epoch)
+    print(f'resuming after epoch {epoch} from {progress.latest.directory}', flush=True)
+    changed = progress.run.changed_fields(config)
+    if changed:
+      print(f'note: config differs from the run being resumed in: {", ".join(changed)}',
+            flush=True)
+    progress.run.write_config(config)
+    return state, epoch
+  progress.history[:] = progress.run.keep_metrics_through(-1)
+  progress.run.write_config(config)
+  state = train_step_lib.init_state(_initial_params(experiment), experiment.optimizer,
+                                    experiment.model)
+  record = evaluate(experiment, state, 0, loss=None)
+  record_epoch(progress, dict(record, train_seconds=None, samples_per_second=None), state)
+  return state, 0
+
+
+def _check_finite(metrics: dict, epoch: int, config) -> None:
+  """NonFiniteError if a chunk's loss or parameters went NaN or infinite."""
+  if metrics['nonfinite']:
+    raise NonFiniteError(
+        f'epoch {epoch}: training diverged (the loss or parameters became NaN or infinite); '
+        f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
+        f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
+        f'one to resume after epoch {epoch - 1}')
+
+
+def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
+                batches: feeder.EpochBatches) -> tuple[object, float, dict]:
+  """One epoch, `steps_per_dispatch` steps per call: (state, mean loss, timings).
+
+  The host waits for the device once, at the end (and every `log_every_seconds`
+  for a progress line); the non-finite check rides on those syncs.
+  """
+  config = experiment.config
+  chunk_size, num_batches = config.steps_per_dispatch, experiment.batches_per_epoch
+  t0 = last_log = time.time()
+  totals = None
+  for start_batch in range(0, num_batches, chunk_size):
+    num_steps = min(chunk_size, num_batches - start_batch)
+    state, metrics = train_chunk(state, batches.chunk(start_batch, chunk_size),
+                                 np.int32(num_steps))
+    totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
+    if config.log_every_seconds and time.time() - last_log > config.log_every_seconds:
+      _check_finite(jax.device_get(metrics), epoch, config)
+      done = (start_batch + num_steps) / num_batches
+      elapsed = time.time() - t0
+      print(f'  epoch {epoch}: {100 * done:4.1f}%  '
+            f'{done * batches.num_examples / elapsed / 1e6:.2f}M samples/s  '
+            f'ETA {elapsed * (1 - done) / done:.0f}s', flush=True)
+      last_log = time.time()
+  totals = jax.device_get(totals)
+  _check_finite(totals, epoch, config)
+  seconds = time.time() - t0
+  loss = float(totals['loss_sum'] / max(totals['weight_sum'], 1.0))
+  return state, loss, dict(train_seconds=seconds,
+                           samples_per_second=batches.num_examples / seconds)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -135,117 +230,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   Returns (final train state, list of metric records).
   """
   start_time = time.time()
-  validate_config(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  dataset = registry.load_dataset(config)
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
-  tx = optimizers.create_optimizer(config, _total_steps(config, dataset))
-  dummy = jnp.zeros((1,), jnp.int32)
-
-  def init_state(key):
-    return train_step_lib.init_state(_initial_params(config, model, key, dummy), tx,
-                                       config.optimizer)
-
-  key = jax.random.key(config.seed)
-  abstract_state = train_step_lib.abstract_init_state(model, tx, config.optimizer)
-  evaluators = _Evaluators(config, dataset, model)
-  ckpts = checkpoints_lib.Checkpoints(workdir)
-  log = metric_log.MetricLog(workdir)
-  config_json = config.to_json_best_effort(indent=2, sort_keys=True)
-  print(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
-        f'{dataset.num_train} training positives; model {config.model}, workdir {workdir}',
-        flush=True)
-
-  try:
-    if ckpts.latest_epoch() is not None:
-      state, done_epoch = ckpts.restore_latest(abstract_state)
-      history = log.keep_through(done_epoch)
-      print(f'resuming after epoch {done_epoch} from {ckpts.directory}', flush=True)
-      changed = _changed_fields(os.path.join(workdir, 'config.json'), config)
-      if changed:
-        print(f'note: config differs from the run being resumed in: {", ".join(changed)}',
-              flush=True)
-    else:
-      state, done_epoch = init_state(key), 0
-      history = log.keep_through(-1)
-      t0 = time.time()
-      record = dict(epoch=0, step=0, top_k=config.top_k, loss=None, **evaluators(state['params']))
-      record.update(eval_seconds=time.time() - t0, train_seconds=None, samples_per_second=None,
-                    elapsed_seconds=time.time() - start_time)
-      history.append(log.append(record))
-      print(_format_metrics(record), flush=True)
-      ckpts.save(0, state, is_best=True)
-    atomic_write_text(os.path.join(workdir, 'config.json'), config_json + '\n')
-
-    state = _train_epochs(config, dataset, model, tx, state, done_epoch, evaluators, ckpts, log,
-                          history, start_time)
-  finally:
-    ckpts.close()
-
-  best = max(history, key=evaluators.selection_metric)  # the first epoch to reach the max
-  print(f"best epoch {best['epoch']} (selected on {evaluators.selection}): "
+  config_checks.validate(config)
+  run = run_dir_lib.RunDir(workdir)
+  with run.writer():
+    experiment = build(config)
+    dataset = experiment.dataset
+    print(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
+          f'{dataset.num_train} training positives; model {config.model}, workdir {run.path}',
+          flush=True)
+    progress = Progress(run, run.checkpoints('latest', create=True),
+                        run.checkpoints('best', create=True), start_time, [])
+    try:
+      state, done_epoch = start(experiment, progress)
+      train_chunk = train_step_lib.make_train_chunk(
+          experiment.model, experiment.optimizer,
+          train_step_lib.Regularization.from_config(config))
+      for epoch, batches in feeder.iterate_epochs(
+          dataset, config.num_negatives, config.batch_size, config.seed, done_epoch + 1,
+          config.num_epochs, config.reject_positives, batch_multiple=config.steps_per_dispatch):
+        state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, batches)
+        record_epoch(progress, dict(evaluate(experiment, state, epoch, loss), **timings), state)
+    finally:
+      progress.latest.close()  # an interrupted save is finished, not left half-written
+      progress.best.close()
+  history = progress.history
+  best = run_dir_lib.best_record(history)
+  selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'
+  print(f"best epoch {best['epoch']} (selected on {selection}): "
         f"test HR@{config.top_k} {best['hr']:.4f} NDCG@{config.top_k} {best['ndcg']:.4f}",
         flush=True)
   return state, history
-
-
-def _total_steps(config, dataset) -> int:
-  """Optimizer steps in the whole run (the end of a decaying learning-rate schedule)."""
-  return config.num_epochs * feeder.num_batches_per_epoch(dataset.num_train, config.num_negatives,
-                                                         config.batch_size)
-
-
-def _check_finite(metrics: dict, epoch: int, config) -> None:
-  """NonFiniteError if the chunk's loss or parameters went NaN or infinite."""
-  if metrics['nonfinite']:
-    raise NonFiniteError(
-        f'epoch {epoch}: training diverged (the loss or parameters became NaN or infinite); '
-        f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
-        f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
-        f'one to resume after epoch {epoch - 1}')
-
-
-def _train_epochs(config, dataset, model, tx, state, done_epoch, evaluators, ckpts, log, history,
-                  start_time):
-  """Epochs done_epoch+1 .. num_epochs: train, evaluate, log, checkpoint."""
-  chunk_size = config.steps_per_dispatch
-  train_chunk = train_step_lib.make_train_chunk(model, tx, config,
-                                                _total_steps(config, dataset))
-  epochs = feeder.iterate_epochs(dataset, config.num_negatives, config.batch_size, config.seed,
-                                 done_epoch + 1, config.num_epochs, config.reject_positives,
-                                 batch_multiple=chunk_size)
-  real_batches = -(-dataset.num_train * (1 + config.num_negatives) // config.batch_size)
-  while True:
-    t0 = time.time()
-    try:
-      epoch, batches = next(epochs)  # waits only if sampling is slower than training
-    except StopIteration:
-      return state
-    totals, last_log = None, time.time()
-    for start in range(0, real_batches, chunk_size):
-      num_steps = min(chunk_size, real_batches - start)
-      state, metrics = train_chunk(state, batches.chunk(start, chunk_size), np.int32(num_steps))
-      totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
-      if config.log_every_seconds and time.time() - last_log > config.log_every_seconds:
-        _check_finite(jax.device_get(metrics), epoch, config)  # a sync every few seconds
-        done = (start + num_steps) / real_batches
-        rate = done * batches.num_examples / (time.time() - t0)
-        eta = (time.time() - t0) * (1 - done) / done
-        print(f'  epoch {epoch}: {100 * done:4.1f}%  {rate / 1e6:.2f}M samples/s  ETA {eta:.0f}s',
-              flush=True)
-        last_log = time.time()
-    totals = jax.device_get(totals)
-    _check_finite(totals, epoch, config)
-    train_seconds = time.time() - t0
-    t1 = time.time()
-    record = dict(epoch=epoch, step=int(state['step']), top_k=config.top_k,
-                  loss=float(totals['loss_sum'] / max(totals['weight_sum'], 1.0)),
-                  **evaluators(state['params']))
-    record.update(eval_seconds=time.time() - t1, train_seconds=train_seconds,
-                  samples_per_second=batches.num_examples / train_seconds,
-                  elapsed_seconds=time.time() - start_time)
-    history.append(log.append(record))
-    print(_format_metrics(record), flush=True)
-    best_so_far = max(evaluators.selection_metric(r) for r in history[:-1])
-    ckpts.save(epoch, state, is_best=evaluators.selection_metric(record) > best_so_far)

@@ -1,10 +1,62 @@
-"""Test-wide settings: rank promotion is an error, so (B,1) vs (B,) mistakes fail loudly."""
+"""Settings and helpers every test file shares (import them: `from conftest import ...`).
 
+Rank promotion is an error, so (B,1) vs (B,) mistakes fail loudly.
+"""
+
+import contextlib
+import io
 import os
+import subprocess
 import sys
 
 import jax
 
+from ncf_jax import run_dir
+from ncf_jax import train
+from ncf_jax.configs import test as test_config
+
 jax.config.update('jax_numpy_rank_promotion', 'raise')
-# `configs` is a top-level folder of the repository, imported as a package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_config(**overrides):
+  """configs/test.py (a seconds-long synthetic run) with `overrides`; a dict value updates a
+  nested field (e.g. synthetic=dict(num_users=400))."""
+  config = test_config.get_config()
+  for key, value in overrides.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  return config
+
+
+def train_quietly(config, workdir):
+  """`train_and_evaluate` with its console lines swallowed: (state, history)."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def read_records(workdir) -> list[dict]:
+  return run_dir.RunDir(str(workdir)).read_metrics()
+
+
+def numbers(workdir) -> list[tuple]:
+  """What a run computed, per epoch (no timings)."""
+  return [(r['epoch'], r['step'], r['loss'], r['hr'], r['ndcg']) for r in read_records(workdir)]
+
+
+def run_module(module: str, *args: str, cwd=ROOT, env=None, timeout: float = 300,
+               **popen) -> subprocess.CompletedProcess:
+  """`python -m module args...` as a user runs it, output captured."""
+  env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise', **(env or {}))
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=str(cwd), env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False, **popen)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+  """The `error:` lines of a failed command, after checking it failed without a traceback."""
+  assert result.returncode != 0, result.stdout
+  assert 'Traceback' not in result.stderr, result.stderr
+  return [line for line in result.stderr.splitlines() if line.startswith('error:')]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import test as test_config
+from ncf_jax.configs import test as test_config
 from ncf_jax import ensemble
 from ncf_jax import pretrain
 from ncf_jax import train

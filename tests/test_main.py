@@ -1,28 +1,71 @@
-"""The command line: a real run, and one-line errors for bad flags."""
+"""The command line as users type it: the bare command and its default workdir, resuming,
+--restart, configs found from any directory, and one-line errors."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, error_lines, read_records, run_module
+
+CONFIG = '--config=configs/test.py'
 
 
-def _main(*args, workdir):
-  return subprocess.run(
-      [sys.executable, '-m', 'ncf_jax.main', '--config=configs/test.py', f'--workdir={workdir}',
-       *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+def _main(*args, cwd=ROOT):
+  return run_module('ncf_jax.main', *args, cwd=cwd)
 
 
 def test_test_config_run_writes_metrics(tmp_path):
-  result = _main('--config.num_epochs=2', workdir=tmp_path)
+  result = _main(CONFIG, f'--workdir={tmp_path}', '--config.num_epochs=2')
   assert result.returncode == 0, result.stderr
-  records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert [r['epoch'] for r in records] == [0, 1, 2]
+  assert [r['epoch'] for r in read_records(tmp_path)] == [0, 1, 2]
   assert 'best epoch' in result.stdout
   assert json.loads((tmp_path / 'config.json').read_text())['num_epochs'] == 2
+
+
+def _default_dirs(cwd):
+  workdirs = cwd / 'workdirs'
+  return sorted(os.listdir(workdirs)) if workdirs.is_dir() else []
+
+
+def test_bare_command_uses_the_default_workdir_and_resumes(tmp_path):
+  # From a directory without configs/: the shipped configs/test.py is used.
+  first = _main(CONFIG, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr
+  workdir = tmp_path / 'workdirs' / 'test'
+  assert first.stdout.splitlines()[0].startswith(f'workdir: {workdir} ')
+  assert [r['epoch'] for r in read_records(workdir)] == [0, 1, 2]
+  again = _main(CONFIG, cwd=tmp_path)
+  assert again.returncode == 0, again.stderr
+  assert 'resuming after epoch 2' in again.stdout
+  # num_epochs does not change what is computed: the same run is extended.
+  longer = _main(CONFIG, '--config.num_epochs=3', cwd=tmp_path)
+  assert longer.returncode == 0, longer.stderr
+  assert 'resuming after epoch 2' in longer.stdout
+  assert [r['epoch'] for r in read_records(workdir)] == [0, 1, 2, 3]
+  assert _default_dirs(tmp_path) == ['test']
+
+
+def test_overrides_that_change_the_run_get_their_own_folder(tmp_path):
+  runs = [('--config.learning_rate=0.002',), ('--config.learning_rate=0.002',),
+          ('--config.num_factors=4',), ('--config.learning_rate=0.001',)]  # the file's own value
+  for args in runs:
+    result = _main(CONFIG, '--config.num_epochs=1', *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+  names = _default_dirs(tmp_path)
+  assert len(names) == 3 and 'test' in names  # the same override twice: one folder
+  assert all(n == 'test' or (n.startswith('test-') and len(n) == len('test-') + 8) for n in names)
+
+
+def test_restart_moves_the_old_run_aside(tmp_path):
+  assert _main(CONFIG, '--config.num_epochs=1', cwd=tmp_path).returncode == 0
+  result = _main(CONFIG, '--config.num_epochs=1', '--restart', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert 'resuming' not in result.stdout and 'moved to' in result.stdout
+  names = _default_dirs(tmp_path)
+  assert len(names) == 2 and names[0] == 'test' and names[1].startswith('test.old-')
+  for name in names:
+    assert [r['epoch'] for r in read_records(tmp_path / 'workdirs' / name)] == [0, 1]
 
 
 @pytest.mark.parametrize('args,expected', [
@@ -30,22 +73,33 @@ def test_test_config_run_writes_metrics(tmp_path):
     (['--config.num_factors=8.5'], 'num_factors'),
     (['--config.model=transformer'], 'config.model'),
     (['--config.batch_size=0'], 'config.batch_size'),
+    (['--config.learning_rate=nan'], 'config.learning_rate=nan: must be a finite number'),
+    (['--config.top_k=31'], 'config.top_k=31: must be smaller than the number of candidates'),
 ])
 def test_bad_config_fails_in_one_line(tmp_path, args, expected):
-  result = _main(*args, workdir=tmp_path)
-  assert result.returncode != 0
-  assert 'Traceback' not in result.stderr
-  errors = [l for l in result.stderr.splitlines() if expected in l]
-  assert len(errors) == 1, result.stderr
+  result = _main(CONFIG, f'--workdir={tmp_path / "run"}', *args)
+  errors = error_lines(result)
+  assert len(errors) == 1 and expected in errors[0], result.stderr
+  assert not (tmp_path / 'run').exists()  # a failed start leaves nothing behind
 
 
 def test_misspelt_key_suggests_the_right_one(tmp_path):
-  result = _main('--config.num_factor=16', workdir=tmp_path)
+  result = _main(CONFIG, f'--workdir={tmp_path}', '--config.num_factor=16')
   assert 'Did you mean "num_factors"' in result.stderr
 
 
 def test_stray_positional_argument_is_a_usage_error(tmp_path):
-  result = _main('--config.validation', 'True', workdir=tmp_path)
+  result = _main(CONFIG, f'--workdir={tmp_path}', '--config.validation', 'True')
   assert result.returncode != 0
   assert 'unexpected arguments' in result.stderr
   assert not (tmp_path / 'metrics.jsonl').exists()
+
+
+@pytest.mark.parametrize('make,expected', [
+    (lambda p: (p / 'file').write_text('x') and p / 'file', 'not a directory'),
+    (lambda p: '/proc/ncf-jax-test/run', 'cannot use as a workdir'),
+])
+def test_unusable_workdir_is_one_line(tmp_path, make, expected):
+  workdir = make(tmp_path)
+  errors = error_lines(_main(CONFIG, f'--workdir={workdir}'))
+  assert len(errors) == 1 and expected in errors[0] and str(workdir) in errors[0]

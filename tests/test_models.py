@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from ncf_jax.configs import default
 from ncf_jax import models
 from ncf_jax.errors import ConfigError
 

@@ -114,7 +114,7 @@ def test_write_only_trains_nothing_and_leaves_unfinished_runs_out(tmp_path):
 
 
 def test_full_ranking_cache_of_another_epoch_is_recomputed(tmp_path):
-  from configs import test as test_config
+  from ncf_jax.configs import test as test_config
   from experiments import report
   from ncf_jax import train
   config = test_config.get_config()

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from configs import test as test_config
+from ncf_jax.configs import test as test_config
 from ncf_jax import train
 from ncf_jax.errors import CheckpointError, ConfigError, NonFiniteError
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import test as test_config
+from ncf_jax.configs import test as test_config
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import optimizers

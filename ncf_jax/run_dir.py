@@ -1,0 +1,331 @@
+"""A run folder (workdir): the one module that knows its layout and reads or writes its files.
+
+  WORKDIR/config.json          the run's configuration (valid JSON)
+  WORKDIR/metrics.jsonl        one JSON object per evaluation, appended as training goes
+  WORKDIR/checkpoints/latest/  the last few epochs, for resuming
+  WORKDIR/checkpoints/best/    the epoch that first reached the best selection metric
+  WORKDIR/run.lock             held (flock) by the one process that trains into the folder
+
+Two checkpoint directories because Orbax's `best_fn` with `max_to_keep` may
+delete the newest checkpoint, which resuming needs. The best-epoch rule: the
+selection metric is validation HR when every record has it, else test HR (as
+the original code does); the first epoch to reach the maximum wins.
+"""
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from typing import Iterator
+
+import flax
+import ml_collections
+
+from ncf_jax import checkpoints as checkpoints_lib
+from ncf_jax import models
+from ncf_jax import optimizers
+from ncf_jax import train_step
+from ncf_jax.data.ncf_format import atomic_write_text
+from ncf_jax.errors import CheckpointError, WorkdirError
+
+WORKDIRS = 'workdirs'  # default workdirs go under this folder of the current directory
+CONFIG = 'config.json'
+METRICS = 'metrics.jsonl'
+CHECKPOINTS = 'checkpoints'
+LOCK = 'run.lock'
+KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resume from
+# Fields that do not change what a run computes: a run may be resumed or extended with
+# other values of them.
+NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
+                        'eval_users_per_block')
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, as the file itself sets it (no overrides)."""
+  spec = importlib.util.spec_from_file_location('_ncf_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_differences(config: ml_collections.ConfigDict,
+                       reference: ml_collections.ConfigDict) -> dict:
+  """{dotted field: value} where `config` differs from `reference` in what it computes."""
+  ours, theirs = _flat(config_to_dict(config)), _flat(config_to_dict(reference))
+  return {k: ours.get(k) for k in sorted(set(ours) | set(theirs))
+          if k not in NON_COMPUTING_FIELDS and ours.get(k) != theirs.get(k)}
+
+
+def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix: str = '') -> str:
+  """`workdirs/<prefix><config file's stem>[-<digest>]` under the current directory.
+
+  The digest (8 hex digits) is of the fields whose values differ from the config
+  file's own, so runs that compute different things never share a folder, while
+  `num_epochs` and other fields in NON_COMPUTING_FIELDS may change and continue a run.
+  """
+  stem = os.path.splitext(os.path.basename(config_file.split(':')[0]))[0]
+  differences = config_differences(config, load_config_file(config_file.split(':')[0]))
+  name = prefix + stem
+  if differences:
+    text = json.dumps(differences, sort_keys=True)
+    name += '-' + hashlib.sha256(text.encode()).hexdigest()[:8]
+  return os.path.abspath(os.path.join(WORKDIRS, name))
+
+
+def _json_safe(value):
+  """NaN/inf as null, NumPy scalars as plain numbers, so every line is strict JSON."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if hasattr(value, 'item'):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """A config as the plain (JSON) dict that config.json holds."""
+  return json.loads(config.to_json_best_effort())
+
+
+def selection_key(records: list[dict]) -> str:
+  """'valid_hr' when every record has it (a run with a validation holdout), else 'hr'."""
+  return 'valid_hr' if records and all('valid_hr' in r for r in records) else 'hr'
+
+
+def best_record(records: list[dict]) -> dict:
+  """The first record reaching the best selection metric."""
+  key = selection_key(records)
+  return max(records, key=lambda r: r[key])
+
+
+def is_improvement(record: dict, earlier: list[dict]) -> bool:
+  """Whether `record` becomes the best: strictly above every earlier one (ties keep the first)."""
+  key = selection_key([*earlier, record])
+  return not earlier or record[key] > max(r[key] for r in earlier)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  """The files of one run folder. Reading takes no lock; `writer()` is for training."""
+  path: str
+
+  def __post_init__(self):
+    object.__setattr__(self, 'path', os.path.abspath(self.path))
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  # config.json
+  def read_config(self) -> ml_collections.ConfigDict:
+    path = self.file(CONFIG)
+    if not os.path.isfile(path):
+      raise WorkdirError(f'{path}: missing (not a training workdir, or its run never started)')
+    try:
+      with open(path, encoding='utf-8') as f:
+        return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError, TypeError) as e:
+      raise WorkdirError(f'{path}: unreadable ({checkpoints_lib.describe_error(e)})') from None
+
+  def write_config(self, config: ml_collections.ConfigDict) -> None:
+    text = json.dumps(config_to_dict(config), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(self.file(CONFIG), text + '\n')
+
+  def changed_fields(self, config: ml_collections.ConfigDict) -> list[str]:
+    """Fields that change what is computed whose value differs from the saved config."""
+    if not os.path.isfile(self.file(CONFIG)):
+      return []
+    saved, current = config_to_dict(self.read_config()), config_to_dict(config)
+    return sorted(k for k in set(saved) | set(current)
+                  if k not in NON_COMPUTING_FIELDS and saved.get(k) != current.get(k))
+
+  # metrics.jsonl
+  def read_metrics(self) -> list[dict]:
+    """One record per epoch (a repeated epoch: the last one), by epoch; a line cut short by a
+    killed process, and anything after it, is dropped."""
+    path = self.file(METRICS)
+    if not os.path.exists(path):
+      return []
+    by_epoch = {}
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          break
+        if isinstance(record, dict) and 'epoch' in record:
+          by_epoch[record['epoch']] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+  def keep_metrics_through(self, epoch: int) -> list[dict]:
+    """Rewrites metrics.jsonl to the records of epochs <= `epoch` and returns them."""
+    records = [r for r in self.read_metrics() if r['epoch'] <= epoch]
+    atomic_write_text(self.file(METRICS), ''.join(json.dumps(r) + '\n' for r in records))
+    return records
+
+  def append_metrics(self, record: dict) -> dict:
+    """Appends one record (made JSON-safe, which is also what is returned)."""
+    record = _json_safe(record)
+    with open(self.file(METRICS), 'a', encoding='utf-8') as f:
+      f.write(json.dumps(record, allow_nan=False) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    return record
+
+  def is_finished(self, num_epochs: int) -> bool:
+    """Whether the run logged epoch `num_epochs` and its latest checkpoint is that epoch."""
+    epochs = [r['epoch'] for r in self.read_metrics()]
+    # Orbax renames a checkpoint into place when complete, so the directory means a whole one.
+    return num_epochs in epochs and os.path.isdir(
+        os.path.join(self.file(CHECKPOINTS), 'latest', str(num_epochs)))
+
+  # checkpoints
+  def checkpoints(self, which: str, create: bool = False) -> checkpoints_lib.CheckpointDir:
+    """The `latest` or `best` checkpoints; `create` only for the writer."""
+    directory = os.path.join(self.file(CHECKPOINTS), which)
+    if not create and not os.path.isdir(directory):
+      raise CheckpointError(f'{directory}: no checkpoint')
+    return checkpoints_lib.CheckpointDir(directory, keep=KEEP_LATEST if which == 'latest' else 1,
+                                         create=create)
+
+  def restore_best(self, abstract_state) -> tuple[object, int]:
+    """(state, epoch) of the best checkpoint; CheckpointError naming it if damaged."""
+    best = self.checkpoints('best')
+    try:
+      epochs = best.epochs()
+      if not epochs:
+        raise CheckpointError(f'{best.directory}: no checkpoint')
+      return best.restore(epochs[-1], abstract_state), epochs[-1]
+    finally:
+      best.close()
+
+  def stored_best_tree(self):
+    """Shapes and dtypes of the best checkpoint's state (no arrays read)."""
+    best = self.checkpoints('best')
+    try:
+      epochs = best.epochs()
+      if not epochs:
+        raise CheckpointError(f'{best.directory}: no checkpoint')
+      return best.stored_tree(epochs[-1])
+    finally:
+      best.close()
+
+  def move_aside(self) -> str | None:
+    """Renames an existing run folder to `<path>.old-<time>` (never deletes it); its new
+    path, or None when there was nothing to move. Refused while a run trains into it."""
+    if not os.path.exists(self.path):
+      return None
+    with self.writer():  # fails at once if another run holds the folder
+      target = f'{self.path}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+      suffix = 1
+      while os.path.exists(target):
+        target = f'{self.path}.old-{time.strftime("%Y%m%d-%H%M%S")}-{suffix}'
+        suffix += 1
+      os.rename(self.path, target)
+    return target
+
+  @contextlib.contextmanager
+  def writer(self) -> Iterator['RunDir']:
+    """Holds the folder's lock while a run trains into it.
+
+    Creates the folder if needed. A second writer fails at once naming the holder's
+    pid; the kernel drops the lock with its process, so a killed run leaves none
+    behind. A folder this call created is removed again if the run fails before
+    writing its first record.
+    """
+    created = not os.path.exists(self.path)
+    if not created and not os.path.isdir(self.path):
+      raise WorkdirError(f'{self.path}: not a directory')
+    try:
+      os.makedirs(self.path, exist_ok=True)
+      lock = open(self.file(LOCK), 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
+    except OSError as e:
+      raise WorkdirError(f'{self.path}: cannot use as a workdir '
+                         f'({e.strerror or type(e).__name__})') from None
+    try:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+          raise
+        lock.seek(0)
+        holder = lock.read().strip() or 'unknown'
+        raise WorkdirError(f'{self.path}: another run is training into this workdir '
+                           f'(pid {holder}); wait for it to end or use another --workdir'
+                           ) from None
+      lock.seek(0)
+      lock.truncate()
+      lock.write(f'{os.getpid()}\n')
+      lock.flush()
+      yield self
+    except BaseException:
+      if created and not os.path.exists(self.file(METRICS)):
+        shutil.rmtree(self.path, ignore_errors=True)  # nothing of this run is worth keeping
+      raise
+    finally:
+      lock.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """A run's best checkpoint as a model with its parameters."""
+  config: ml_collections.ConfigDict
+  model: models.ScoringModel
+  params: dict
+  epoch: int
+  workdir: str
+
+
+def _table_rows(tree, model: models.ScoringModel, where: str) -> dict[str, int]:
+  """{'users': rows, 'items': rows} of the embedding tables in a stored state."""
+  flat = flax.traverse_util.flatten_dict(tree.get('params', {}) if isinstance(tree, dict) else {})
+  rows = {}
+  for path, ids in model.embedding_tables().items():
+    if path in flat and len(getattr(flat[path], 'shape', ())) >= 1:
+      rows.setdefault(ids, int(flat[path].shape[0]))
+  if set(rows) != {'users', 'items'}:
+    raise CheckpointError(f'{where}: no user and item embedding tables of a '
+                          f'{type(model).__name__} model')
+  return rows
+
+
+def load_best(workdir: str, num_users: int | None = None,
+              num_items: int | None = None) -> TrainedModel:
+  """The best checkpoint of a finished (or running) run, read without a lock.
+
+  The model is sized from the stored tables unless `num_users` and `num_items` are
+  given (then a stored tree of another size is an error). The optimizer state is
+  rebuilt from the run's own config, since Orbax restores a whole tree against an
+  abstract one.
+  """
+  run = RunDir(workdir)
+  config = run.read_config()
+  if num_users is None or num_items is None:
+    rows = _table_rows(run.stored_best_tree(), models.create_model(config, 1, 1),
+                       run.file(CHECKPOINTS))
+    num_users, num_items = rows['users'], rows['items']
+  model = models.create_model(config, num_users, num_items)
+  abstract = train_step.abstract_state(model, optimizers.create_optimizer(config))
+  state, epoch = run.restore_best(abstract)
+  return TrainedModel(config, model, state['params'], epoch, run.path)
