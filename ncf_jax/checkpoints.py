@@ -55,7 +55,8 @@ def _is_closed_loop_noise(unraisable) -> bool:
 
 @contextlib.contextmanager
 def _quiet_abandoned_reads():
-  """Drops (only) that noise while a restore runs, then puts the previous hook back."""
+  """Drops (only) that noise while a restore runs. A restore that fails leaves the filter in
+  place: TensorStore may complete the abandoned reads after the error has been raised."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -63,11 +64,9 @@ def _quiet_abandoned_reads():
       previous(unraisable)
 
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()  # finalises the abandoned reads while the hook is in place
-    sys.unraisablehook = previous
+  yield
+  gc.collect()  # a successful restore abandons nothing; finalise before putting it back
+  sys.unraisablehook = previous
 
 
 def _path_names(path) -> tuple[str, ...]:

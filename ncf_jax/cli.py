@@ -100,7 +100,12 @@ def _report(action: Callable[[], object]) -> int:
     name = str(e) if isinstance(e, Interrupted) else 'Ctrl-C'
     print(f'error: interrupted ({name}); the same command resumes after the last saved epoch',
           file=sys.stderr)
-    return 128 + (signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The run's files are closed (checkpoint saves waited for); a computation or a prefetch
+    # the interrupt cut off may still be running in native threads, and interpreter
+    # shutdown would tear them down under it (seen: a segfault). Exit without it.
+    os._exit(128 + (signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT))
   return 0
 
 

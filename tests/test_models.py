@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ncf_jax.configs import default
+from ncf_jax import config_checks
 from ncf_jax import models
 from ncf_jax.errors import ConfigError
 
@@ -78,18 +79,50 @@ def test_score_matrix_equals_pairwise_scores(cls, layers):
 
 
 def test_layers_follow_num_factors_unless_given():
-  assert models.resolve_layers(8, ()) == (64, 32, 16, 8)
-  assert models.resolve_layers(32, ()) == (256, 128, 64, 32)
-  assert models.resolve_layers(8, (32, 16)) == (32, 16)
+  def layers(**overrides):
+    config = default.get_config()
+    config.update(overrides)
+    config_checks.validate(config)
+    return models.create_model(config, 5, 5).layers
+
+  assert layers(num_factors=8) == (64, 32, 16, 8)
+  assert layers(num_factors=32) == (256, 128, 64, 32)
+  assert layers(num_factors=8, layers=(32, 16)) == (32, 16)
   with pytest.raises(ConfigError, match='layers'):
-    models.resolve_layers(8, (33, 16))
+    layers(layers=(33, 16))
 
 
-def test_create_model_rejects_unknown_names():
+def test_unknown_model_is_a_config_error():
   config = default.get_config()
   config.model = 'transformer'
-  with pytest.raises(ConfigError, match='config.model'):
-    models.create_model(config, 5, 5)
+  with pytest.raises(ConfigError, match="config.model: unknown model 'transformer'"):
+    config_checks.validate(config)
+
+
+@pytest.mark.parametrize('name', list(models.MODELS))
+def test_every_model_satisfies_the_contract(name):
+  # The tables the model names are exactly its per-user and per-item parameters, indexed by
+  # the ids `embed` uses; hidden kernels are real kernels; score(embed) is __call__;
+  # score_matrix agrees with it (checked above); pair_width is positive.
+  config = default.get_config()
+  config.model, config.num_factors = name, 4
+  model = models.create_model(config, 11, 7)
+  params = flax.traverse_util.flatten_dict(_init(model))
+  tables = model.embedding_tables()
+  assert tables
+  for path, ids in tables.items():
+    assert params[path].shape[0] == {'users': 11, 'items': 7}[ids]
+  others = [p for p in params if p not in tables]
+  assert all(params[p].ndim < 2 or params[p].shape[0] not in (11, 7) for p in others)
+  for path in model.hidden_kernels():
+    assert path[-1] == 'kernel' and params[path].ndim == 2
+  users, items = jnp.array([0, 10, 3]), jnp.array([6, 0, 2])
+  variables = {'params': _init(model)}
+  rows = model.apply(variables, users, items, method=model.embed)
+  assert set(flax.traverse_util.flatten_dict(rows)) == set(tables)
+  np.testing.assert_allclose(model.apply(variables, rows, method=model.score),
+                             model.apply(variables, users, items), rtol=1e-6)
+  assert model.pair_width > 0
 
 
 def test_mf_is_a_biased_dot_product():

@@ -1,10 +1,6 @@
 """Resuming: interrupted runs (cleanly or by SIGKILL) end where uninterrupted ones do;
 checkpoints that do not fit or are damaged fail in one line naming the path."""
 
-import contextlib
-import gc
-import io
-import json
 import os
 import shutil
 import signal
@@ -12,11 +8,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from ncf_jax.configs import test as test_config
+from conftest import ROOT, error_lines, numbers as _numbers, read_records as _records
+from conftest import make_config as _config, run_module, train_quietly as _train
+from ncf_jax import run_dir
 from ncf_jax import train
 from ncf_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
@@ -26,39 +23,25 @@ BIG = dict(num_users=2000, num_items=200, interactions_per_user=30)
 BIG_FLAGS = {'batch_size': 64, 'steps_per_dispatch': 32, 'num_epochs': 3}
 
 
-def _config(**overrides):
-  config = test_config.get_config()
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+def _cli_args(workdir, *extra):
+  return ['--config=configs/test.py', f'--workdir={workdir}', *extra]
 
 
 def _cli(workdir, *extra):
-  return [sys.executable, '-m', 'ncf_jax.main', '--config=configs/test.py', f'--workdir={workdir}',
-          *extra]
+  return [sys.executable, '-m', 'ncf_jax.main', *_cli_args(workdir, *extra)]
+
+
+def _big_args(workdir, *extra):
+  return _cli_args(workdir, *[f'--config.synthetic.{k}={v}' for k, v in BIG.items()],
+                   *[f'--config.{k}={v}' for k, v in BIG_FLAGS.items()], *extra)
 
 
 def _big_cli(workdir):
-  return _cli(workdir, *[f'--config.synthetic.{k}={v}' for k, v in BIG.items()],
-              *[f'--config.{k}={v}' for k, v in BIG_FLAGS.items()])
+  return [sys.executable, '-m', 'ncf_jax.main', *_big_args(workdir)]
 
 
 def _env():
   return dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise')
-
-
-def _train(config, workdir):
-  with contextlib.redirect_stdout(io.StringIO()):
-    return train.train_and_evaluate(config, str(workdir))
-
-
-def _records(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(line) for line in f]
-
-
-def _numbers(workdir):
-  return [(r['epoch'], r['step'], r['loss'], r['hr'], r['ndcg']) for r in _records(workdir)]
 
 
 def _snapshot(directory):
@@ -66,6 +49,8 @@ def _snapshot(directory):
   out = {}
   for root, dirs, files in os.walk(directory):
     for name in dirs + files:
+      if name == run_dir.LOCK:
+        continue  # each start writes its pid into the lock file
       path = os.path.join(root, name)
       stat = os.stat(path)
       out[os.path.relpath(path, directory)] = (stat.st_size if name in files else None,
@@ -85,87 +70,152 @@ def test_stop_and_rerun_matches_one_run(tmp_path):
   assert _numbers(tmp_path / 'split') == straight
 
 
-def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(tmp_path):
-  killed, straight = tmp_path / 'killed', tmp_path / 'straight'
-  env = _env()
-  process = subprocess.Popen(_big_cli(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-  # The uninterrupted reference runs meanwhile, on the other core, through the same
-  # entry point (which picks the XLA runtime) as the killed run.
-  reference = subprocess.Popen(_big_cli(straight), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-  try:
-    try:
-      deadline = time.time() + 120
-      while time.time() < deadline and process.poll() is None:
-        if os.path.exists(killed / 'metrics.jsonl') and any(
-            r['epoch'] >= 1 for r in _records(killed)):
-          break
-        time.sleep(0.02)
-      assert process.poll() is None, f'finished before it was killed: {process.stderr.read()}'
-      process.send_signal(signal.SIGKILL)  # inside epoch 2's training (or epoch 1's save)
-    finally:
-      if process.poll() is None:
-        process.kill()
-      process.wait()
-      process.stderr.close()
-    assert max(r['epoch'] for r in _records(killed)) < BIG_FLAGS['num_epochs']
+@pytest.fixture(scope='module')
+def big_reference(tmp_path_factory):
+  """What an uninterrupted run of the big config computes."""
+  workdir = tmp_path_factory.mktemp('big') / 'straight'
+  _train(_config(synthetic=BIG, **BIG_FLAGS), workdir)
+  return _numbers(workdir)
 
-    restarted = subprocess.run(_big_cli(killed), cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=300, check=False)
-    assert restarted.returncode == 0, restarted.stderr
-    assert 'resuming after epoch' in restarted.stdout
-    _, reference_err = reference.communicate(timeout=300)
-    assert reference.returncode == 0, reference_err
+
+def _start_and_wait_for_epoch_1(workdir, *extra):
+  """The big run in a subprocess, once it has logged epoch 1 (so it is inside epoch 2)."""
+  process = subprocess.Popen(_big_cli(workdir) + list(extra), cwd=ROOT, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    if any(r['epoch'] >= 1 for r in _records(workdir)):
+      break
+    time.sleep(0.02)
+  assert process.poll() is None, f'finished before it was stopped: {process.communicate()}'
+  return process
+
+
+def _no_half_written_checkpoints(workdir):
+  for which in ('latest', 'best'):
+    leftovers = [n for n in os.listdir(workdir / 'checkpoints' / which) if 'tmp' in n]
+    assert not leftovers, leftovers
+
+
+def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(tmp_path, big_reference):
+  killed = tmp_path / 'killed'
+  process = _start_and_wait_for_epoch_1(killed)
+  process.send_signal(signal.SIGKILL)  # inside epoch 2's training (or epoch 1's save)
+  process.communicate()
+  assert max(r['epoch'] for r in _records(killed)) < BIG_FLAGS['num_epochs']
+  restarted = subprocess.run(_big_cli(killed), cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=300, check=False)
+  assert restarted.returncode == 0, restarted.stderr
+  assert 'resuming after epoch' in restarted.stdout
+  assert _numbers(killed) == big_reference
+
+
+def test_one_writer_per_workdir_and_a_killed_writer_leaves_no_lock(tmp_path):
+  workdir = tmp_path / 'run'
+  first = _start_and_wait_for_epoch_1(workdir, '--config.num_epochs=100000')
+  try:
+    second = run_module('ncf_jax.main', *_big_args(workdir), timeout=120)
+    assert error_lines(second) == [
+        f'error: {workdir}: another run is training into this workdir (pid {first.pid}); '
+        'wait for it to end or use another --workdir']
+    assert first.poll() is None  # the refused writer touched nothing of the first run
   finally:
-    if reference.poll() is None:
-      reference.kill()
-      reference.communicate()
-  assert [r[0] for r in _numbers(killed)] == list(range(BIG_FLAGS['num_epochs'] + 1))
-  assert _numbers(killed) == _numbers(straight)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+  epochs = [r['epoch'] for r in _records(workdir)]
+  assert epochs == list(range(len(epochs)))  # one writer: each epoch once, in order
+  again = run_module('ncf_jax.main', *_big_args(workdir, '--config.num_epochs=1'))
+  assert again.returncode == 0, again.stderr
+  assert 'resuming after epoch' in again.stdout
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_ends_in_one_line_and_the_same_command_resumes(tmp_path, big_reference, sig):
+  workdir = tmp_path / 'run'
+  process = _start_and_wait_for_epoch_1(workdir)
+  process.send_signal(sig)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 128 + sig, err
+  assert 'Traceback' not in err
+  name = 'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'
+  assert err.strip().splitlines()[-1] == (f'error: interrupted ({name}); the same command '
+                                          'resumes after the last saved epoch')
+  _no_half_written_checkpoints(workdir)
+  restarted = subprocess.run(_big_cli(workdir), cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=300, check=False)
+  assert restarted.returncode == 0, restarted.stderr
+  assert _numbers(workdir) == big_reference
 
 
 def test_checkpoint_of_another_shape_fails_in_one_line_and_leaves_workdir(tmp_path):
   workdir = tmp_path / 'run'
   _train(_config(model='gmf', num_epochs=1), workdir)
   before = _snapshot(workdir)
-  result = subprocess.run(_cli(workdir, '--config.model=gmf', '--config.num_factors=4'),
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
-                          check=False)
-  assert result.returncode != 0
-  assert 'Traceback' not in result.stderr
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert errors == [f'error: {workdir}/checkpoints/latest/1: parameter params/gmf/item_embedding '
-                    'has shape (80, 8), expected (80, 4)'], result.stderr
+  result = run_module('ncf_jax.main', *_cli_args(workdir, '--config.model=gmf',
+                                                 '--config.num_factors=4'))
+  assert error_lines(result) == [
+      f'error: {workdir}/checkpoints/latest/1: parameter params/gmf/item_embedding '
+      'has shape (80, 8), expected (80, 4)'], result.stderr
   assert _snapshot(workdir) == before
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('trained') / 'run'
-  _train(_config(num_epochs=1), workdir)
-  return workdir
+  """A finished 1-epoch run and the same run extended to 2 epochs, undamaged."""
+  root = tmp_path_factory.mktemp('trained')
+  _train(_config(num_epochs=1), root / 'run')
+  shutil.copytree(root / 'run', root / 'extended')
+  _train(_config(num_epochs=2), root / 'extended')
+  return root / 'run', _numbers(root / 'extended')
 
 
-@pytest.mark.parametrize('damage', ['default/_METADATA', 'default/d', 'default/ocdbt.process_0/d'])
-def test_damaged_checkpoint_fails_in_one_line(trained, tmp_path, capfd, damage):
-  workdir = tmp_path / 'run'
-  shutil.copytree(trained, workdir)
-  target = workdir / 'checkpoints' / 'latest' / '1' / damage
-  assert target.exists()
-  if target.is_dir():
-    for path in target.iterdir():  # the array data; the directory itself stays
+def _flip_bytes(path, count, seed=0):
+  data = bytearray(path.read_bytes())
+  for i in np.random.default_rng(seed).choice(len(data), min(count, len(data)), replace=False):
+    data[i] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def _damage(checkpoint, how):
+  state = checkpoint / 'state'
+  data = sorted((state / 'ocdbt.process_0' / 'd').iterdir(), key=lambda p: p.stat().st_size)
+  if how == 'metadata removed':
+    (state / '_METADATA').unlink()
+  elif how == 'data removed':
+    for path in data:
       path.unlink()
-  else:
-    target.unlink()
-  with pytest.raises(CheckpointError) as e:
-    _train(_config(num_epochs=2), workdir)
-  message = str(e.value)
-  assert message.startswith(f'{workdir}/checkpoints/latest/1: ')
-  assert '\n' not in message and len(message) < 600
-  del e
-  gc.collect()  # finalises the reads Orbax abandoned, while this test's hooks are installed
-  assert 'Traceback' not in capfd.readouterr().err  # no noise from abandoned reads
+  else:  # bytes flipped in the largest data file (the embedding tables and their moments)
+    _flip_bytes(data[-1], {'1000 bytes flipped': 1000, '8 bytes flipped': 8}[how])
+
+
+DAMAGE = ['metadata removed', 'data removed', '1000 bytes flipped', '8 bytes flipped']
+
+
+@pytest.mark.parametrize('how', DAMAGE)
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(trained, tmp_path, capfd, how):
+  run, extended = trained
+  workdir = tmp_path / 'run'
+  shutil.copytree(run, workdir)
+  _damage(workdir / 'checkpoints' / 'latest' / '1', how)
+  state, history = train.train_and_evaluate(_config(num_epochs=2), str(workdir))
+  out, err = capfd.readouterr()
+  assert f'note: {workdir}/checkpoints/latest/1: ' in out
+  assert 'resuming after epoch 0' in out
+  assert 'Traceback' not in err  # no noise from the reads Orbax abandoned
+  assert _numbers(workdir) == extended  # epoch 1 retrained exactly as before
+
+
+@pytest.mark.parametrize('how', DAMAGE)
+def test_damaged_best_checkpoint_is_a_one_line_error_naming_it(trained, tmp_path, how):
+  run, _ = trained
+  workdir = tmp_path / 'run'
+  shutil.copytree(run, workdir)
+  best = run_dir.RunDir(str(workdir)).checkpoints('best').epochs()[-1]
+  _damage(workdir / 'checkpoints' / 'best' / str(best), how)
+  with pytest.raises(CheckpointError, match=f'^{workdir}/checkpoints/best/{best}: '):
+    run_dir.load_best(str(workdir))
+  errors = error_lines(run_module('ncf_jax.recommend', f'--workdir={workdir}', '--user=1'))
+  assert len(errors) == 1 and f'checkpoints/best/{best}: ' in errors[0]
 
 
 def test_diverged_run_stops_saves_nothing_nonfinite_and_resumes_with_a_smaller_rate(tmp_path):
@@ -180,11 +230,10 @@ def test_diverged_run_stops_saves_nothing_nonfinite_and_resumes_with_a_smaller_r
 
 
 def test_diverged_run_is_one_line_and_a_nonzero_exit(tmp_path):
-  done = subprocess.run(_cli(tmp_path, '--config.optimizer=sgd', '--config.learning_rate=1000'),
-                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-  assert done.returncode != 0
-  assert done.stderr.strip().splitlines()[-1].startswith('error: epoch 1: training diverged')
-  assert 'Traceback' not in done.stderr
+  done = run_module('ncf_jax.main', *_cli_args(tmp_path, '--config.optimizer=sgd',
+                                               '--config.learning_rate=1000'))
+  errors = error_lines(done)
+  assert len(errors) == 1 and errors[0].startswith('error: epoch 1: training diverged')
 
 
 @pytest.mark.parametrize('value', ['nan', 'inf', '-inf'])
