@@ -55,8 +55,9 @@ def test_prepare_with_validation_then_stats(raw_file, tmp_path):
   out = str(tmp_path / 'v')
   assert _run('prepare', f'--raw={raw}', '--format=ml-1m', f'--out={out}', '--validation',
               '--name=small').returncode == 0
-  assert sorted(os.listdir(out)) == sorted(f'small.{s}' for s in (
-      'train.rating', 'test.rating', 'test.negative', 'valid.rating', 'valid.negative'))
+  assert sorted(os.listdir(out)) == sorted([f'small.{s}' for s in (
+      'train.rating', 'test.rating', 'test.negative', 'valid.rating', 'valid.negative')]
+                                           + ['dataset.json', 'items.tsv', 'users.tsv'])
   summary = json.loads(_run('stats', f'--data_dir={out}', '--validation').stdout.splitlines()[-1])
   assert summary['num_valid'] == 30 and summary['num_train'] == num_interactions - 60
 
@@ -68,7 +69,7 @@ def test_bad_file_is_one_line_error(tmp_path):
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert errors == [f"error: {raw}:2: item 'x' is not an integer"], result.stderr
+  assert errors == [f"error: {raw}:2: item id 'x' is not an integer >= 0"], result.stderr
 
 
 def test_stats_on_a_directory_without_data(tmp_path):

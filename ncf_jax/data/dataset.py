@@ -257,6 +257,7 @@ def carve_validation(dataset: Dataset, seed: int, num_negatives: int = 99) -> Da
       valid=HeldOut(v_users, v_items, negatives))
 
 
+_SORT_WIDTH = 512  # candidates per row up to which sorting rows beats marking bits
 _MAX_CANDIDATES = 1 << 25  # candidates drawn at once: bounds memory (about 40 bytes each)
 
 
@@ -278,6 +279,37 @@ def sample_distinct_negatives(rng: np.random.Generator, users: np.ndarray, seen:
                          for start in range(0, len(users), rows)])
 
 
+def later_copies(cand: np.ndarray, num_items: int) -> np.ndarray:
+  """Bool (rows, width): whether each entry repeats an item earlier in its row.
+
+  Narrow rows are sorted (stably) row by row; wide ones (999 negatives) are
+  scanned column by column against a bitmap of the items seen so far in each
+  row, which costs less than sorting them. Both give the same answer.
+  """
+  rows, width = cand.shape
+  repeat = np.zeros(cand.shape, dtype=bool)
+  if width <= _SORT_WIDTH:
+    order = np.argsort(cand, axis=1, kind='stable')
+    sorted_cand = np.take_along_axis(cand, order, axis=1)
+    in_sorted_order = np.zeros(cand.shape, dtype=bool)
+    in_sorted_order[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]
+    np.put_along_axis(repeat, order, in_sorted_order, axis=1)
+    return repeat
+  row_bytes = (num_items + 7) // 8
+  seen = np.zeros(rows * row_bytes, dtype=np.uint8)  # bit i of row r: item i seen in r
+  row_base = np.arange(rows, dtype=np.int64) * row_bytes
+  bits = np.left_shift(np.uint8(1), np.arange(8, dtype=np.uint8))
+  by_column = np.ascontiguousarray(cand.T)
+  repeat_by_column = np.empty((width, rows), dtype=bool)
+  for j in range(width):
+    where = row_base + (by_column[j] >> 3)
+    bit = bits[by_column[j] & 7]
+    before = seen[where]
+    repeat_by_column[j] = (before & bit) != 0
+    seen[where] = before | bit
+  return repeat_by_column.T
+
+
 def _sample_distinct(rng: np.random.Generator, users: np.ndarray, seen: InteractionSet,
                      num_items: int, num_negatives: int) -> np.ndarray:
   """`sample_distinct_negatives` for one chunk of users."""
@@ -287,12 +319,8 @@ def _sample_distinct(rng: np.random.Generator, users: np.ndarray, seen: Interact
   while todo.size:
     cand = rng.integers(0, num_items, size=(todo.size, width), dtype=np.int32)
     valid = ~seen.contains(np.repeat(users[todo], width), cand.ravel()).reshape(cand.shape)
-    order = np.argsort(cand, axis=1, kind='stable')
-    sorted_cand = np.take_along_axis(cand, order, axis=1)
-    repeat = np.zeros_like(valid)
-    repeat[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]  # later copies of an item
-    np.put_along_axis(valid, order, np.take_along_axis(valid, order, axis=1) & ~repeat, axis=1)
-    rank = np.cumsum(valid, axis=1)
+    valid &= ~later_copies(cand, num_items)
+    rank = np.cumsum(valid, axis=1, dtype=np.int32)
     done = rank[:, -1] >= num_negatives
     pick = valid & (rank <= num_negatives)
     out[todo[done]] = cand[done][pick[done]].reshape(-1, num_negatives)

@@ -314,11 +314,28 @@ def _bad_line(block, delimiters, kinds, columns: _Columns, first_line: int) -> s
           f'found {separators[bad] + 1}')
 
 
+def _windows(arr: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+  """(rows, width) uint8 copies of arr[offset:offset + width]; bytes outside arr are 0.
+
+  Rows are cut from a sliding-window view (one short copy per row, no index
+  matrix); the few windows that overhang an end of `arr` are filled byte by byte.
+  """
+  inside = (offsets >= 0) & (offsets <= len(arr) - width)
+  if len(arr) >= width and inside.all():
+    return np.lib.stride_tricks.sliding_window_view(arr, width)[offsets]
+  out = np.zeros((len(offsets), width), dtype=np.uint8)
+  if len(arr) >= width:
+    out[inside] = np.lib.stride_tricks.sliding_window_view(arr, width)[offsets[inside]]
+  for row in np.flatnonzero(~inside):
+    index = offsets[row] + np.arange(width)
+    valid = (index >= 0) & (index < len(arr))
+    out[row, valid] = arr[index[valid]]
+  return out
+
+
 def _gather(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
   """(rows, width) uint8: each field's bytes, left-aligned, zero-padded."""
-  index = starts[:, None] + np.arange(width)
-  np.minimum(index, len(arr) - 1, out=index)
-  out = arr[index]
+  out = _windows(arr, starts, width)
   out[np.arange(width) >= lengths[:, None]] = 0
   return out
 
@@ -367,9 +384,8 @@ def _parse_times(data: bytes, arr: np.ndarray, starts: np.ndarray, ends: np.ndar
   for first in range(0, len(starts), step):
     part = slice(first, first + step)
     # Right-aligned digits, zeros before the number: Horner's rule needs no mask.
-    index = ends[part, None] - width + np.arange(width)
-    inside = index >= digit_starts[part, None]
-    digits = arr[np.maximum(index, 0)] - np.uint8(ord('0'))
+    inside = np.arange(width) >= (digit_starts[part] - ends[part] + width)[:, None]
+    digits = _windows(arr, ends[part] - width, width) - np.uint8(ord('0'))
     ok[part] &= ((digits <= 9) | ~inside).all(axis=1)
     digits[~inside] = 0
     value = values[part]
