@@ -135,14 +135,27 @@ class StagedFiles:
     self.add(name, lambda f: f.write(text))
 
   def commit(self) -> None:
-    for tmp, path in self._staged:
-      os.replace(tmp, path)
+    """Renames every staged file into place; on failure removes the ones it created."""
+    for _, path in self._staged:
+      if os.path.isdir(path):  # the one failure a rename cannot undo halfway
+        raise IsADirectoryError(21, 'Is a directory', path)
+    new = []
+    try:
+      for tmp, path in self._staged:
+        existed = os.path.lexists(path)
+        os.replace(tmp, path)
+        if not existed:
+          new.append(path)
+    except BaseException:
+      for path in new:  # files replaced in place cannot be restored; new ones can go
+        _remove_quietly(path)
+      raise
     self._staged = []
     self._created = []
 
   def abandon(self) -> None:
     for tmp, _ in self._staged:
-      _remove_quietly(tmp)
+      _remove_quietly(tmp)  # a temporary file already renamed is not there: no harm
     self._staged = []
     remove_empty_dirs(self._created)
     self._created = []

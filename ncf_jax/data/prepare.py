@@ -307,4 +307,4 @@ def _write(dataset: Dataset, out_dir: str, negatives_format: str, maps: id_maps.
     for path in stale_ncf_files(out_dir, dataset.name, written):
       os.remove(path)
   except OSError as e:
-    raise DataError(f'{out_dir}: cannot write ({files.one_line(e)})') from None
+    raise DataError(f'{e.filename or out_dir}: cannot write ({files.one_line(e)})') from None
