@@ -87,3 +87,33 @@ def test_usage_errors(args, words):
   result = _run(*args)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert words in result.stderr
+
+
+def test_prepare_csv_then_stats_shows_the_manifest(tmp_path):
+  rows = ['customer;product;day']
+  rows += [f'c{u};p{(u * 13 + k) % 150};{k}' for u in range(5) for k in range(22)]
+  (tmp_path / 'orders.csv').write_text('\n'.join(rows) + '\n')
+  out = str(tmp_path / 'out')
+  prepared = _run('prepare', f'--raw={tmp_path / "orders.csv"}', '--format=csv', '--sep=;',
+                  '--user_col=customer', '--item_col=product', '--time_col=day',
+                  '--test_negatives=50', f'--out={out}')
+  assert prepared.returncode == 0, prepared.stderr
+  stats = _run('stats', f'--data_dir={out}')
+  assert stats.returncode == 0, stats.stderr
+  assert 'prepared from orders.csv' in stats.stdout and 'held-out item: latest' in stats.stdout
+  summary = json.loads(stats.stdout.strip().splitlines()[-1])
+  assert summary['num_users'] == 5 and summary['num_test_negatives'] == 50
+  assert summary['manifest']['parameters']['user'] == 'customer'
+  assert summary['manifest']['after']['users'] == 5
+  with open(os.path.join(out, 'users.tsv')) as f:
+    assert f.read() == ''.join(f'c{u}\n' for u in range(5))
+
+
+@pytest.mark.parametrize('args,words', [
+    (('--preset=mlperf', '--test_negatives=5'), 'fixes --test_negatives'),
+    (('--user_col=x',), '--user_col: --format=ml-1m has fixed columns'),
+])
+def test_prepare_flag_errors(tmp_path, args, words):
+  result = _run('prepare', '--raw=x', '--format=ml-1m', f'--out={tmp_path}', *args)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert words in result.stderr
