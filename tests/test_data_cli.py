@@ -117,3 +117,11 @@ def test_prepare_flag_errors(tmp_path, args, words):
   result = _run('prepare', '--raw=x', '--format=ml-1m', f'--out={tmp_path}', *args)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert words in result.stderr
+
+
+def test_download_into_a_folder_whose_parent_is_missing(tmp_path):
+  result = _run('download', '--dataset=ml-100k', f'--data_dir={tmp_path}/typo/ml-100k')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: --data_dir={tmp_path}/typo/ml-100k: {tmp_path}/typo: no such directory')
+  assert os.listdir(tmp_path) == []

@@ -317,3 +317,27 @@ def test_text_readers_report_os_errors(tmp_path):
   (tmp_path / 'x.rating').mkdir()
   with pytest.raises(DataError, match='x.rating: file not found'):
     ncf_format.read_ratings(str(tmp_path / 'x.rating'))
+
+
+def test_item_metadata_titles_by_original_id(tmp_path):
+  path = tmp_path / 'movies.csv'
+  path.write_text('movieId,title,genres\n1,Toy Story (1995),Animation\n'
+                  '11,"American President, The (1995)",Comedy|Drama\n1,Again,x\n')
+  assert id_maps.read_item_metadata(str(path), 'movieId', 'title') == {
+      '1': 'Toy Story (1995)', '11': 'American President, The (1995)'}
+  with pytest.raises(DataError, match=r"movies.csv:1: no column 'name' in the header; its "
+                                      r"columns are: 'movieId', 'title', 'genres'$"):
+    id_maps.read_item_metadata(str(path), 'movieId', 'name')
+  path.write_text('movieId,title\n1,Toy Story\n2\n')
+  with pytest.raises(DataError, match=r'movies.csv:3: expected 2 fields, found 1$'):
+    id_maps.read_item_metadata(str(path), 'movieId', 'title')
+  with pytest.raises(DataError, match=r'nothing.csv: file not found$'):
+    id_maps.read_item_metadata(str(tmp_path / 'nothing.csv'), 'movieId', 'title')
+
+
+def test_train_and_heldout_set_holds_the_heldout_pairs(tmp_path):
+  data = dataset_lib.load_ncf_dir(_toy(tmp_path), 'toy')
+  assert not data.train_set.contains(data.test.users, data.test.items).any()
+  assert data.train_and_heldout_set.contains(data.test.users, data.test.items).all()
+  assert data.train_and_heldout_set.contains(data.train_users, data.train_items).all()
+  assert not data.train_and_heldout_set.contains(np.array([0]), np.array([3]))[0]

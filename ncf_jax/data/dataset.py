@@ -63,6 +63,18 @@ class Dataset:
     return InteractionSet(self.train_users, self.train_items, self.num_users, self.num_items)
 
   @functools.cached_property
+  def train_and_heldout_set(self) -> InteractionSet:
+    """Training pairs plus every held-out (test, validation) pair.
+
+    What training negatives avoid when held-out items are kept out of them
+    (`exclude_heldout_from_negatives`); the original code rejects training pairs only.
+    """
+    held = [h for h in (self.test, self.valid) if h is not None]
+    return InteractionSet(np.concatenate([self.train_users] + [h.users for h in held]),
+                          np.concatenate([self.train_items] + [h.items for h in held]),
+                          self.num_users, self.num_items)
+
+  @functools.cached_property
   def item_popularity(self) -> np.ndarray:
     """(num_items,) int64 count of training interactions per item."""
     return np.bincount(self.train_items, minlength=self.num_items)

@@ -138,6 +138,15 @@ def read_columns(path: str, layout: Layout) -> RawColumns:
   return raw
 
 
+def read_text(path: str, encoding: str = 'utf-8') -> str:
+  """A small text file's content, plain or gzip, without a byte-order mark; one-line errors."""
+  stored, _, _ = _read_file(path)
+  try:
+    return _decompress(path, stored).decode(encoding).removeprefix('\ufeff')
+  except (UnicodeDecodeError, LookupError) as e:
+    raise DataError(f'{path}: not valid {encoding} ({one_line(e)})') from None
+
+
 def _read_file(path: str) -> tuple[bytes, int, str]:
   """The file's bytes, size and SHA-256; one-line errors for what the OS refuses."""
   try:
@@ -192,7 +201,8 @@ def _looks_numeric(text: str) -> bool:
     return False
 
 
-def _column_index(path: str, fields: list[str], name: str) -> int:
+def column_index(path: str, fields: list[str], name: str) -> int:
+  """Where header `fields` have column `name`; DataError (file:1) when once is not the case."""
   found = [j for j, field in enumerate(fields) if field == name]
   if len(found) > 1:
     raise DataError(f'{path}:1: column {name!r} appears {len(found)} times in the header')
@@ -226,7 +236,7 @@ def _locate_columns(path: str, data: bytes, layout: Layout, encoding: str
   if len(fields) == 1:
     raise DataError(f'{path}:1: --sep={layout.sep!r} finds one column in the header '
                     f'{header[:80]!r}{_suggest_separator(header)}')
-  indexes = {role: None if name is None else _column_index(path, fields, name)
+  indexes = {role: None if name is None else column_index(path, fields, name)
              for role, name in roles.items()}
   return start, _Columns(path, layout.sep, len(fields), **indexes)
 

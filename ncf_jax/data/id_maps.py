@@ -10,11 +10,14 @@ NCF files from elsewhere (the paper's, synthetic data) have neither: the
 readers here then return None and callers show internal indices.
 """
 
+import csv
 import dataclasses
 import functools
+import io
 import json
 import os
 
+from ncf_jax.data.delimited import column_index, read_text
 from ncf_jax.data.files import one_line
 from ncf_jax.errors import DataError
 
@@ -116,3 +119,27 @@ def read_manifest(directory: str) -> dict | None:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise DataError(f'{path}: cannot read ({one_line(e)})') from None
+
+
+def read_item_metadata(path: str, id_col: str, title_col: str,
+                       encoding: str = 'utf-8') -> dict[str, str]:
+  """Original item id -> title from a CSV with a header row (e.g. MovieLens `movies.csv`).
+
+  RFC 4180 quoting, plain or gzip; the first row of an id wins. DataError names
+  file:line for a missing column or a short row.
+  """
+  reader = csv.reader(io.StringIO(read_text(path, encoding), newline=''))
+  try:
+    header = next(reader, None)
+    if not header:
+      raise DataError(f'{path}: empty file')
+    columns = [column_index(path, header, name) for name in (id_col, title_col)]
+    titles = {}
+    for fields in reader:
+      if len(fields) <= max(columns):
+        raise DataError(f'{path}:{reader.line_num}: expected {len(header)} fields, found '
+                        f'{len(fields)}')
+      titles.setdefault(fields[columns[0]], fields[columns[1]])
+  except csv.Error as e:
+    raise DataError(f'{path}:{reader.line_num}: {one_line(e)}') from None
+  return titles
