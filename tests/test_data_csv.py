@@ -63,6 +63,7 @@ VARIANTS = {
     'quoted (csv module)': (dict(quote_all=True), 'csv', None),
     'crlf': (dict(newline='\r\n'), 'csv', None),
     'utf-16': (dict(encoding='utf-16'), 'csv', None),
+    'utf-8 with a byte-order mark': (dict(encoding='utf-8-sig'), 'csv', None),
 }
 
 
@@ -76,7 +77,7 @@ def test_a_movielens_file_as_csv_gives_the_preset_files(tmp_path, variant):
                     **options)
   layout = prepare.layout_for(fmt, user_col='user', item_col='movie', time_col='when',
                               rating_col='stars', sep=sep,
-                              encoding=options.get('encoding', 'utf-8'))
+                              encoding='utf-16' if variant == 'utf-16' else 'utf-8')
   prepare.prepare(raw, layout, str(tmp_path / 'out'), name='ml',
                   protocol=prepare.Protocol(seed=3, validation=True))
   assert _digests(tmp_path / 'out', 'ml') == REPLACED_CODE_OUTPUT
