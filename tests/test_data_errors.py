@@ -1,4 +1,4 @@
-"""Bad input to `data prepare` and to the loaders: one line naming file:line or flag, nothing left."""
+"""Bad input to `data prepare` and the loaders: one line naming file:line or flag, nothing left."""
 
 import gzip
 import os

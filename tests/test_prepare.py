@@ -189,7 +189,8 @@ def test_same_seed_same_files(tmp_path):
 def test_validation_holdout(tmp_path):
   rows, _ = make_rows()
   raw = write_raw(tmp_path / 'raw', rows, 'ml-100k')
-  plain = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'plain'), protocol=prepare.Protocol(seed=2))
+  plain = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'plain'),
+                          protocol=prepare.Protocol(seed=2))
   data = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'valid'),
                          protocol=prepare.Protocol(seed=2, validation=True))
   expected, _, _ = reference(rows)

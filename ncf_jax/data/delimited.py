@@ -110,12 +110,14 @@ def read_columns(path: str, layout: Layout) -> RawColumns:
   data = _decompress(path, stored)
   del stored
   data, encoding = _ascii_compatible(path, data, layout.encoding)
-  if not data.strip():
+  if not data or data.isspace():  # isspace stops at the first other byte: no copy, no scan
     raise DataError(f'{path}: empty file')
   if b'\r' in data:
     data = data.replace(b'\r\n', b'\n')
   start, columns = _locate_columns(path, data, layout, encoding)
-  end = len(data.rstrip(b'\n'))  # final newlines are fine
+  end = len(data)
+  while end > start and data[end - 1] == _NEWLINE:  # final newlines are fine
+    end -= 1
   if end <= start:
     raise DataError(f'{path}: no data rows after the header')
   first_line = 1 + data.count(b'\n', 0, start)

@@ -107,7 +107,7 @@ def layout_for(fmt: str, user_col: str | None = None, item_col: str | None = Non
       raise DataError(f'--format={fmt} needs --{flag}')
   named = [c for c in (user_col, item_col, time_col, rating_col) if c is not None]
   if len(set(named)) != len(named):
-    raise DataError(f'--user_col/--item_col/--time_col/--rating_col name one column twice')
+    raise DataError('--user_col/--item_col/--time_col/--rating_col name one column twice')
   sep = {'csv': ',', 'tsv': '\t'}[fmt] if sep is None else sep
   if len(sep) != 1 or sep in '"\r\n':
     raise DataError(f'--sep={sep!r}: must be one character, not a quote or a line break')

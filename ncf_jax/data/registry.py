@@ -9,11 +9,15 @@ ever downloaded into a directory the user named. A registered dataset without
 import os
 
 from ncf_jax.data import download, synthetic
-from ncf_jax.data.dataset import (NCF_SUFFIXES, Dataset, carve_validation, has_ncf_files,  # pylint: disable=unused-import
+from ncf_jax.data.dataset import (NCF_SUFFIXES, Dataset, carve_validation, has_ncf_files,
                                   load_ncf_dir, ncf_name_in)
 from ncf_jax.data.files import one_line
-from ncf_jax.data.spec import REGISTRY, SYNTHETIC, DatasetSpec, default_data_dir  # pylint: disable=unused-import
+from ncf_jax.data.spec import REGISTRY, SYNTHETIC, DatasetSpec, default_data_dir
 from ncf_jax.errors import ConfigError, DataError
+
+# Names other modules import from here (several are defined in spec and dataset).
+__all__ = ['NCF_SUFFIXES', 'OFFLINE_HINT', 'REGISTRY', 'SYNTHETIC', 'DatasetSpec', 'check_data_dir',
+           'default_data_dir', 'has_ncf_files', 'load_dataset', 'ncf_name_in']
 
 OFFLINE_HINT = ('to work offline, put the files in a directory and set --config.data_dir=DIR '
                 '(or $NCF_DATA_DIR to the folder above it), or use --config.dataset=synthetic')

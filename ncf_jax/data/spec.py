@@ -6,7 +6,8 @@ Shared by `registry` (which loads them) and `download` (which fetches them).
 import dataclasses
 import os
 
-_NCF_REPO = 'https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/master/Data'
+_NCF_REPO = ('https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/'
+             'master/Data')
 _GROUPLENS = 'https://files.grouplens.org/datasets/movielens'
 NCF_SUFFIXES = ('train.rating', 'test.rating', 'test.negative')
 SYNTHETIC = 'synthetic'
