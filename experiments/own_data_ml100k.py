@@ -46,7 +46,7 @@ def prepare_command(csv_path: str, out: str) -> list[str]:
 
 def show(out: str) -> None:
   """The prepared folder read back as a user of the library would."""
-  data = dataset_lib.load_ncf_dir(out, 'csv')
+  data = dataset_lib.load_ncf_dir(out, 'ratings')
   maps = id_maps.id_maps_for(data)
   manifest = id_maps.read_manifest(out)
   print(f'loaded: {data.num_users} users, {data.num_items} items, {data.num_train} training '

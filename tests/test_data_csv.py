@@ -149,7 +149,7 @@ def test_string_ids_map_back_to_the_file(tmp_path):
     assert times[maps.items[data.test.items[maps.user_index(user)]]] == latest
   # The maps are plain text, one id per line; the loaded dataset finds them.
   assert (out / 'users.tsv').read_text(encoding='utf-8').splitlines() == list(maps.users)
-  loaded = dataset_lib.load_ncf_dir(str(out), 'csv')
+  loaded = dataset_lib.load_ncf_dir(str(out), 'log')
   assert id_maps.id_maps_for(loaded) == maps
   assert maps.item_index('café') == maps.items.index('café')
   user_ids, item_ids = maps  # unpacks as a pair
@@ -184,7 +184,7 @@ def test_manifest_counts_what_was_dropped(tmp_path):
   assert manifest['dropped_users']['no_rating_at_least_min_rating'] == 1  # 'lost 2'
   assert sum(manifest['dropped_users'].values()) == before['users'] - after['users']
   assert manifest['split'] == dict(train=data.num_train, test=data.num_users, valid=0)
-  assert manifest['files'] == [f'csv.{s}' for s in ('train.rating', 'test.rating',
+  assert manifest['files'] == [f'log.{s}' for s in ('train.rating', 'test.rating',
                                                      'test.negative')]
 
 

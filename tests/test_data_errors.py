@@ -132,19 +132,19 @@ def test_out_is_a_file(tmp_path):
 
 
 def test_a_failed_write_leaves_nothing_new(tmp_path):
-  (tmp_path / 'out' / 'csv.test.rating').mkdir(parents=True)  # a folder where a file goes
-  with pytest.raises(DataError, match=r'csv.test.rating: cannot write \(Is a directory\)$'):
+  (tmp_path / 'out' / 'log.test.rating').mkdir(parents=True)  # a folder where a file goes
+  with pytest.raises(DataError, match=r'log.test.rating: cannot write \(Is a directory\)$'):
     _prepare(tmp_path, HEADER + GOOD_ROWS, protocol=prepare.Protocol(test_negatives=5))
-  assert os.listdir(tmp_path / 'out') == ['csv.test.rating']
+  assert os.listdir(tmp_path / 'out') == ['log.test.rating']
 
 
 def test_stale_negatives_of_the_other_format_go(tmp_path):
   _prepare(tmp_path, HEADER + GOOD_ROWS, protocol=prepare.Protocol(test_negatives=5),
            negatives_format='npy')
-  assert os.path.exists(tmp_path / 'out' / 'csv.test.negative.npy')
+  assert os.path.exists(tmp_path / 'out' / 'log.test.negative.npy')
   _prepare(tmp_path, HEADER + GOOD_ROWS, protocol=prepare.Protocol(test_negatives=5))
-  assert not os.path.exists(tmp_path / 'out' / 'csv.test.negative.npy')
-  assert dataset_lib.load_ncf_dir(str(tmp_path / 'out'), 'csv').test.negatives.shape == (6, 5)
+  assert not os.path.exists(tmp_path / 'out' / 'log.test.negative.npy')
+  assert dataset_lib.load_ncf_dir(str(tmp_path / 'out'), 'log').test.negatives.shape == (6, 5)
 
 
 # ------------------------------------------------------------ as a user without root

@@ -47,8 +47,9 @@ _VALIDATION = flags.DEFINE_bool('validation', False,
                                 'prepare: also write a validation holdout; stats: load one.')
 _DATASET = flags.DEFINE_enum('dataset', None, list(registry.REGISTRY), 'Dataset to download.')
 _NAME = flags.DEFINE_string('name', None,
-                            'File name stem (<name>.train.rating); default: the format, or '
-                            'the one found in --data_dir.')
+                            'File name stem (<name>.train.rating); default: the MovieLens '
+                            'format, or the --raw file\'s name without extensions, or the '
+                            'one found in --data_dir.')
 _USER_COL = flags.DEFINE_string('user_col', None, 'csv/tsv: header name of the user id column.')
 _ITEM_COL = flags.DEFINE_string('item_col', None, 'csv/tsv: header name of the item id column.')
 _TIME_COL = flags.DEFINE_string('time_col', None,

@@ -259,13 +259,22 @@ def _manifest(raw: RawColumns, layout: Layout, protocol: Protocol, data: Interac
   }
 
 
+def default_name(raw_path: str, layout: Layout) -> str:
+  """The files' stem: a MovieLens format's name, else the raw file's (orders.csv.gz: orders)."""
+  if layout.format in MOVIELENS:
+    return layout.format
+  base = os.path.basename(raw_path)
+  base = base[:-len('.gz')] if base.endswith('.gz') else base
+  return os.path.splitext(base)[0] or layout.format
+
+
 def prepare(raw_path: str, layout: Layout | str, out_dir: str, name: str | None = None,
             protocol: Protocol = Protocol(), negatives_format: str = 'auto') -> Dataset:
   """Turns an interaction log into NCF files, id maps and a manifest in `out_dir`.
 
   `layout`: a `Layout`, or the name of a MovieLens format ('ml-100k' for
-  u.data, 'ml-1m' for ratings.dat, 'ml-20m' for ratings.csv). `name` (default:
-  the format) names the files `<name>.train.rating` etc. `negatives_format`:
+  u.data, 'ml-1m' for ratings.dat, 'ml-20m' for ratings.csv). `name` names the
+  files `<name>.train.rating` etc. (default: see `default_name`). `negatives_format`:
   'text' (`.negative`), 'npy' (`.negative.npy`, int32) or 'auto' (text up to
   100 negatives per row). Returns the Dataset as written.
   """
@@ -277,7 +286,7 @@ def prepare(raw_path: str, layout: Layout | str, out_dir: str, name: str | None 
   if protocol.min_rating is not None and layout.rating is None:
     raise DataError('--min_rating needs --rating_col')
   files.check_output_dir(out_dir)
-  name = name or layout.format
+  name = name or default_name(raw_path, layout)
   raw = read_columns(raw_path, layout)
   data = implicit_interactions(raw, protocol.min_user_interactions, protocol.min_rating)
   if data.num_users == 0:
