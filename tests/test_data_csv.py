@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ncf_jax.data import dataset as dataset_lib
+from ncf_jax.data import delimited
 from ncf_jax.data import id_maps
 from ncf_jax.data import prepare
 from test_prepare import make_rows, write_raw
@@ -259,3 +260,18 @@ def test_wide_rows_find_repeats_as_sorting_does():
     cand = rng.integers(0, 60, (30, width)).astype(np.int32)
     expected = np.array([[x in row[:j] for j, x in enumerate(row)] for row in cand.tolist()])
     np.testing.assert_array_equal(dataset_lib.later_copies(cand, 60), expected)
+
+
+def test_small_blocks_read_the_same_as_one(tmp_path, monkeypatch):
+  """Files are split in blocks; an id must read the same in blocks of other field widths."""
+  rows = [row for row in string_id_log() if '"' not in row[1] and ',' not in row[1]]  # unquoted
+  for k in range(30):  # a long id now and then: blocks hash ids at different widths
+    rows.insert(10 * k, ('a-much-longer-user-id-than-the-others', f'B00X{k:05d}', k))
+  raw = write_table(tmp_path / 'log.csv', ['user', 'item', 'time'], rows)
+  layout = prepare.layout_for('csv', user_col='user', item_col='item', time_col='time')
+  prepare.prepare(raw, layout, str(tmp_path / 'one'))
+  monkeypatch.setattr(delimited, '_BLOCK_BYTES', 200)
+  prepare.prepare(raw, layout, str(tmp_path / 'many'))
+  for name in sorted(os.listdir(tmp_path / 'one')):
+    assert (tmp_path / 'one' / name).read_bytes() == (tmp_path / 'many' / name).read_bytes()
+  assert len(id_maps.read_id_maps(str(tmp_path / 'many')).users) == 14
