@@ -55,8 +55,9 @@ def test_prepare_with_validation_then_stats(raw_file, tmp_path):
   out = str(tmp_path / 'v')
   assert _run('prepare', f'--raw={raw}', '--format=ml-1m', f'--out={out}', '--validation',
               '--name=small').returncode == 0
-  assert sorted(os.listdir(out)) == sorted(f'small.{s}' for s in (
-      'train.rating', 'test.rating', 'test.negative', 'valid.rating', 'valid.negative'))
+  assert sorted(os.listdir(out)) == sorted([f'small.{s}' for s in (
+      'train.rating', 'test.rating', 'test.negative', 'valid.rating', 'valid.negative')]
+                                           + ['dataset.json', 'items.tsv', 'users.tsv'])
   summary = json.loads(_run('stats', f'--data_dir={out}', '--validation').stdout.splitlines()[-1])
   assert summary['num_valid'] == 30 and summary['num_train'] == num_interactions - 60
 
@@ -68,7 +69,7 @@ def test_bad_file_is_one_line_error(tmp_path):
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert errors == [f"error: {raw}:2: item 'x' is not an integer"], result.stderr
+  assert errors == [f"error: {raw}:2: item id 'x' is not an integer >= 0"], result.stderr
 
 
 def test_stats_on_a_directory_without_data(tmp_path):
@@ -86,3 +87,41 @@ def test_usage_errors(args, words):
   result = _run(*args)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert words in result.stderr
+
+
+def test_prepare_csv_then_stats_shows_the_manifest(tmp_path):
+  rows = ['customer;product;day']
+  rows += [f'c{u};p{(u * 13 + k) % 150};{k}' for u in range(5) for k in range(22)]
+  (tmp_path / 'orders.csv').write_text('\n'.join(rows) + '\n')
+  out = str(tmp_path / 'out')
+  prepared = _run('prepare', f'--raw={tmp_path / "orders.csv"}', '--format=csv', '--sep=;',
+                  '--user_col=customer', '--item_col=product', '--time_col=day',
+                  '--test_negatives=50', f'--out={out}')
+  assert prepared.returncode == 0, prepared.stderr
+  stats = _run('stats', f'--data_dir={out}')
+  assert stats.returncode == 0, stats.stderr
+  assert 'prepared from orders.csv' in stats.stdout and 'held-out item: latest' in stats.stdout
+  summary = json.loads(stats.stdout.strip().splitlines()[-1])
+  assert summary['num_users'] == 5 and summary['num_test_negatives'] == 50
+  assert summary['manifest']['parameters']['user'] == 'customer'
+  assert summary['manifest']['after']['users'] == 5
+  with open(os.path.join(out, 'users.tsv')) as f:
+    assert f.read() == ''.join(f'c{u}\n' for u in range(5))
+
+
+@pytest.mark.parametrize('args,words', [
+    (('--preset=mlperf', '--test_negatives=5'), 'fixes --test_negatives'),
+    (('--user_col=x',), '--user_col: --format=ml-1m has fixed columns'),
+])
+def test_prepare_flag_errors(tmp_path, args, words):
+  result = _run('prepare', '--raw=x', '--format=ml-1m', f'--out={tmp_path}', *args)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert words in result.stderr
+
+
+def test_download_into_a_folder_whose_parent_is_missing(tmp_path):
+  result = _run('download', '--dataset=ml-100k', f'--data_dir={tmp_path}/typo/ml-100k')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: --data_dir={tmp_path}/typo/ml-100k: {tmp_path}/typo: no such directory')
+  assert os.listdir(tmp_path) == []

@@ -134,16 +134,29 @@ def test_md5_mismatch_leaves_nothing(server, tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-def test_network_failure_says_how_to_work_offline(tmp_path):
+def _closed_port() -> int:
   with socket.socket() as s:  # a port that nothing listens on
     s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+    return s.getsockname()[1]
+
+
+def test_network_failure_says_how_to_work_offline(tmp_path):
+  url = f'http://127.0.0.1:{_closed_port()}/x'
   with pytest.raises(DataError) as info:
-    download.download_file(f'http://127.0.0.1:{port}/x', str(tmp_path / 'x'), timeout=5)
+    download.download_file(url, str(tmp_path / 'new' / 'x'), timeout=5)
   message = str(info.value)
   assert 'cannot download' in message and '\n' not in message
-  assert '--config.data_dir' in message and '$NCF_DATA_DIR' in message
-  assert '--config.dataset=synthetic' in message
+  assert message.endswith(download.OFFLINE_HINT) and '--' not in download.OFFLINE_HINT
+  assert os.listdir(tmp_path) == []  # not even the folder it created
+  with pytest.raises(DataError, match='use --config.dataset=synthetic$'):
+    download.download_file(url, str(tmp_path / 'x'), timeout=5,
+                           offline_hint=registry.OFFLINE_HINT)
+
+
+def test_offline_fetch_leaves_no_cache_folder(tmp_path):
+  spec = _raw_spec(f'http://127.0.0.1:{_closed_port()}', '/raw/toy.zip')
+  with pytest.raises(DataError, match='cannot download'):
+    download.fetch(spec, str(tmp_path / 'cache' / 'ncf_jax' / 'toy-100k'), timeout=5)
   assert os.listdir(tmp_path) == []
 
 
@@ -187,7 +200,8 @@ def test_fetch_raw_archive_then_load(server, tmp_path):
   directory = str(tmp_path / 'toy-100k')
   download.fetch(_raw_spec(server, '/raw/toy.zip'), directory)
   assert sorted(os.listdir(directory)) == sorted(
-      ['GROUPLENS-README.txt'] + [f'toy-100k.{s}' for s in registry.NCF_SUFFIXES])
+      ['GROUPLENS-README.txt', 'dataset.json', 'users.tsv', 'items.tsv']
+      + [f'toy-100k.{s}' for s in registry.NCF_SUFFIXES])
   data = dataset_lib.load_ncf_dir(directory, 'toy-100k')
   assert (data.num_users, data.num_train, len(data.test)) == (25, 25 * 19, 25)
   assert data.test.negatives.shape == (25, 99)

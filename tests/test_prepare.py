@@ -148,7 +148,7 @@ def test_items_seen_only_when_held_out_are_in_range(tmp_path):
   rows, _ = make_rows()
   out = str(tmp_path / 'out')
   data = prepare.prepare(write_raw(tmp_path / 'raw', rows, 'ml-1m'), 'ml-1m', out,
-                         validation=True)
+                         protocol=prepare.Protocol(validation=True))
   _, user_ids, item_ids = reference(rows)
   test_only, valid_only = item_ids[rows[-2][1]], item_ids[rows[-1][1]]
   assert valid_only == data.num_items - 1 and test_only == data.num_items - 2
@@ -165,7 +165,8 @@ def test_ties_are_broken_by_the_seed(tmp_path):
   _, user_ids, item_ids = reference(rows)
   user = user_ids[raw_users[TIED_USER]]
   tied = {item_ids[i] for u, i, _, t in rows if t == 1100}
-  picks = {int(prepare.prepare(raw, 'ml-100k', str(tmp_path / 'out'), seed=s).test.items[user])
+  picks = {int(prepare.prepare(raw, 'ml-100k', str(tmp_path / 'out'),
+                               protocol=prepare.Protocol(seed=s)).test.items[user])
            for s in range(8)}
   assert picks == tied  # both tied items get picked, by different seeds
 
@@ -173,11 +174,14 @@ def test_ties_are_broken_by_the_seed(tmp_path):
 def test_same_seed_same_files(tmp_path):
   raw = write_raw(tmp_path / 'raw', make_rows()[0], 'ml-20m')
   for out in ('a', 'b'):
-    prepare.prepare(raw, 'ml-20m', str(tmp_path / out), seed=5, validation=True)
-  prepare.prepare(raw, 'ml-20m', str(tmp_path / 'c'), seed=6, validation=True)
+    prepare.prepare(raw, 'ml-20m', str(tmp_path / out),
+                    protocol=prepare.Protocol(seed=5, validation=True))
+  prepare.prepare(raw, 'ml-20m', str(tmp_path / 'c'),
+                  protocol=prepare.Protocol(seed=6, validation=True))
   for name in sorted(os.listdir(tmp_path / 'a')):
     a, b, c = ((tmp_path / out / name).read_bytes() for out in 'abc')
-    assert a == b, name
+    if name != 'dataset.json':  # it records the seed
+      assert a == b, name
     if name.endswith('.negative'):
       assert a != c, name
 
@@ -185,8 +189,10 @@ def test_same_seed_same_files(tmp_path):
 def test_validation_holdout(tmp_path):
   rows, _ = make_rows()
   raw = write_raw(tmp_path / 'raw', rows, 'ml-100k')
-  plain = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'plain'), seed=2)
-  data = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'valid'), seed=2, validation=True)
+  plain = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'plain'),
+                          protocol=prepare.Protocol(seed=2))
+  data = prepare.prepare(raw, 'ml-100k', str(tmp_path / 'valid'),
+                         protocol=prepare.Protocol(seed=2, validation=True))
   expected, _, _ = reference(rows)
   got = interactions(data)
 
@@ -210,7 +216,7 @@ def test_validation_holdout(tmp_path):
   np.testing.assert_array_equal(folded.train_items, plain.train_items)
 
   # Preparing again without validation removes the stale validation files.
-  prepare.prepare(raw, 'ml-100k', directory, seed=2)
+  prepare.prepare(raw, 'ml-100k', directory, protocol=prepare.Protocol(seed=2))
   assert not os.path.exists(os.path.join(directory, 'ml-100k.valid.rating'))
 
 
@@ -226,11 +232,13 @@ SEPARATORS = {'ml-100k': '\t', 'ml-1m': '::', 'ml-20m': ','}
 BAD_ROWS = {
     'too few fields': (['7', '8', '3'], 'expected 4 fields'),
     'too many fields': (['7', '8', '3', '1000', '9'], 'expected 4 fields'),
-    'non-integer user': (['7.5', '8', '3', '1000'], "user '7.5' is not an integer"),
-    'non-numeric item': (['7', 'abc', '3', '1000'], "item 'abc' is not an integer"),
+    'non-integer user': (['7.5', '8', '3', '1000'], "user id '7.5' is not an integer >= 0"),
+    'non-numeric item': (['7', 'abc', '3', '1000'], "item id 'abc' is not an integer >= 0"),
     'non-numeric rating': (['7', '8', 'good', '1000'], "rating 'good' is not a number"),
-    'negative item': (['7', '-8', '3', '1000'], 'item id -8 is negative'),
-    'infinite rating': (['7', '8', 'inf', '1000'], 'rating inf is not finite'),
+    'negative item': (['7', '-8', '3', '1000'], "item id '-8' is not an integer >= 0"),
+    'infinite rating': (['7', '8', 'inf', '1000'], "rating 'inf' is not finite"),
+    'non-numeric timestamp': (['7', '8', '3', 'noon'], "timestamp 'noon' is not a number"),
+    'fractional timestamp': (['7', '8', '3', '10.5'], "timestamp '10.5' is not an integer"),
 }
 
 
@@ -260,25 +268,33 @@ def test_empty_line_names_its_line(tmp_path, fmt):
 def test_wrong_header(tmp_path):
   raw = write_raw(tmp_path / 'raw', make_rows()[0][:50], 'ml-20m')
   _corrupt(raw, 1, 'user,item,rating,timestamp')
-  with pytest.raises(DataError, match=r':1: expected the header'):
+  with pytest.raises(DataError, match=r":1: no column 'userId' in the header; its columns are: "
+                     r"'user', 'item', 'rating', 'timestamp'$"):
     prepare.prepare(raw, 'ml-20m', str(tmp_path / 'out'))
 
 
 def test_empty_and_missing_files(tmp_path):
   raw = write_raw(tmp_path / 'raw', [], 'ml-20m')
-  with pytest.raises(DataError, match=r'raw: no ratings'):
+  with pytest.raises(DataError, match=r'raw: no data rows after the header$'):
     prepare.prepare(raw, 'ml-20m', str(tmp_path / 'out'))
+  raw = write_raw(tmp_path / 'raw', [], 'ml-1m')
+  with pytest.raises(DataError, match=r'raw: empty file$'):
+    prepare.prepare(raw, 'ml-1m', str(tmp_path / 'out'))
   with pytest.raises(DataError, match=r'nothing: file not found'):
     prepare.prepare(str(tmp_path / 'nothing'), 'ml-1m', str(tmp_path / 'out'))
+  assert not os.path.exists(tmp_path / 'out')
 
 
 def test_too_few_items_for_negatives(tmp_path):
   rows = [(u, i, 3.0, i) for u in range(1, 4) for i in range(1, 41)]
   raw = write_raw(tmp_path / 'raw', rows, 'ml-1m')
-  with pytest.raises(DataError, match='fewer than 99'):
+  with pytest.raises(DataError, match=r"raw:1: user '1' interacted with 40 of the 40 items, "
+                     'leaving fewer than --test_negatives=99'):
     prepare.prepare(raw, 'ml-1m', str(tmp_path / 'out'))
 
 
-def test_min_interactions_must_leave_training_data(tmp_path):
-  with pytest.raises(ValueError, match='min_interactions'):
-    prepare.prepare('unused', 'ml-1m', str(tmp_path), validation=True, min_interactions=2)
+@pytest.mark.parametrize('validation,least', [(False, 2), (True, 3)])
+def test_min_user_interactions_must_leave_training_data(tmp_path, validation, least):
+  protocol = prepare.Protocol(min_user_interactions=least - 1, validation=validation)
+  with pytest.raises(DataError, match=f'--min_user_interactions={least - 1}: .* at least {least}'):
+    prepare.prepare('unused', 'ml-1m', str(tmp_path), protocol=protocol)

@@ -2,7 +2,8 @@
 
 A download goes to a temporary file next to its destination and is renamed
 only once complete and verified, so an interrupted or corrupt transfer leaves
-nothing behind that a later run could mistake for data.
+nothing behind that a later run could mistake for data; folders created for a
+download that fails are removed again when they are empty.
 """
 
 import hashlib
@@ -16,7 +17,9 @@ import zipfile
 
 from absl import logging
 
-from ncf_jax.data import ncf_format, prepare, registry
+from ncf_jax.data import files, prepare
+from ncf_jax.data.dataset import has_ncf_files
+from ncf_jax.data.spec import DatasetSpec, default_data_dir
 from ncf_jax.errors import DataError
 
 DEFAULT_TIMEOUT = 60.0  # seconds without progress before a transfer is given up
@@ -33,8 +36,22 @@ ARCHIVE_MD5 = {
         'cd245b17a1ae2cc31bb14903e1204af3',
 }
 
-OFFLINE_HINT = ('to work offline, put the files in a directory and set --config.data_dir=DIR '
-                '(or $NCF_DATA_DIR to the folder above it), or use --config.dataset=synthetic')
+# What to do without a network; callers with other options pass their own hint.
+OFFLINE_HINT = ('to work offline, fetch the files on a machine with network access and copy '
+                'them into the destination folder')
+
+
+def cache_dir(name: str) -> str:
+  """Where a registered dataset is cached: `$NCF_DATA_DIR/<name>` or `~/.cache/ncf_jax/<name>`.
+
+  `$NCF_DATA_DIR`, when set, must be an existing directory: a typo in it should
+  not become a new folder full of downloads.
+  """
+  root = os.environ.get('NCF_DATA_DIR')
+  if root and not os.path.isdir(root):
+    what = 'not a directory' if os.path.exists(root) else 'no such directory'
+    raise DataError(f'$NCF_DATA_DIR={root}: {what}')
+  return default_data_dir(name)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -58,7 +75,7 @@ def _one_line(error: BaseException) -> str:
   return ' '.join(text.split())
 
 
-def _transfer(url: str, out, timeout: float) -> None:
+def _transfer(url: str, out, timeout: float, hint: str) -> None:
   """Streams `url` into the open file `out`; DataError on any network failure."""
   received = 0
   try:
@@ -68,50 +85,57 @@ def _transfer(url: str, out, timeout: float) -> None:
         received += len(chunk)
         out.write(chunk)
   except urllib.error.HTTPError as e:
-    raise DataError(f'{url}: HTTP error {e.code} {_one_line(e)}; {OFFLINE_HINT}') from None
+    raise DataError(f'{url}: HTTP error {e.code} {_one_line(e)}; {hint}') from None
   except http.client.IncompleteRead as e:
     raise DataError(f'{url}: transfer cut short after {received + len(e.partial)} bytes; '
-                    f'{OFFLINE_HINT}') from None
+                    f'{hint}') from None
   except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
     what = 'cannot download' if received == 0 else f'transfer failed after {received} bytes'
-    raise DataError(f'{url}: {what} ({_one_line(e)}); {OFFLINE_HINT}') from None
+    raise DataError(f'{url}: {what} ({_one_line(e)}); {hint}') from None
   # http.client returns a short body without complaint when the peer closes early.
   if length is not None and length.isdigit() and received != int(length):
     raise DataError(f'{url}: transfer cut short: received {received} of {length} bytes; '
-                    f'{OFFLINE_HINT}')
+                    f'{hint}')
 
 
 def download_file(url: str, path: str, expected_blob: str | None = None,
-                  timeout: float = DEFAULT_TIMEOUT, expected_md5: str | None = None) -> None:
+                  timeout: float = DEFAULT_TIMEOUT, expected_md5: str | None = None,
+                  offline_hint: str = OFFLINE_HINT) -> None:
   """Downloads `url` to `path`, checking its git blob id and/or md5 when given.
 
-  On any failure raises DataError and leaves neither `path` nor a temporary file.
+  On any failure raises DataError (network failures end with `offline_hint`)
+  and leaves neither `path`, nor a temporary file, nor a folder it created.
   """
   directory = os.path.dirname(os.path.abspath(path))
   try:
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
-                               suffix='.part')
+    created = files.make_dirs(directory)
   except OSError as e:
-    raise DataError(f'{directory}: cannot create a file there ({_one_line(e)})') from None
+    raise DataError(f'{directory}: cannot create ({_one_line(e)})') from None
   logging.info('downloading %s to %s', url, path)
   try:
     try:
-      with os.fdopen(fd, 'wb') as out:
-        _transfer(url, _Writer(out, path), timeout)
-    except OSError as e:  # flushing on close can fail too (disk full)
+      tmp = files.write_temporary(
+          path, lambda out: _transfer(url, _Writer(out, path), timeout, offline_hint), binary=True)
+    except OSError as e:  # creating the file, or flushing it on close (disk full)
       raise DataError(f'{path}: cannot write ({_one_line(e)})') from None
-    blob, md5 = _file_digests(tmp)
-    for kind, expected, actual in (('git blob', expected_blob, blob), ('md5', expected_md5, md5)):
-      if expected is not None and actual != expected.lower():
-        raise DataError(f'{url}: downloaded file has {kind} {actual}, expected {expected} '
-                        f'(corrupted in transfer or changed upstream); {path} not written')
-    os.chmod(tmp, ncf_format.FILE_MODE)  # mkstemp's files are private
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+    try:
+      _verify(url, path, tmp, expected_blob, expected_md5)
+      os.replace(tmp, path)
+    except BaseException:
       os.unlink(tmp)
+      raise
+  except BaseException:
+    files.remove_empty_dirs(created)
     raise
+
+
+def _verify(url: str, path: str, tmp: str, expected_blob: str | None,
+            expected_md5: str | None) -> None:
+  blob, md5 = _file_digests(tmp)
+  for kind, expected, actual in (('git blob', expected_blob, blob), ('md5', expected_md5, md5)):
+    if expected is not None and actual != expected.lower():
+      raise DataError(f'{url}: downloaded file has {kind} {actual}, expected {expected} '
+                      f'(corrupted in transfer or changed upstream); {path} not written')
 
 
 class _Writer:
@@ -127,8 +151,8 @@ class _Writer:
       raise DataError(f'{self._path}: cannot write ({_one_line(e)})') from None
 
 
-def _extract(spec: registry.DatasetSpec, archive: str, tmp: str, directory: str) -> str:
-  """Extracts `spec.raw_member` into `tmp` and the GroupLens README into `directory`."""
+def _extract(spec: DatasetSpec, archive: str, tmp: str) -> tuple[str, str | None]:
+  """Extracts `spec.raw_member` into `tmp`; returns its path and the GroupLens README's text."""
   url = spec.raw_archive
   try:
     with zipfile.ZipFile(archive) as zf:
@@ -143,45 +167,56 @@ def _extract(spec: registry.DatasetSpec, archive: str, tmp: str, directory: str)
       with zf.open(spec.raw_member) as src, open(raw, 'wb') as dst:
         while chunk := src.read(_CHUNK):
           dst.write(chunk)
-      # MovieLens' terms ask users to read and cite it: keep its README with the data.
       folder = os.path.dirname(spec.raw_member)
       readme = [n for n in names if os.path.dirname(n) == folder
                 and os.path.basename(n).upper().startswith('README')]
-      if readme:
-        text = zf.read(readme[0]).decode('utf-8', errors='replace')
-        ncf_format.atomic_write_text(os.path.join(directory, 'GROUPLENS-README.txt'), text)
+      text = zf.read(readme[0]).decode('utf-8', errors='replace') if readme else None
   except zipfile.BadZipFile as e:
     raise DataError(f'{url}: not a valid zip archive ({_one_line(e)})') from None
-  return raw
+  return raw, text
 
 
-def fetch(spec: registry.DatasetSpec, directory: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+def fetch(spec: DatasetSpec, directory: str, timeout: float = DEFAULT_TIMEOUT,
+          offline_hint: str = OFFLINE_HINT) -> None:
   """Puts `spec`'s NCF files into `directory`, downloading what is missing.
 
   Files published in NCF format are downloaded one by one and checked against
   their git blob ids; files already present are left as they are (the loader
   validates them). A raw GroupLens archive is downloaded, checked, and turned
-  into NCF files with `prepare.prepare` (seed 0).
+  into NCF files with `prepare.prepare` (seed 0, the spec's protocol preset).
+  A failure removes the folders this call created, when they are empty.
   """
   if spec.ncf_files:
     for suffix, (url, blob) in spec.ncf_files.items():
       path = os.path.join(directory, f'{spec.name}.{suffix}')
       if not os.path.isfile(path):
-        download_file(url, path, expected_blob=blob, timeout=timeout)
+        download_file(url, path, expected_blob=blob, timeout=timeout, offline_hint=offline_hint)
     return
   if spec.raw_archive is None or spec.raw_member is None or spec.raw_format is None:
     raise DataError(f'{spec.name}: the registry has neither NCF files nor a raw archive for it')
-  if registry.has_ncf_files(directory, spec.name):
+  if has_ncf_files(directory, spec.name):
     return
   try:
-    os.makedirs(directory, exist_ok=True)
+    created = files.make_dirs(directory)
   except OSError as e:
     raise DataError(f'{directory}: cannot create ({_one_line(e)})') from None
+  try:
+    _fetch_raw(spec, directory, timeout, offline_hint)
+  except BaseException:
+    files.remove_empty_dirs(created)
+    raise
+
+
+def _fetch_raw(spec: DatasetSpec, directory: str, timeout: float, offline_hint: str) -> None:
+  """Downloads, checks and prepares a raw archive; its README is kept beside the files."""
   with tempfile.TemporaryDirectory(dir=directory, prefix='.download.') as tmp:
     name = os.path.basename(urllib.parse.urlparse(spec.raw_archive).path) or 'archive.zip'
     archive = os.path.join(tmp, name)
     download_file(spec.raw_archive, archive, timeout=timeout,
-                  expected_md5=ARCHIVE_MD5.get(spec.raw_archive))
-    raw = _extract(spec, archive, tmp, directory)
+                  expected_md5=ARCHIVE_MD5.get(spec.raw_archive), offline_hint=offline_hint)
+    raw, readme = _extract(spec, archive, tmp)
     logging.info('preparing %s from %s', spec.name, spec.raw_member)
-    prepare.prepare(raw, spec.raw_format, directory, name=spec.name)
+    prepare.prepare(raw, spec.raw_format, directory, name=spec.name,
+                    protocol=prepare.PRESETS[spec.raw_preset])
+  if readme is not None:  # MovieLens' terms ask users to read and cite it
+    files.atomic_write_text(os.path.join(directory, 'GROUPLENS-README.txt'), readme)

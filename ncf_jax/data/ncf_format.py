@@ -4,6 +4,9 @@
   one line per interaction, `user\\titem\\trating\\ttimestamp`, ids from 0.
 - `<name>.test.negative` (and `<name>.valid.negative`): one line per `.rating` line,
   `(user,item)` followed by tab-separated negative items.
+- `<name>.test.negative.npy` (ours, for many negatives per row): the negative
+  items alone, an int32 (rows, N) array whose row j belongs to line j of the
+  `.rating` file. Readers prefer it to the text file when both exist.
 
 Parsing runs in NumPy's C reader; only when that fails does a line-by-line pass
 find the first bad line, so that every error names the file, the line and the
@@ -12,28 +15,24 @@ problem.
 
 import io
 import os
-import tempfile
 
 import numpy as np
 
+from ncf_jax.data.files import atomic_write_text, one_line  # pylint: disable=unused-import
 from ncf_jax.errors import DataError
 
 RATING_COLUMNS = 4
-
-# mkstemp creates files only their owner can read; renamed into place they get
-# the mode open() would give. Reading the umask means setting it: done once, and
-# to a stricter value, so that a file another thread creates meanwhile is not
-# left more open than intended.
-_UMASK = os.umask(0o077)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
+NPY = '.npy'  # suffix of a binary negatives file: `<name>.test.negative.npy`
 
 
 def _read_text(path: str) -> str:
   if not os.path.isfile(path):
     raise DataError(f'{path}: file not found')
-  with open(path, encoding='utf-8', errors='replace') as f:
-    text = f.read()
+  try:
+    with open(path, encoding='utf-8', errors='replace') as f:
+      text = f.read()
+  except OSError as e:
+    raise DataError(f'{path}: cannot read ({one_line(e)})') from None
   if not text.strip():
     raise DataError(f'{path}: empty file')
   return text
@@ -94,12 +93,17 @@ def _parse(path: str, text: str, num_columns: int | None, pair: bool = False) ->
 
 
 def _ids(path: str, table: np.ndarray, column: int, what: str) -> np.ndarray:
-  """Column `column` as int32 ids, checked to be integers >= 0."""
+  """Column `column` as int32 ids, checked to be integers >= 0 below 2**31."""
   values = table[:, column]
-  bad = (values < 0) | (values != np.floor(values)) | (values >= 2**31)
+  bad = (values < 0) | (values != np.floor(values))
   if bad.any():
     line = int(np.argmax(bad)) + 1
     raise DataError(f'{path}:{line}: {what} id {values[line - 1]:g} is not an integer >= 0')
+  large = values >= 2**31
+  if large.any():
+    line = int(np.argmax(large)) + 1
+    raise DataError(f'{path}:{line}: {what} id {values[line - 1]:.0f} is too large (ids must '
+                    'be below 2**31; renumber them with `python -m ncf_jax.data prepare`)')
   return values.astype(np.int32)
 
 
@@ -109,6 +113,30 @@ def read_ratings(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   users = _ids(path, table, 0, 'user')
   items = _ids(path, table, 1, 'item')
   return users, items, table[:, 3].astype(np.int64)
+
+
+def read_negatives_npy(path: str, num_rows: int) -> np.ndarray:
+  """Reads a `.negative.npy` file: int32 (num_rows, N) negatives, N >= 1, ids >= 0."""
+  try:
+    negatives = np.load(path, allow_pickle=False)
+  except OSError as e:
+    raise DataError(f'{path}: cannot read ({one_line(e)})') from None
+  except ValueError as e:
+    raise DataError(f'{path}: not a NumPy .npy array ({one_line(e)})') from None
+  if negatives.dtype != np.int32 or negatives.ndim != 2 or negatives.shape[0] != num_rows or (
+      negatives.shape[1] < 1):
+    raise DataError(f'{path}: expected an int32 array of shape ({num_rows}, N) with N >= 1 '
+                    f'(one row per held-out line), found {negatives.dtype} {negatives.shape}')
+  if negatives.min() < 0:
+    row = int(np.argmax(negatives.min(axis=1) < 0))
+    raise DataError(f'{path}: row {row} (line {row + 1} of the .rating file) holds a negative '
+                    'id')
+  return negatives
+
+
+def write_negatives_npy(f, negatives: np.ndarray) -> None:
+  """Writes negatives to an open binary file as an int32 .npy array."""
+  np.save(f, np.ascontiguousarray(negatives, dtype=np.int32), allow_pickle=False)
 
 
 def read_negatives(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,22 +149,6 @@ def read_negatives(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   negatives = np.stack([_ids(path, table, c, 'negative item') for c in range(2, table.shape[1])],
                        axis=1)
   return users, items, negatives
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename: never half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 _CHUNK_CELLS = 1 << 20  # bounds the int64 digit buffers to ~100 MiB per chunk
@@ -173,7 +185,7 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
   return np.where((values < tens) & (tens > 1), np.uint8(0), chars)  # a 0 keeps its digit
 
 
-def _format_counts(table: np.ndarray, prefix: bytes, separators: list[bytes]) -> str:
+def format_int_rows(table: np.ndarray, prefix: bytes, separators: list[bytes]) -> str:
   """Rows of non-negative integers as text, built as digit arrays (no per-row Python).
 
   Each row is `prefix`, then column c's digits followed by `separators[c]`.
@@ -200,30 +212,39 @@ def _format_rows(columns: list[np.ndarray]) -> str:
   counts = [_as_counts(c) for c in columns]
   if all(c is not None for c in counts):  # ids, timestamps: the fast common case
     table = np.stack(counts, axis=1)
-    return _format_counts(table, b'', [b'\t'] * (len(columns) - 1) + [b'\n'])
+    return format_int_rows(table, b'', [b'\t'] * (len(columns) - 1) + [b'\n'])
   table = np.stack([np.asarray(c, dtype=np.float64) for c in columns], axis=1)
   out = io.StringIO()
   np.savetxt(out, table, fmt='%.15g', delimiter='\t')
   return out.getvalue()
 
 
-def write_ratings(path: str, users: np.ndarray, items: np.ndarray,
-                  timestamps: np.ndarray | None = None, ratings: np.ndarray | None = None) -> None:
-  """Writes a `.rating` file (rating 1 and timestamp 0 where not given)."""
+def ratings_text(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None = None,
+                 ratings: np.ndarray | None = None) -> str:
+  """A `.rating` file's text (rating 1 and timestamp 0 where not given)."""
   ones = np.ones_like(users, dtype=np.int64)
   ratings = ones if ratings is None else np.asarray(ratings)
   timestamps = 0 * ones if timestamps is None else timestamps
-  atomic_write_text(path, _format_rows([users, items, ratings, timestamps]))
+  return _format_rows([users, items, ratings, timestamps])
 
 
-def write_negatives(path: str, users: np.ndarray, items: np.ndarray,
-                    negatives: np.ndarray) -> None:
-  """Writes a `.negative` file: `(user,item)` then the row's negatives."""
+def negatives_text(users: np.ndarray, items: np.ndarray, negatives: np.ndarray) -> str:
+  """A `.negative` file's text: `(user,item)` then the row's negatives."""
   table = np.concatenate([np.stack([users, items], axis=1), negatives], axis=1)
   counts = _as_counts(table)
   if counts is None:
     raise ValueError('write_negatives: ids must be integers >= 0')
   num_negatives = negatives.shape[1]
-  atomic_write_text(path, _format_counts(counts, b'(',
-                                         [b',', b')\t'] + [b'\t'] * (num_negatives - 1)
-                                         + [b'\n']))
+  return format_int_rows(counts, b'(', [b',', b')\t'] + [b'\t'] * (num_negatives - 1) + [b'\n'])
+
+
+def write_ratings(path: str, users: np.ndarray, items: np.ndarray,
+                  timestamps: np.ndarray | None = None, ratings: np.ndarray | None = None) -> None:
+  """Writes a `.rating` file atomically (rating 1 and timestamp 0 where not given)."""
+  atomic_write_text(path, ratings_text(users, items, timestamps, ratings))
+
+
+def write_negatives(path: str, users: np.ndarray, items: np.ndarray,
+                    negatives: np.ndarray) -> None:
+  """Writes a `.negative` file atomically: `(user,item)` then the row's negatives."""
+  atomic_write_text(path, negatives_text(users, items, negatives))

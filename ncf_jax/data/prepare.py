@@ -1,227 +1,319 @@
-"""Raw MovieLens ratings -> NCF files, with the NCF paper's protocol.
+"""An interaction log (CSV, TSV, MovieLens) -> NCF files, with the NCF paper's protocol.
 
 Protocol (He et al. 2017, Section 4.1), as implemented here:
-- every rating is an implicit positive, whatever its value; a (user, item) pair
-  rated more than once counts once, at its earliest timestamp;
-- users with fewer than `min_interactions` (20) distinct items are dropped;
+- every row is an implicit positive (with `min_rating`, only rows rated at
+  least that); a (user, item) pair that occurs more than once counts once, at
+  its earliest timestamp;
+- users with fewer than `min_user_interactions` (20) distinct items are
+  dropped, and counted in the manifest;
 - ids are contiguous from 0: users and items numbered in order of first
-  appearance in the file (among the rows that are kept);
+  appearance in the file (among the rows that are kept); `users.tsv` and
+  `items.tsv` map them back to the file's ids;
 - each user's latest interaction is the test item; equal timestamps are broken
-  by a seeded random draw (`dataset.latest_per_user`), never by id;
-- 99 test negatives per user, uniform, distinct, seeded, from the items the
-  user never interacted with;
+  by a seeded random draw (`dataset.latest_per_user`), never by id; without a
+  time column every interaction ties, so the test item is a seeded random one;
+- `test_negatives` (99) test negatives per user, uniform, distinct, seeded,
+  from the items the user never interacted with;
 - optionally a validation holdout: the latest remaining interaction per user,
-  with its own 99 negatives drawn the same way (written as `.valid.*`). The
-  test split does not depend on whether a validation split is made.
+  with its own negatives drawn the same way (written as `.valid.*`). The test
+  split does not depend on whether a validation split is made.
 
-Parsing runs in NumPy's C reader; only when it fails does a line-by-line pass
-name the first bad line.
+The MovieLens formats are fixed layouts of the same path; for a given seed
+they give the same files as the integer-id code they replaced.
 """
 
 import dataclasses
-import io
+import json
 import os
 
 import numpy as np
 
+from ncf_jax.data import files, id_maps
 from ncf_jax.data.dataset import (Dataset, HeldOut, latest_per_user, sample_distinct_negatives,
-                                  write_ncf_dir)
+                                  stage_ncf_files, stale_ncf_files)
+from ncf_jax.data.delimited import Layout, RawColumns, read_columns, sort_keys
 from ncf_jax.data.interactions import InteractionSet
 from ncf_jax.errors import DataError
 
-NUM_NEGATIVES = 99
+NUM_NEGATIVES = 99  # the paper's test negatives per user
 
 
 @dataclasses.dataclass(frozen=True)
-class _Format:
-  delimiter: bytes  # in the file
-  header: bytes | None  # expected first line, if the format has one
+class Protocol:
+  """The knobs of the leave-one-out protocol; the defaults are the paper's.
 
-
-FORMATS = {
-    'ml-100k': _Format(b'\t', None),  # u.data: user item rating timestamp
-    'ml-1m': _Format(b'::', None),  # ratings.dat: UserID::MovieID::Rating::Timestamp
-    'ml-20m': _Format(b',', b'userId,movieId,rating,timestamp'),  # ratings.csv; 3.5 stars
-}
-_COLUMNS = 4
-# Ratings are parsed only to check them: every rating counts as a positive.
-_ROW = np.dtype([('user', np.int64), ('item', np.int64), ('rating', np.float64),
-                 ('timestamp', np.int64)])
-
-
-def _first_bad_line(path: str, data: bytes, start: int, fmt: _Format, first_line: int) -> str:
-  """Names the first line the fast reader cannot accept (slow; errors only)."""
-  names = ('user', 'item', 'rating', 'timestamp')
-  lines = io.BytesIO(data)
-  lines.seek(start)
-  for number, line in enumerate(lines, start=first_line):
-    fields = line.rstrip(b'\r\n').split(fmt.delimiter)
-    if len(fields) != _COLUMNS:
-      return (f'{path}:{number}: expected {_COLUMNS} fields separated by '
-              f'{fmt.delimiter.decode()!r}, found {len(fields)}')
-    for name, field in zip(names, fields):
-      text = field.decode('utf-8', errors='replace')
-      try:
-        value = float(text) if name == 'rating' else int(text)
-      except ValueError:
-        kind = 'a number' if name == 'rating' else 'an integer'
-        return f'{path}:{number}: {name} {text!r} is not {kind}'
-      if not -2**63 <= value < 2**63:
-        return f'{path}:{number}: {name} {text!r} is out of range'
-  return f'{path}: cannot be parsed'
-
-
-def read_raw(path: str, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Users, items and timestamps (int64, file order) of a raw MovieLens ratings file."""
-  if fmt not in FORMATS:
-    raise DataError(f'{path}: unknown format {fmt!r}; known: {", ".join(FORMATS)}')
-  spec = FORMATS[fmt]
-  if not os.path.isfile(path):
-    raise DataError(f'{path}: file not found')
-  with open(path, 'rb') as f:
-    data = f.read()
-  if b'\r' in data:
-    data = data.replace(b'\r\n', b'\n')
-  # Offsets instead of slices: ML-20M's file is 0.5 GB, each copy costs.
-  start, first_line = 0, 1
-  if spec.header is not None:
-    start = data.find(b'\n') + 1 or len(data)
-    header = data[:start].strip()
-    if header != spec.header:
-      raise DataError(f'{path}:1: expected the header {spec.header.decode()!r}, found '
-                      f'{header[:80].decode("utf-8", errors="replace")!r}')
-    first_line = 2
-  end = len(data)
-  while end > start and data[end - 1] == ord('\n'):  # final newlines are fine
-    end -= 1
-  if end == start:
-    raise DataError(f'{path}: no ratings')
-  # NumPy skips blank lines, which would shift the line numbers of errors.
-  if data.startswith(b'\n', start):
-    blank = start
-  else:
-    blank = data.find(b'\n\n', start, end)
-    blank = blank + 1 if blank >= 0 else -1
-  if blank >= 0:
-    number = first_line + data.count(b'\n', start, blank)
-    raise DataError(f'{path}:{number}: empty line')
-  body, delimiter = data, spec.delimiter
-  if len(delimiter) > 1:  # NumPy's reader takes one character; ML-1M has no tabs
-    if b'\t' in body:
-      raise DataError(_first_bad_line(path, data, start, spec, first_line))
-    body, delimiter = body.replace(delimiter, b'\t'), b'\t'
-  try:
-    table = np.loadtxt(io.BytesIO(body), dtype=_ROW, delimiter=delimiter.decode(),
-                       skiprows=first_line - 1, comments=None, ndmin=1)
-  except ValueError:  # also rows with too few or too many fields
-    raise DataError(_first_bad_line(path, data, start, spec, first_line)) from None
-  for name in ('user', 'item'):
-    negative = table[name] < 0
-    if negative.any():
-      row = int(np.argmax(negative))
-      raise DataError(f'{path}:{first_line + row}: {name} id {table[name][row]} is negative')
-  bad = ~np.isfinite(table['rating'])
-  if bad.any():
-    row = int(np.argmax(bad))
-    raise DataError(f'{path}:{first_line + row}: rating {table["rating"][row]} is not finite')
-  return table['user'], table['item'], table['timestamp']
-
-
-def _ids_by_first_appearance(values: np.ndarray, first: np.ndarray) -> np.ndarray:
-  """Contiguous ids for `values`, numbered by each value's smallest `first` (a file row)."""
-  labels = values
-  if int(values.max()) >= 4 * len(values) + 2**20:  # sparse ids: a lookup table would be big
-    labels = np.unique(values, return_inverse=True)[1].ravel()
-  never = np.iinfo(np.int64).max
-  first_of = np.full(int(labels.max()) + 1, never)
-  np.minimum.at(first_of, labels, first)
-  present = np.flatnonzero(first_of != never)
-  rank = np.zeros(len(first_of), dtype=np.int64)
-  rank[present[np.argsort(first_of[present])]] = np.arange(len(present))
-  return rank[labels]
-
-
-def implicit_interactions(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
-                          min_interactions: int
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-  """Deduplicated pairs of users with enough items, with contiguous ids.
-
-  Returns users, items (int32), timestamps (int64), num_users, num_items. Rows
-  are sorted by (raw user, raw item); ids follow first appearance in the file.
+  `preset` names the preset these values came from (manifests only).
   """
-  if int(users.max()) * (int(items.max()) + 1) >= 2**62:  # keys would overflow: compact first
-    users = np.unique(users, return_inverse=True)[1].ravel()
-    items = np.unique(items, return_inverse=True)[1].ravel()
-  keys = users * (int(items.max()) + 1) + items
+  min_user_interactions: int = 20
+  test_negatives: int = NUM_NEGATIVES
+  validation: bool = False
+  seed: int = 0
+  min_rating: float | None = None
+  preset: str | None = None
+
+  def check(self) -> None:
+    """DataError naming the flag whose value cannot work."""
+    least = 3 if self.validation else 2
+    if self.min_user_interactions < least:
+      why = 'a test, a validation and a training item' if self.validation else (
+          'a test and a training item')
+      raise DataError(f'--min_user_interactions={self.min_user_interactions}: each user needs '
+                      f'{why}, so at least {least}')
+    if self.test_negatives < 1:
+      raise DataError(f'--test_negatives={self.test_negatives}: must be at least 1')
+    if self.min_rating is not None and not np.isfinite(self.min_rating):
+      raise DataError(f'--min_rating={self.min_rating}: must be a finite number')
+
+
+PRESETS = {
+    'paper': Protocol(preset='paper'),
+    # MLPerf v0.5 recommendation (NCF on ML-20M): every rating is a positive, users
+    # with at least 20 ratings, each user's latest held out, 999 test negatives.
+    'mlperf': Protocol(min_user_interactions=20, test_negatives=999, preset='mlperf'),
+}
+
+MOVIELENS = {
+    # u.data: user item rating timestamp
+    'ml-100k': Layout('ml-100k', '\t', 0, 1, time=3, rating=2, header=False, num_columns=4,
+                      integer_ids=True),
+    # ratings.dat: UserID::MovieID::Rating::Timestamp
+    'ml-1m': Layout('ml-1m', '::', 0, 1, time=3, rating=2, header=False, num_columns=4,
+                    integer_ids=True),
+    # ratings.csv: userId,movieId,rating,timestamp (half stars)
+    'ml-20m': Layout('ml-20m', ',', 'userId', 'movieId', time='timestamp', rating='rating',
+                     integer_ids=True),
+}
+FORMATS = (*MOVIELENS, 'csv', 'tsv')
+NEGATIVES_FORMATS = ('auto', 'text', 'npy')
+_TEXT_NEGATIVES_MAX = 100  # 'auto' stores more negatives per row as .npy
+
+
+def layout_for(fmt: str, user_col: str | None = None, item_col: str | None = None,
+               time_col: str | None = None, rating_col: str | None = None,
+               sep: str | None = None, encoding: str = 'utf-8') -> Layout:
+  """The layout of a format: a MovieLens preset, or a csv/tsv file's named columns."""
+  if fmt in MOVIELENS:
+    given = [flag for flag, value in (('user_col', user_col), ('item_col', item_col),
+                                      ('time_col', time_col), ('rating_col', rating_col),
+                                      ('sep', sep)) if value is not None]
+    if given:
+      raise DataError(f'--{given[0]}: --format={fmt} has fixed columns; use --format=csv '
+                      'or --format=tsv to name them')
+    return dataclasses.replace(MOVIELENS[fmt], encoding=encoding)
+  if fmt not in ('csv', 'tsv'):
+    raise DataError(f'--format={fmt}: unknown format; known: {", ".join(FORMATS)}')
+  for flag, value in (('user_col', user_col), ('item_col', item_col)):
+    if not value:
+      raise DataError(f'--format={fmt} needs --{flag}')
+  named = [c for c in (user_col, item_col, time_col, rating_col) if c is not None]
+  if len(set(named)) != len(named):
+    raise DataError('--user_col/--item_col/--time_col/--rating_col name one column twice')
+  sep = {'csv': ',', 'tsv': '\t'}[fmt] if sep is None else sep
+  if len(sep) != 1 or sep in '"\r\n':
+    raise DataError(f'--sep={sep!r}: must be one character, not a quote or a line break')
+  return Layout(fmt, sep, user_col, item_col, time=time_col, rating=rating_col,
+                encoding=encoding)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interactions:
+  """Distinct (user, item) pairs of the kept users, with contiguous ids.
+
+  Rows are sorted by the file's ids (numerically when they are integers); new
+  ids follow first appearance in the file. `user_codes[u]` is the code of new
+  user u in `RawColumns.users` (likewise items). `counts` feeds the manifest.
+  """
+  users: np.ndarray  # (P,) int32
+  items: np.ndarray  # (P,) int32
+  timestamps: np.ndarray  # (P,) int64
+  user_codes: np.ndarray  # (num_users,) int64
+  item_codes: np.ndarray  # (num_items,) int64
+  counts: dict
+
+  @property
+  def num_users(self) -> int:
+    return len(self.user_codes)
+
+  @property
+  def num_items(self) -> int:
+    return len(self.item_codes)
+
+
+def _ids_by_first_appearance(codes: np.ndarray, first: np.ndarray, num_codes: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+  """Contiguous ids for `codes`, numbered by each code's smallest `first` (a file row).
+
+  Returns the new id of each entry and, per new id, its code.
+  """
+  never = np.iinfo(np.int64).max
+  first_of = np.full(num_codes, never)
+  np.minimum.at(first_of, codes, first)
+  present = np.flatnonzero(first_of != never)
+  by_appearance = present[np.argsort(first_of[present])]
+  rank = np.zeros(num_codes, dtype=np.int64)
+  rank[by_appearance] = np.arange(len(present))
+  return rank[codes].astype(np.int32), by_appearance
+
+
+def implicit_interactions(raw: RawColumns, min_user_interactions: int,
+                          min_rating: float | None = None) -> Interactions:
+  """Deduplicated pairs (at their earliest time) of users with enough distinct items."""
+  rows = np.arange(raw.num_rows)
+  if min_rating is not None:
+    rows = np.flatnonzero(raw.ratings >= min_rating)
+  user_codes, item_codes = raw.users.codes[rows], raw.items.codes[rows]
+  timestamps = (raw.timestamps[rows] if raw.timestamps is not None
+                else np.zeros(len(rows), dtype=np.int64))
+  num_item_codes = len(raw.items.values)
+  keys = (sort_keys(raw.users.values)[user_codes] * num_item_codes
+          + sort_keys(raw.items.values)[item_codes])
   order = np.argsort(keys, kind='stable')  # stable: a pair's first row comes first
   sorted_keys = keys[order]
+  del keys
   starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
-  first = order[starts]  # the file row where each pair first appears
-  pair_users, pair_items = users[first], items[first]
-  pair_times = np.minimum.reduceat(timestamps[order], starts)
+  del sorted_keys
+  first = rows[order[starts]]  # the file row where each pair first appears
+  pair_users, pair_items = raw.users.codes[first], raw.items.codes[first]
+  pair_times = np.minimum.reduceat(timestamps[order], starts) if len(starts) else timestamps
 
   # Pairs are sorted by user, so each user's pairs are one run.
   runs = np.flatnonzero(np.concatenate([[True], pair_users[1:] != pair_users[:-1], [True]]))
-  counts = np.diff(runs)
-  keep = np.repeat(counts >= min_interactions, counts)
-  if not keep.any():
-    return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), 0, 0)
-  pair_users, pair_items = pair_users[keep], pair_items[keep]
-  pair_times, first = pair_times[keep], first[keep]
-  new_users = _ids_by_first_appearance(pair_users, first).astype(np.int32)
-  new_items = _ids_by_first_appearance(pair_items, first).astype(np.int32)
-  return (new_users, new_items, pair_times, int(new_users.max()) + 1, int(new_items.max()) + 1)
+  per_user = np.diff(runs)
+  keep = np.repeat(per_user >= min_user_interactions, per_user)
+  counts = _counts(raw, len(rows), len(first), int(keep.sum()), per_user, min_user_interactions)
+  new_users, user_of = _ids_by_first_appearance(pair_users[keep], first[keep],
+                                                len(raw.users.values))
+  new_items, item_of = _ids_by_first_appearance(pair_items[keep], first[keep], num_item_codes)
+  counts['after'] = dict(users=len(user_of), items=len(item_of), interactions=len(new_users))
+  return Interactions(new_users, new_items, pair_times[keep], user_of, item_of, counts)
 
 
-def _holdout(rng, users, items, timestamps, num_users, num_items, remaining, seen):
+def _counts(raw: RawColumns, rated: int, pairs: int, kept: int, per_user: np.ndarray,
+            min_user_interactions: int) -> dict:
+  """Rows, users and items before filtering, and what was dropped, by reason."""
+  users_rated = len(per_user)
+  short = int((per_user < min_user_interactions).sum())
+  return dict(
+      before=dict(rows=raw.num_rows, users=len(raw.users.values), items=len(raw.items.values)),
+      dropped_rows={'rating_below_min_rating': raw.num_rows - rated,
+                    'duplicate_pair': rated - pairs,
+                    'user_below_min_user_interactions': pairs - kept},
+      dropped_users={'no_rating_at_least_min_rating': len(raw.users.values) - users_rated,
+                     'below_min_user_interactions': short})
+
+
+def _check_enough_negatives(raw: RawColumns, data: Interactions, test_negatives: int) -> None:
+  """DataError naming a user (original id, first line) with too few items left to sample."""
+  per_user = np.bincount(data.users, minlength=data.num_users)
+  short = data.num_items - per_user < test_negatives
+  if short.any():
+    user = int(np.argmax(short))
+    code = data.user_codes[user]
+    line = raw.line(raw.users.first_rows[code])
+    raise DataError(f'{raw.path}:{line}: user {raw.users.values[code]!r} interacted with '
+                    f'{per_user[user]} of the {data.num_items} items, leaving fewer than '
+                    f'--test_negatives={test_negatives} to draw negatives from')
+
+
+def _holdout(rng, data: Interactions, remaining, seen, num_negatives):
   """Each user's latest remaining interaction, with distinct unseen negatives."""
+  users, items = data.users, data.items
   rows = np.flatnonzero(remaining)
-  last = rows[latest_per_user(users[rows], timestamps[rows], num_users, rng)]
-  negatives = sample_distinct_negatives(rng, users[last], seen, num_items, NUM_NEGATIVES)
+  last = rows[latest_per_user(users[rows], data.timestamps[rows], data.num_users, rng)]
+  negatives = sample_distinct_negatives(rng, users[last], seen, data.num_items, num_negatives)
   return last, HeldOut(users[last], items[last], negatives)
 
 
-def prepare(raw_path: str, fmt: str, out_dir: str, name: str | None = None, seed: int = 0,
-            validation: bool = False, min_interactions: int = 20) -> Dataset:
-  """Turns a raw MovieLens ratings file into NCF files in `out_dir`; returns the Dataset.
-
-  `fmt`: 'ml-100k' (u.data), 'ml-1m' (ratings.dat) or 'ml-20m' (ratings.csv).
-  `name` (default: `fmt`) names the files `<name>.train.rating` etc.
-  """
-  if min_interactions < 2 + validation:
-    raise ValueError(f'min_interactions={min_interactions}: every user needs a test item'
-                     f'{", a validation item" if validation else ""} and a training item')
-  name = name or fmt
-  users, items, timestamps, num_users, num_items = implicit_interactions(
-      *read_raw(raw_path, fmt), min_interactions)
-  if num_users == 0:
-    raise DataError(f'{raw_path}: no user has {min_interactions} or more distinct items')
-  counts = np.bincount(users, minlength=num_users)
-  short = num_items - counts < NUM_NEGATIVES
-  if short.any():
-    user = int(np.argmax(short))
-    raise DataError(f'{raw_path}: user {user} (new id) interacted with {counts[user]} of '
-                    f'{num_items} items, leaving fewer than {NUM_NEGATIVES} to draw negatives from')
-
-  rng = np.random.default_rng([seed, 0x9E9])
-  seen = InteractionSet(users, items, num_users, num_items)
+def split(data: Interactions, protocol: Protocol, name: str, source_dir: str | None = None
+          ) -> Dataset:
+  """The leave-one-out split of `data`: test (and validation) holdouts with negatives."""
+  rng = np.random.default_rng([protocol.seed, 0x9E9])
+  users, items = data.users, data.items
+  seen = InteractionSet(users, items, data.num_users, data.num_items)
   remaining = np.ones(len(users), dtype=bool)
-  test_rows, test = _holdout(rng, users, items, timestamps, num_users, num_items, remaining, seen)
+  test_rows, test = _holdout(rng, data, remaining, seen, protocol.test_negatives)
   remaining[test_rows] = False
   valid = None
-  if validation:  # after the test draws, so that the test split is the same either way
-    valid_rows, valid = _holdout(rng, users, items, timestamps, num_users, num_items, remaining,
-                                 seen)
+  if protocol.validation:  # after the test draws, so that the test split is the same either way
+    valid_rows, valid = _holdout(rng, data, remaining, seen, protocol.test_negatives)
     remaining[valid_rows] = False
-
   train = np.flatnonzero(remaining)
-  train = train[np.argsort(users[train].astype(np.int64) * num_items + items[train])]
-  dataset = Dataset(name=name, num_users=num_users, num_items=num_items,
-                    train_users=users[train], train_items=items[train],
-                    train_timestamps=timestamps[train], test=test, valid=valid)
-  for suffix in ('valid.rating', 'valid.negative'):  # stale ones from an earlier run
-    stale = os.path.join(out_dir, f'{name}.{suffix}')
-    if not validation and os.path.exists(stale):
-      os.remove(stale)
-  write_ncf_dir(dataset, out_dir)
+  train = train[np.argsort(users[train].astype(np.int64) * data.num_items + items[train])]
+  return Dataset(name=name, num_users=data.num_users, num_items=data.num_items,
+                 train_users=users[train], train_items=items[train],
+                 train_timestamps=data.timestamps[train], test=test, valid=valid,
+                 source_dir=source_dir)
+
+
+def _manifest(raw: RawColumns, layout: Layout, protocol: Protocol, data: Interactions,
+              dataset: Dataset, negatives_format: str) -> dict:
+  return {
+      'source': dict(file=os.path.basename(raw.path), size=raw.size, sha256=raw.sha256),
+      'name': dataset.name,
+      'parameters': dict(dataclasses.asdict(layout), **dataclasses.asdict(protocol),
+                         negatives_format=negatives_format),
+      'heldout': 'latest' if raw.timestamps is not None else 'random',
+      **data.counts,
+      'split': dict(train=dataset.num_train, test=len(dataset.test),
+                    valid=0 if dataset.valid is None else len(dataset.valid)),
+  }
+
+
+def default_name(raw_path: str, layout: Layout) -> str:
+  """The files' stem: a MovieLens format's name, else the raw file's (orders.csv.gz: orders)."""
+  if layout.format in MOVIELENS:
+    return layout.format
+  base = os.path.basename(raw_path)
+  base = base[:-len('.gz')] if base.endswith('.gz') else base
+  return os.path.splitext(base)[0] or layout.format
+
+
+def prepare(raw_path: str, layout: Layout | str, out_dir: str, name: str | None = None,
+            protocol: Protocol = Protocol(), negatives_format: str = 'auto') -> Dataset:
+  """Turns an interaction log into NCF files, id maps and a manifest in `out_dir`.
+
+  `layout`: a `Layout`, or the name of a MovieLens format ('ml-100k' for
+  u.data, 'ml-1m' for ratings.dat, 'ml-20m' for ratings.csv). `name` names the
+  files `<name>.train.rating` etc. (default: see `default_name`). `negatives_format`:
+  'text' (`.negative`), 'npy' (`.negative.npy`, int32) or 'auto' (text up to
+  100 negatives per row). Returns the Dataset as written.
+  """
+  layout = layout_for(layout) if isinstance(layout, str) else layout
+  protocol.check()
+  if negatives_format not in NEGATIVES_FORMATS:
+    raise DataError(f'--negatives_format={negatives_format}: expected one of '
+                    f'{", ".join(NEGATIVES_FORMATS)}')
+  if protocol.min_rating is not None and layout.rating is None:
+    raise DataError('--min_rating needs --rating_col')
+  files.check_output_dir(out_dir)
+  name = name or default_name(raw_path, layout)
+  raw = read_columns(raw_path, layout)
+  data = implicit_interactions(raw, protocol.min_user_interactions, protocol.min_rating)
+  if data.num_users == 0:
+    raise DataError(f'{raw_path}: no user has {protocol.min_user_interactions} or more '
+                    'distinct items (see --min_user_interactions)')
+  _check_enough_negatives(raw, data, protocol.test_negatives)
+  dataset = split(data, protocol, name, source_dir=os.path.abspath(out_dir))
+  if negatives_format == 'auto':
+    negatives_format = 'text' if protocol.test_negatives <= _TEXT_NEGATIVES_MAX else 'npy'
+  manifest = _manifest(raw, layout, protocol, data, dataset, negatives_format)
+  maps = id_maps.IdMaps(tuple(raw.users.values[c] for c in data.user_codes),
+                        tuple(raw.items.values[c] for c in data.item_codes))
+  _write(dataset, out_dir, negatives_format, maps, manifest)
   return dataset
+
+
+def _write(dataset: Dataset, out_dir: str, negatives_format: str, maps: id_maps.IdMaps,
+           manifest: dict) -> None:
+  """All files at once (nothing half-written), then the stale ones of an earlier run go."""
+  try:
+    with files.StagedFiles(out_dir) as staged:
+      written = stage_ncf_files(staged, dataset, negatives_format)
+      id_maps.stage_id_maps(staged, maps)
+      staged.add_text(id_maps.MANIFEST, json.dumps(dict(manifest, files=written), indent=2)
+                      + '\n')
+      staged.commit()
+    for path in stale_ncf_files(out_dir, dataset.name, written):
+      os.remove(path)
+  except OSError as e:
+    raise DataError(f'{e.filename or out_dir}: cannot write ({files.one_line(e)})') from None

@@ -1,77 +1,53 @@
-"""Named datasets, where their files live, and `load_dataset(config)`."""
+"""`load_dataset(config)`: the dataset a config names, from where its files live.
 
-import dataclasses
-import glob
+`config.data_dir` names a directory of NCF files that must exist: nothing is
+ever downloaded into a directory the user named. A registered dataset without
+`data_dir` is read from the cache (`$NCF_DATA_DIR/<name>`, else
+`~/.cache/ncf_jax/<name>`) and downloaded there when missing.
+"""
+
 import os
 
-from ncf_jax.data import synthetic
-from ncf_jax.data.dataset import Dataset, carve_validation, load_ncf_dir
+from ncf_jax.data import download, synthetic
+from ncf_jax.data.dataset import (NCF_SUFFIXES, Dataset, carve_validation, has_ncf_files,
+                                  load_ncf_dir, ncf_name_in)
+from ncf_jax.data.files import one_line
+from ncf_jax.data.spec import REGISTRY, SYNTHETIC, DatasetSpec, default_data_dir
 from ncf_jax.errors import ConfigError, DataError
 
-_NCF_REPO = 'https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/master/Data'
-_GROUPLENS = 'https://files.grouplens.org/datasets/movielens'
-NCF_SUFFIXES = ('train.rating', 'test.rating', 'test.negative')
+# Names other modules import from here (several are defined in spec and dataset).
+__all__ = ['NCF_SUFFIXES', 'OFFLINE_HINT', 'REGISTRY', 'SYNTHETIC', 'DatasetSpec', 'check_data_dir',
+           'default_data_dir', 'has_ncf_files', 'load_dataset', 'ncf_name_in']
+
+OFFLINE_HINT = ('to work offline, put the files in a directory and set --config.data_dir=DIR '
+                '(or $NCF_DATA_DIR to the folder above it), or use --config.dataset=synthetic')
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """How to obtain a named dataset's NCF files.
-
-  `ncf_files`: suffix -> (url, git blob sha1) for files published in NCF format.
-  `raw_archive`/`raw_member`/`raw_format`: a GroupLens zip to download and
-  turn into NCF files with `ncf_jax.data.prepare`.
-  """
-  name: str
-  ncf_files: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
-  raw_archive: str | None = None
-  raw_member: str | None = None
-  raw_format: str | None = None
+def check_data_dir(directory: str) -> None:
+  """DataError unless `directory` is an existing, readable directory."""
+  if not os.path.exists(directory):
+    raise DataError(f'{directory}: no such directory')
+  if not os.path.isdir(directory):
+    raise DataError(f'{directory}: is a file, not a directory of NCF files')
+  try:
+    os.listdir(directory)
+  except OSError as e:
+    raise DataError(f'{directory}: cannot read ({one_line(e)})') from None
 
 
-def _ncf(name: str, blobs: tuple[str, str, str]) -> DatasetSpec:
-  return DatasetSpec(name, {suffix: (f'{_NCF_REPO}/{name}.{suffix}', blob)
-                            for suffix, blob in zip(NCF_SUFFIXES, blobs)})
-
-
-REGISTRY = {
-    spec.name: spec for spec in (
-        _ncf('ml-1m', ('31ba384fd58dac8fbd09d2dfc6616431f3563ab5',
-                       '1b79e03c96710c3b0c35deb19155ef74f7965a02',
-                       'c82844fb99d021f94751a6f915a230a1e8b8da92')),
-        _ncf('pinterest-20', ('99813f8ed7486c36fa0f405e3f400db5d6fed0be',
-                              '87fdbd13bced61c51f2842e2a667e83b9b0084e3',
-                              'b752ccdc14df423b9484771440ff4a73e4a4a304')),
-        DatasetSpec('ml-100k', raw_archive=f'{_GROUPLENS}/ml-100k.zip',
-                    raw_member='ml-100k/u.data', raw_format='ml-100k'),
-        DatasetSpec('ml-20m', raw_archive=f'{_GROUPLENS}/ml-20m.zip',
-                    raw_member='ml-20m/ratings.csv', raw_format='ml-20m'),
-    )
-}
-SYNTHETIC = 'synthetic'
-
-
-def default_data_dir(name: str) -> str:
-  """`$NCF_DATA_DIR/<name>` if that variable is set, else `~/.cache/ncf_jax/<name>`."""
-  root = os.environ.get('NCF_DATA_DIR') or os.path.join(os.path.expanduser('~'), '.cache',
-                                                        'ncf_jax')
-  return os.path.join(root, name)
-
-
-def has_ncf_files(directory: str, name: str) -> bool:
-  return all(os.path.isfile(os.path.join(directory, f'{name}.{s}')) for s in NCF_SUFFIXES)
-
-
-def ncf_name_in(directory: str) -> str:
-  """The `<name>` of the single `<name>.train.rating` in `directory`."""
-  found = sorted(glob.glob(os.path.join(directory, '*.train.rating')))
-  if len(found) != 1:
-    what = 'no' if not found else f'{len(found)}'
-    raise DataError(f'{directory}: expected one <name>.train.rating file, found {what}')
-  return os.path.basename(found[0])[:-len('.train.rating')]
+def _name_in(directory: str, name: str) -> str:
+  """`name` if `directory` has its NCF files, else the one name it has files for."""
+  if has_ncf_files(directory, name):
+    return name
+  try:
+    return ncf_name_in(directory)  # a directory the user prepared under another name
+  except DataError:
+    raise DataError(f'{directory}: no {name}.train.rating / .test.rating / .test.negative '
+                    '(make NCF files with `python -m ncf_jax.data prepare`)') from None
 
 
 def load_dataset(config) -> Dataset:
-  """The dataset a config names: synthetic, or NCF files (fetched if missing).
+  """The dataset a config names: synthetic, NCF files in `data_dir`, or a registered one.
 
   Reads `config.dataset`, `config.data_dir`, `config.validation`, `config.seed`
   (which seeds the validation holdout) and, for synthetic data, `config.synthetic`
@@ -84,18 +60,17 @@ def load_dataset(config) -> Dataset:
     if config.validation:
       dataset = carve_validation(dataset, config.seed, dataset.test.negatives.shape[1])
     return dataset
-  if config.dataset not in REGISTRY and not config.data_dir:
+  if config.data_dir:
+    directory = config.data_dir
+    check_data_dir(directory)
+    name = _name_in(directory, config.dataset)
+  elif config.dataset in REGISTRY:
+    directory = download.cache_dir(config.dataset)
+    name = config.dataset
+    if not has_ncf_files(directory, name):
+      download.fetch(REGISTRY[name], directory, offline_hint=OFFLINE_HINT)
+  else:
     raise ConfigError(f'config.dataset: unknown dataset {config.dataset!r}; known: '
                       f'{", ".join([*REGISTRY, SYNTHETIC])}, or set config.data_dir to a '
                       'directory of NCF files')
-  directory = config.data_dir or default_data_dir(config.dataset)
-  name = config.dataset
-  if not has_ncf_files(directory, name):
-    if config.data_dir and glob.glob(os.path.join(directory, '*.train.rating')):
-      name = ncf_name_in(directory)  # a directory the user prepared under another name
-    elif config.dataset in REGISTRY:
-      from ncf_jax.data import download  # pylint: disable=g-import-not-at-top
-      download.fetch(REGISTRY[config.dataset], directory)
-    else:
-      raise DataError(f'{directory}: no {name}.train.rating / .test.rating / .test.negative')
   return load_ncf_dir(directory, name, validation=config.validation, seed=config.seed)
