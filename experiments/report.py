@@ -15,7 +15,7 @@ import sys
 from ncf_jax import evaluation
 from ncf_jax import run_dir
 from ncf_jax.data import registry
-from ncf_jax.data.ncf_format import atomic_write_text
+from ncf_jax.data.files import atomic_write_text
 
 FULL_RANKING_FILE = 'full_ranking.json'
 

@@ -57,7 +57,7 @@ from ncf_jax import pipeline
 from ncf_jax import train
 from ncf_jax import run_dir
 from ncf_jax.data import registry
-from ncf_jax.data.ncf_format import atomic_write_text
+from ncf_jax.data.files import atomic_write_text
 
 # HR@10 / NDCG@10 on ML-1M from He et al. (2017), Table 2 (NeuMF) and Table 3 (MLP HR@10).
 PAPER_TABLE2 = {(8, False): (.688, .410), (8, True): (.684, .403),

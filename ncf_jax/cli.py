@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ncf_jax.data import files
 from ncf_jax.errors import NcfError
 
 CONFIG_FLAG = 'config'
@@ -78,12 +79,10 @@ def _raise_interrupted(signum, frame):
   raise Interrupted(signal.Signals(signum).name)
 
 
-def one_line(error: BaseException) -> str:
-  """The message of an error the user can act on, on one line."""
-  if isinstance(error, OSError) and error.strerror:
-    where = f'{error.filename}: ' if error.filename else ''
-    return f'{where}{error.strerror}'
-  return ' '.join(str(error).split()) or type(error).__name__
+def _message(error: BaseException) -> str:
+  """An error the user can act on, on one line (an OSError with the path it concerns)."""
+  where = f'{error.filename}: ' if isinstance(error, OSError) and error.filename else ''
+  return where + files.one_line(error)
 
 
 def _report(action: Callable[[], object]) -> int:
@@ -91,10 +90,10 @@ def _report(action: Callable[[], object]) -> int:
   try:
     action()
   except NcfError as e:
-    print(f'error: {one_line(e)}', file=sys.stderr)
+    print(f'error: {_message(e)}', file=sys.stderr)
     return 1
   except OSError as e:
-    print(f'error: {one_line(e)}', file=sys.stderr)
+    print(f'error: {_message(e)}', file=sys.stderr)
     return 1
   except KeyboardInterrupt as e:
     name = str(e) if isinstance(e, Interrupted) else 'Ctrl-C'

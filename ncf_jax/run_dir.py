@@ -32,7 +32,7 @@ from ncf_jax import checkpoints as checkpoints_lib
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import train_step
-from ncf_jax.data.ncf_format import atomic_write_text
+from ncf_jax.data.files import atomic_write_text
 from ncf_jax.errors import CheckpointError, WorkdirError
 
 WORKDIRS = 'workdirs'  # default workdirs go under this folder of the current directory

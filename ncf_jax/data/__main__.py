@@ -24,18 +24,18 @@ Usage: python -m ncf_jax.data <command> [flags]
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 
+from ncf_jax import cli
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import download
 from ncf_jax.data import id_maps
 from ncf_jax.data import prepare as prepare_lib
 from ncf_jax.data import registry
-from ncf_jax.errors import DataError, NcfError
+from ncf_jax.errors import DataError
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Directory of NCF files.')
 _RAW = flags.DEFINE_string('raw', None, 'Raw interactions file (CSV/TSV with a header row, '
@@ -169,7 +169,7 @@ def _download() -> None:
   _summary(data, directory, time.perf_counter() - start, 'download')
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in _COMMANDS:
     got = ' '.join(argv[1:]) or 'nothing'
     raise app.UsageError(f'expected one command ({", ".join(_COMMANDS)}), got {got}')
@@ -182,13 +182,8 @@ def main(argv: list[str]) -> int:
   for flag in _ALL:
     if flags.FLAGS[flag.name].present and flag.name not in allowed:
       raise app.UsageError(f'{command} does not take --{flag.name}')
-  try:
-    {'stats': _stats, 'prepare': _prepare, 'download': _download}[command]()
-  except NcfError as e:
-    print('error: ' + ' '.join(str(e).split()), file=sys.stderr)
-    return 1
-  return 0
+  {'stats': _stats, 'prepare': _prepare, 'download': _download}[command]()
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, max_args=1)

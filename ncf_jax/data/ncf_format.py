@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ncf_jax.data.files import atomic_write_text, one_line  # pylint: disable=unused-import
+from ncf_jax.data.files import atomic_write_text, one_line
 from ncf_jax.errors import DataError
 
 RATING_COLUMNS = 4
