@@ -20,6 +20,7 @@ import contextlib
 import gc
 import hashlib
 import os
+import shutil
 import sys
 
 import jax
@@ -29,6 +30,7 @@ import orbax.checkpoint as ocp
 from ncf_jax.errors import CheckpointError, DamagedCheckpointError
 
 ROW_BLOCK = 1024  # rows per digest block: fixed, so digests do not depend on sharding
+TMP_MARK = '.orbax-checkpoint-tmp'  # in the name of a save Orbax has not committed
 
 
 def describe_error(e: Exception, limit: int = 300) -> str:
@@ -138,13 +140,18 @@ def _first_mismatch(expected: dict, found: dict) -> str | None:
 class CheckpointDir:
   """Numbered checkpoints (the step is the epoch) of one state pytree in one directory."""
 
-  def __init__(self, directory: str, keep: int | None = None, create: bool = True):
+  def __init__(self, directory: str, keep: int | None = None, writer: bool = False):
+    """`writer`: this process holds the run's lock; it may create and clean the directory
+    (a reader never changes anything, since a run may be writing into it)."""
     self.directory = os.path.abspath(directory)
+    self._writer = writer
+    if writer:
+      self._remove_abandoned_saves()  # of a killed run
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'digests': ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=writer))
 
   def where(self, epoch: int) -> str:
     return os.path.join(self.directory, str(epoch))
@@ -199,6 +206,15 @@ class CheckpointDir:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending writes, then releases the manager."""
+    """Waits for pending writes, then releases the manager; a writer then removes what a save
+    cut short by an interrupt left (Orbax never reads it, but nothing is left half-written)."""
     self._manager.wait_until_finished()
     self._manager.close()
+    if self._writer:
+      self._remove_abandoned_saves()
+
+  def _remove_abandoned_saves(self) -> None:
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if TMP_MARK in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)

@@ -202,12 +202,12 @@ class RunDir:
 
   # checkpoints
   def checkpoints(self, which: str, create: bool = False) -> checkpoints_lib.CheckpointDir:
-    """The `latest` or `best` checkpoints; `create` only for the writer."""
+    """The `latest` or `best` checkpoints; `create` only for the writer (the lock holder)."""
     directory = os.path.join(self.file(CHECKPOINTS), which)
     if not create and not os.path.isdir(directory):
       raise CheckpointError(f'{directory}: no checkpoint')
     return checkpoints_lib.CheckpointDir(directory, keep=KEEP_LATEST if which == 'latest' else 1,
-                                         create=create)
+                                         writer=create)
 
   def restore_best(self, abstract_state) -> tuple[object, int]:
     """(state, epoch) of the best checkpoint; CheckpointError naming it if damaged."""

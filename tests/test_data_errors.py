@@ -161,13 +161,14 @@ def shared_dir():
 
 _AS_NOBODY = '''
 import os, sys
-from absl import app
-from ncf_jax.data import __main__ as cli  # imported while files under /root are readable
+from ncf_jax import cli  # imported while files under /root are readable
+from ncf_jax.data import __main__ as data_main
 if os.geteuid() == 0:
   os.setgroups([])
   os.setgid(65534)
   os.setuid(65534)
-app.run(cli.main, argv=['ncf_jax.data'] + sys.argv[1:])
+sys.argv = ['ncf_jax.data'] + sys.argv[1:]
+cli.run(data_main.main, max_args=1)
 '''
 
 

@@ -19,7 +19,7 @@ from ncf_jax import pipeline
 from ncf_jax import pretrain
 from ncf_jax import train
 from ncf_jax.data import registry
-from ncf_jax.errors import CheckpointError, ConfigError
+from ncf_jax.errors import CheckpointError, ConfigError, WorkdirError
 
 NUM_USERS, NUM_ITEMS, FACTORS, LAYERS = 30, 20, 4, (16, 8, 4)
 
@@ -211,7 +211,7 @@ def test_wrong_or_missing_pretrained_workdirs(pipeline_dir, tmp_path):
   with pytest.raises(CheckpointError, match=r"gmf: a 'gmf' run .*expected 'mlp'"):
     _quiet(train.train_and_evaluate, config, str(tmp_path / 'b'))
   config.mlp_workdir = str(tmp_path / 'nothing')
-  with pytest.raises(CheckpointError, match=r'nothing/config.json: missing'):
+  with pytest.raises(WorkdirError, match=r'nothing/config.json: missing'):
     _quiet(train.train_and_evaluate, config, str(tmp_path / 'c'))
   config.mlp_workdir = os.path.join(workdir, 'mlp')
   config.validation = True  # the pretrained runs saw the validation items
