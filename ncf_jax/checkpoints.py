@@ -21,7 +21,9 @@ import gc
 import hashlib
 import os
 import shutil
+import signal
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -69,6 +71,26 @@ def _quiet_abandoned_reads():
   yield
   gc.collect()  # a successful restore abandons nothing; finalise before putting it back
   sys.unraisablehook = previous
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+  """Holds SIGINT and SIGTERM until the block ends, then delivers them: a save is started
+  whole or not at all, and a pending one is finished before the process stops."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  pending = []
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  for sig in previous:
+    signal.signal(sig, lambda signum, frame: pending.append(signum))
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    for sig in pending:
+      signal.raise_signal(sig)
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -162,12 +184,13 @@ class CheckpointDir:
 
   def save(self, epoch: int, state) -> None:
     """Saves asynchronously, replacing a checkpoint of the same epoch."""
-    if epoch in self._manager.all_steps():  # a retrained epoch after resuming from an older one
-      self._manager.wait_until_finished()
-      self._manager.delete(epoch)
     digests = content_digests(state)
-    self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), digests=ocp.args.JsonSave(digests)))
+    with _interrupts_held():
+      if epoch in self._manager.all_steps():  # retrained after resuming from an older epoch
+        self._manager.wait_until_finished()
+        self._manager.delete(epoch)
+      self._manager.save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), digests=ocp.args.JsonSave(digests)))
 
   def delete(self, epoch: int) -> None:
     self._manager.wait_until_finished()
@@ -208,8 +231,9 @@ class CheckpointDir:
   def close(self) -> None:
     """Waits for pending writes, then releases the manager; a writer then removes what a save
     cut short by an interrupt left (Orbax never reads it, but nothing is left half-written)."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with _interrupts_held():
+      self._manager.wait_until_finished()
+      self._manager.close()
     if self._writer:
       self._remove_abandoned_saves()
 
