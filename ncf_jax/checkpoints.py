@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -57,10 +58,17 @@ def _is_closed_loop_noise(unraisable) -> bool:
           and isinstance(error.__cause__ or error.__context__, GeneratorExit))
 
 
+def _is_abandoned_task_record(record: logging.LogRecord) -> bool:
+  """asyncio's "(Task|Future|_GatheringFuture) exception was never retrieved", logged when
+  the failed reads of an abandoned restore are collected."""
+  return 'exception was never retrieved' in str(record.msg)
+
+
 @contextlib.contextmanager
 def _quiet_abandoned_reads():
-  """Drops (only) that noise while a restore runs. A restore that fails leaves the filter in
-  place: TensorStore may complete the abandoned reads after the error has been raised."""
+  """Drops (only) that noise while a restore runs. A restore that fails leaves the filters in
+  place: TensorStore may complete the abandoned reads, and their tasks may be collected,
+  after the error has been raised."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -68,8 +76,12 @@ def _quiet_abandoned_reads():
       previous(unraisable)
 
   sys.unraisablehook = hook
+  asyncio_log = logging.getLogger('asyncio')
+  task_filter = lambda record: not _is_abandoned_task_record(record)
+  asyncio_log.addFilter(task_filter)
   yield
-  gc.collect()  # a successful restore abandons nothing; finalise before putting it back
+  gc.collect()  # a successful restore abandons nothing; finalise before putting them back
+  asyncio_log.removeFilter(task_filter)
   sys.unraisablehook = previous
 
 

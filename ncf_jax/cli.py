@@ -86,26 +86,27 @@ def _message(error: BaseException) -> str:
 
 
 def _report(action: Callable[[], object]) -> int:
-  """Runs `action`; returns the exit code, printing one line for a user-facing failure."""
+  """Runs `action`; returns 0, or exits at once after one line for a user-facing failure."""
   try:
     action()
-  except NcfError as e:
-    print(f'error: {_message(e)}', file=sys.stderr)
-    return 1
-  except OSError as e:
-    print(f'error: {_message(e)}', file=sys.stderr)
-    return 1
+  except (NcfError, OSError) as e:
+    _exit_with(f'error: {_message(e)}', 1)
   except KeyboardInterrupt as e:
     name = str(e) if isinstance(e, Interrupted) else 'Ctrl-C'
-    print(f'error: interrupted ({name}); the same command resumes after the last saved epoch',
-          file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The run's files are closed (checkpoint saves waited for); a computation or a prefetch
-    # the interrupt cut off may still be running in native threads, and interpreter
-    # shutdown would tear them down under it (seen: a segfault). Exit without it.
-    os._exit(128 + (signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT))
+    _exit_with(f'error: interrupted ({name}); the same command resumes after the last saved '
+               'epoch', 128 + (signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT))
   return 0
+
+
+def _exit_with(line: str, code: int) -> None:
+  """Prints `line` and ends the process without interpreter shutdown. The run's files are
+  closed by then (checkpoint saves waited for), but a computation, a prefetch or the reads
+  of a damaged checkpoint that the failure cut off may still be running in native threads:
+  shutdown would tear them down under them (seen: a segfault) or print their errors."""
+  print(line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def resolve_workdir(prefix: str = '') -> str:

@@ -73,8 +73,9 @@ def config_differences(config: ml_collections.ConfigDict,
           if k not in NON_COMPUTING_FIELDS and ours.get(k) != theirs.get(k)}
 
 
-def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix: str = '') -> str:
-  """`workdirs/<prefix><config file's stem>[-<digest>]` under the current directory.
+def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix: str = '',
+                    cwd: str | None = None) -> str:
+  """`workdirs/<prefix><config file's stem>[-<digest>]` under `cwd` (the current directory).
 
   The digest (8 hex digits) is of the fields whose values differ from the config
   file's own, so runs that compute different things never share a folder, while
@@ -86,7 +87,7 @@ def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix:
   if differences:
     text = json.dumps(differences, sort_keys=True)
     name += '-' + hashlib.sha256(text.encode()).hexdigest()[:8]
-  return os.path.abspath(os.path.join(WORKDIRS, name))
+  return os.path.abspath(os.path.join(cwd or os.getcwd(), WORKDIRS, name))
 
 
 def _json_safe(value):

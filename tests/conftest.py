@@ -1,15 +1,25 @@
 """Settings and helpers every test file shares (import them: `from conftest import ...`).
 
-Rank promotion is an error, so (B,1) vs (B,) mistakes fail loudly.
+Rank promotion is an error, so (B,1) vs (B,) mistakes fail loudly. Compiled programs go to
+a persistent cache shared by the session's test processes and subprocesses (many tests
+compile the same small programs again), removed when the session ends.
 """
 
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
-import jax
+_CACHE = tempfile.mkdtemp(prefix='ncf_jax_test_compile_cache_')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ncf_jax import run_dir
 from ncf_jax import train

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from conftest import ROOT, error_lines, read_records, run_module
+from conftest import ROOT, error_lines, make_config, read_records, run_module
+from ncf_jax import cli
+from ncf_jax import run_dir
 
 CONFIG = '--config=configs/test.py'
 
@@ -43,18 +45,27 @@ def test_bare_command_uses_the_default_workdir_and_resumes(tmp_path):
   assert longer.returncode == 0, longer.stderr
   assert 'resuming after epoch 2' in longer.stdout
   assert [r['epoch'] for r in read_records(workdir)] == [0, 1, 2, 3]
-  assert _default_dirs(tmp_path) == ['test']
+  # An override that changes the run: a folder of its own, named by a digest.
+  other = _main(CONFIG, '--config.learning_rate=0.002', '--config.num_epochs=1', cwd=tmp_path)
+  assert other.returncode == 0, other.stderr
+  digest_dir = run_dir.default_workdir(cli.shipped_config('configs/test.py'),
+                                       make_config(learning_rate=0.002), cwd=str(tmp_path))
+  assert other.stdout.splitlines()[0].startswith(f'workdir: {digest_dir} ')
+  assert _default_dirs(tmp_path) == ['test', os.path.basename(digest_dir)]
 
 
-def test_overrides_that_change_the_run_get_their_own_folder(tmp_path):
-  runs = [('--config.learning_rate=0.002',), ('--config.learning_rate=0.002',),
-          ('--config.num_factors=4',), ('--config.learning_rate=0.001',)]  # the file's own value
-  for args in runs:
-    result = _main(CONFIG, '--config.num_epochs=1', *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-  names = _default_dirs(tmp_path)
-  assert len(names) == 3 and 'test' in names  # the same override twice: one folder
-  assert all(n == 'test' or (n.startswith('test-') and len(n) == len('test-') + 8) for n in names)
+def test_default_workdir_names_differ_exactly_when_the_computation_does(tmp_path):
+  config_file = cli.shipped_config('configs/test.py')
+  name = lambda **overrides: os.path.basename(run_dir.default_workdir(
+      config_file, make_config(**overrides), cwd=str(tmp_path)))
+  assert name() == 'test'
+  assert name(num_epochs=7, log_every_seconds=3.0, steps_per_dispatch=2) == 'test'
+  assert name(learning_rate=0.001) == 'test'  # the config file's own value
+  changed = [name(learning_rate=0.002), name(num_factors=4), name(data_dir='/data/ml-1m'),
+             name(synthetic=dict(num_users=100)), name(learning_rate=0.002, num_factors=4)]
+  assert len(set(changed)) == len(changed)
+  assert all(n.startswith('test-') and len(n) == len('test-') + 8 for n in changed)
+  assert name(learning_rate=0.002) == changed[0]  # stable
 
 
 def test_restart_moves_the_old_run_aside(tmp_path):
