@@ -25,9 +25,11 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
+
+from ncf_jax import cli
+from ncf_jax.data import files
 
 
 flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
@@ -255,12 +257,9 @@ def main(argv):
     print(f'\nsynthetic ML-20M shape: {big.stats()}')
     _dataset_sections('ml-20m', big, sections - {'accuracy', 'epoch'}, results, FLAGS.ml20m_models,
                       FLAGS.ml20m_batch_sizes, FLAGS.ml20m_full_ranking)
-  tmp = FLAGS.out + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, FLAGS.out)
+  files.atomic_write_text(FLAGS.out, json.dumps(results, indent=2) + '\n')
   print(f'\nwrote {FLAGS.out}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -19,23 +19,6 @@ def test_mlp_layers_halve_down_to_the_factors():
   assert reproduce.mlp_layers(4, 16) == (256, 128, 64, 32, 16)
 
 
-def test_table2_smoke_run_writes_results_and_resumes(tmp_path):
-  command = [sys.executable, '-m', 'experiments.reproduce', '--experiment=table2', '--factors=8',
-             '--num_epochs=1', '--dataset=synthetic', f'--runs_dir={tmp_path / "runs"}',
-             f'--results_dir={tmp_path / "results"}']
-  first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert first.returncode == 0, first.stderr[-2000:]
-  summary = json.loads((tmp_path / 'results' / 'summary.json').read_text())
-  rows = summary['table2']
-  assert [(r['factors'], r['pretrained']) for r in rows] == [(8, False), (8, True)]
-  assert all(0 < r['hr'] <= 1 and r['paper_hr'] == reproduce.PAPER_TABLE2[(8, r['pretrained'])][0]
-             for r in rows)
-  assert 'neumf-8' in (tmp_path / 'results' / 'table2.md').read_text()
-  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0
-  assert again.stdout.count('finished earlier') == 4  # neumf, and the pipeline's three stages
-
-
 def _reproduce(tmp_path, *args):
   command = [sys.executable, '-m', 'experiments.reproduce', '--dataset=synthetic',
              '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
@@ -62,8 +45,20 @@ def test_shared_runs_use_one_workdir(tmp_path):
   assert all('--config.batch_size=1024' in line for line in table3_64)
 
 
-def test_factors_smoke_run_writes_rows_with_full_ranking(tmp_path):
-  _reproduce(tmp_path, '--experiment=factors', '--factors=8', '--mf_factors=8')
+def test_table2_then_factors_smoke_runs_write_results_share_runs_and_resume(tmp_path):
+  _reproduce(tmp_path, '--experiment=table2', '--factors=8')
+  summary = json.loads((tmp_path / 'results' / 'summary.json').read_text())
+  rows = summary['table2']
+  assert [(r['factors'], r['pretrained']) for r in rows] == [(8, False), (8, True)]
+  assert all(0 < r['hr'] <= 1 and r['paper_hr'] == reproduce.PAPER_TABLE2[(8, r['pretrained'])][0]
+             for r in rows)
+  assert 'neumf-8' in (tmp_path / 'results' / 'table2.md').read_text()
+  again = _reproduce(tmp_path, '--experiment=table2', '--factors=8')
+  assert again.count('finished earlier') == 4  # neumf, and the pipeline's three stages
+
+  # The factors figure trains only MF: its GMF, MLP and NeuMF are Table 2's runs.
+  factors = _reproduce(tmp_path, '--experiment=factors', '--factors=8', '--mf_factors=8')
+  assert factors.count('finished earlier') == 3
   result = json.loads((tmp_path / 'results' / 'factors.json').read_text())
   rows = {row['name']: row for row in result['rows']}
   assert set(rows) == {'gmf-8', 'mlp-8', 'neumf-8', 'mf-8', 'itempop'}
