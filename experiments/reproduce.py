@@ -44,13 +44,12 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 import numpy as np
 
 from experiments import report
+from ncf_jax import cli
 from ncf_jax import ensemble
 from ncf_jax import evaluation
 from ncf_jax import pipeline
@@ -369,7 +368,6 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   runs = plan(FLAGS.experiment)
   if FLAGS.dry_run:
     for run in runs:
@@ -382,4 +380,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

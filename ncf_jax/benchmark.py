@@ -26,7 +26,6 @@ import sys
 import time
 
 from absl import flags
-from absl import logging
 
 from ncf_jax import cli
 from ncf_jax.data import files
@@ -164,27 +163,27 @@ def bench_epoch(data_dir: str | None, num_epochs: int = 3) -> dict:
 def bench_accuracy(data_dir: str | None, target: float, timeout: int) -> dict:
   """Wall seconds from launching the main command to the first epoch at `target`."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  workdir = tempfile.mkdtemp(prefix='ncf_fast_')
-  command = [sys.executable, '-m', 'ncf_jax.main', '--config=configs/neumf_fast.py',
-             f'--workdir={workdir}', '--config.log_every_seconds=0']
-  if data_dir:
-    command.append(f'--config.data_dir={data_dir}')
-  t0 = time.perf_counter()
-  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  result = dict(command=' '.join(command[1:]), target_hr=target, seconds=None, epoch=None)
-  try:
-    for line in process.stdout:
-      match = re.match(r'epoch\s+(\d+).*HR@10 ([0-9.]+)', line)
-      if match and float(match.group(2)) >= target:
-        result.update(seconds=time.perf_counter() - t0, epoch=int(match.group(1)),
-                      hr=float(match.group(2)))
-        break
-      if time.perf_counter() - t0 > timeout:
-        break
-  finally:
-    process.kill()
-    process.wait()
+  with tempfile.TemporaryDirectory(prefix='ncf_fast_') as workdir:
+    command = [sys.executable, '-m', 'ncf_jax.main', '--config=configs/neumf_fast.py',
+               f'--workdir={workdir}/run', '--config.log_every_seconds=0']
+    if data_dir:
+      command.append(f'--config.data_dir={data_dir}')
+    t0 = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    result = dict(command=' '.join(command[1:]), target_hr=target, seconds=None, epoch=None)
+    try:
+      for line in process.stdout:
+        match = re.match(r'epoch\s+(\d+).*HR@10 ([0-9.]+)', line)
+        if match and float(match.group(2)) >= target:
+          result.update(seconds=time.perf_counter() - t0, epoch=int(match.group(1)),
+                        hr=float(match.group(2)))
+          break
+        if time.perf_counter() - t0 > timeout:
+          break
+    finally:
+      process.kill()
+      process.wait()
   return result
 
 
@@ -230,7 +229,6 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
   results = dict(environment=_environment())

@@ -21,6 +21,7 @@ from ncf_jax import evaluation
 from ncf_jax import feeder
 from ncf_jax import models
 from ncf_jax import optimizers
+from ncf_jax import pretrain
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
@@ -87,7 +88,6 @@ def _initial_params(experiment: Experiment) -> dict:
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
-    from ncf_jax import pretrain  # pylint: disable=g-import-not-at-top
     params = pretrain.merged_params(config, jax.eval_shape(lambda: params))
   return params
 
