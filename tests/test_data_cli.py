@@ -3,19 +3,14 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from conftest import run_module
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [ROOT] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
-  return subprocess.run([sys.executable, '-m', 'ncf_jax.data', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return run_module('ncf_jax.data', *args, timeout=120)
 
 
 @pytest.fixture(scope='module')

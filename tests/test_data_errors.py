@@ -11,6 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import ROOT
+
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import download
 from ncf_jax.data import id_maps
@@ -19,7 +21,6 @@ from ncf_jax.data import prepare
 from ncf_jax.data import registry
 from ncf_jax.errors import DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = 'user,item,time\n'
 GOOD_ROWS = ''.join(f'u{u},i{7 * u + k},{k}\n' for u in range(6) for k in range(25))  # 60 items
 LAYOUT = prepare.layout_for('csv', user_col='user', item_col='item', time_col='time')
@@ -173,8 +174,7 @@ cli.run(data_main.main, max_args=1)
 
 
 def _run_unprivileged(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-c', _AS_NOBODY, *args], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, '-c', _AS_NOBODY, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
 
 

@@ -1,21 +1,12 @@
 """Recommender: scores equal the model's, top-k excludes training items, errors are one line."""
 
-import contextlib
-import io
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from ncf_jax.configs import test as test_config
+from conftest import make_config, run_module, train_quietly
 from ncf_jax import recommend
-from ncf_jax import train
 from ncf_jax.data import registry
 from ncf_jax.errors import NcfError
 
@@ -25,10 +16,8 @@ BATCH = 32
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('rec') / 'neumf'
-  config = test_config.get_config()
-  config.num_epochs = 1
-  with contextlib.redirect_stdout(io.StringIO()):
-    train.train_and_evaluate(config, str(workdir))
+  config = make_config(num_epochs=1)
+  train_quietly(config, workdir)
   rec = recommend.Recommender.from_workdir(str(workdir), batch_size=BATCH)
   return workdir, rec, registry.load_dataset(config)
 
@@ -97,9 +86,7 @@ def test_unknown_ids_raise_one_line(trained, call, match):
 
 
 def _cli(workdir, *flags):
-  return subprocess.run([sys.executable, '-m', 'ncf_jax.recommend', f'--workdir={workdir}',
-                         *flags], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        check=False, env=dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise'))
+  return run_module('ncf_jax.recommend', f'--workdir={workdir}', *flags)
 
 
 def test_cli_prints_k_lines_and_one_line_errors(trained, tmp_path):
