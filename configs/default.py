@@ -50,6 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps_per_dispatch = 64  # batches per compiled lax.scan call
   c.seed = 0
 
+  # Devices.
+  c.num_devices = 0  # 0: every device that divides batch_size (all, usually)
+  # replicated: tables copied on every device (data parallel); rows: each table's rows
+  # split over the devices, for tables larger than one device's memory.
+  c.embedding_sharding = 'replicated'
+  c.compute_dtype = 'float32'  # float32 | bfloat16 (parameters and optimizer stay float32)
+
   # Evaluation.
   c.top_k = 10
   c.eval_users_per_block = 2048

@@ -178,14 +178,19 @@ class CheckpointDir:
     """`writer`: this process holds the run's lock; it may create and clean the directory
     (a reader never changes anything, since a run may be writing into it)."""
     self.directory = os.path.abspath(directory)
-    self._writer = writer
-    if writer:
+    # Several processes save together; only process 0 (the lock holder) tidies up.
+    self._tidies = writer and jax.process_index() == 0
+    if self._tidies:
       self._remove_abandoned_saves()  # of a killed run
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'digests': ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=writer))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=writer,
+            # A run saves into two directories at once: their barriers must not share names.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=os.path.basename(self.directory))))
 
   def where(self, epoch: int) -> str:
     return os.path.join(self.directory, str(epoch))
@@ -246,7 +251,7 @@ class CheckpointDir:
     with _interrupts_held():
       self._manager.wait_until_finished()
       self._manager.close()
-    if self._writer:
+    if self._tidies:
       self._remove_abandoned_saves()
 
   def _remove_abandoned_saves(self) -> None:

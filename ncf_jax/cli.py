@@ -113,18 +113,51 @@ def resolve_workdir(prefix: str = '') -> str:
   """--workdir, or the default folder of --config and its overrides (said on stdout); with
   --restart an existing run there is moved aside first. For commands that train."""
   # Imported here: keeps `python -m ncf_jax.data` free of JAX and Orbax imports.
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from ncf_jax import run_dir  # pylint: disable=g-import-not-at-top
+  primary = jax.process_index() == 0  # of a multi-process run: the one that writes and prints
   workdir = flags.FLAGS.workdir
   if workdir is None:
     workdir = run_dir.default_workdir(flags.FLAGS[CONFIG_FLAG].config_filename,
                                       flags.FLAGS[CONFIG_FLAG].value, prefix)
-    print(f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
-          flush=True)
+    if primary:
+      print(f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
+            flush=True)
   if flags.FLAGS.restart:
-    moved = run_dir.RunDir(workdir).move_aside()
+    moved = run_dir.RunDir(workdir).move_aside() if primary else None
     if moved:
       print(f'restart: the earlier run was moved to {moved}', flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('ncf_jax restart')  # the others wait for the move
   return workdir
+
+
+def define_distributed_flags() -> None:
+  """Flags of a run over several processes (hosts): jax.distributed.initialize's arguments."""
+  flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a run of '
+                      'several processes (jax.distributed).')
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run (with --coordinator_address).')
+  flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
+  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() with no arguments: '
+                    'where it finds its settings itself (Cloud TPU, Slurm, Open MPI).')
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run if the flags ask for one (before any other JAX call)."""
+  values = flags.FLAGS
+  if values.coordinator_address is None and not values.distributed:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  # CPU devices of several processes talk through gloo; accelerators ignore this setting.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if values.coordinator_address is None:
+    jax.distributed.initialize()
+    return
+  if values.num_processes is None or values.process_id is None:
+    raise NcfError('--coordinator_address needs --num_processes and --process_id')
+  jax.distributed.initialize(values.coordinator_address, num_processes=values.num_processes,
+                             process_id=values.process_id)
 
 
 def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | None = None,

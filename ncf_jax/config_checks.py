@@ -10,11 +10,12 @@ import ml_collections
 
 from ncf_jax import models
 from ncf_jax import optimizers
+from ncf_jax import sharding
 from ncf_jax.errors import ConfigError
 
 _POSITIVE = ('batch_size', 'num_negatives', 'top_k', 'steps_per_dispatch',
              'eval_users_per_block', 'num_factors', 'learning_rate', 'embedding_stddev')
-_NON_NEGATIVE = ('num_epochs', 'l2_embeddings', 'l2_layers')
+_NON_NEGATIVE = ('num_epochs', 'l2_embeddings', 'l2_layers', 'num_devices')
 
 
 def _flat_items(config: ml_collections.ConfigDict, prefix: str = ''):
@@ -46,6 +47,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'model', tuple(models.MODELS))
   _choice(config, 'optimizer', optimizers.OPTIMIZERS)
   _choice(config, 'learning_rate_schedule', optimizers.SCHEDULES)
+  _choice(config, 'embedding_sharding', sharding.EMBEDDING_SHARDINGS)
+  _choice(config, 'compute_dtype', tuple(models.COMPUTE_DTYPES))
   layers = tuple(config.layers) or models.default_layers(config.num_factors)
   if layers[0] % 2 or any(w <= 0 for w in layers):
     raise ConfigError(f'config.layers={layers}: widths must be positive and the first '

@@ -23,8 +23,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from ncf_jax import sharding
 from ncf_jax.data.dataset import Dataset, HeldOut
 from ncf_jax.errors import ConfigError, NonFiniteError
 
@@ -85,6 +87,17 @@ def _real_rows(num_rows: int, block: int) -> np.ndarray:
   return _blocks(np.ones(num_rows, bool), block, False)
 
 
+def _block_size(users_per_block: int, num_rows: int, layout: sharding.Layout) -> int:
+  """Users per block: at most `users_per_block` (and the rows), a multiple of the devices."""
+  block = max(1, min(users_per_block, num_rows))
+  return -(-block // layout.num_devices) * layout.num_devices
+
+
+def _by_user(layout: sharding.Layout, values: np.ndarray) -> jax.Array:
+  """(blocks, users, ...) arrays: each block's users split over the devices."""
+  return layout.put_global(values, P(None, sharding.DATA))
+
+
 def _count_nonfinite(scores: jax.Array, real: jax.Array) -> jax.Array:
   return jnp.sum(~jnp.isfinite(scores) & real[:, None])
 
@@ -97,17 +110,19 @@ class SampledEvaluator:
   heldout: HeldOut
   users_per_block: int = 2048
   what: str = 'test'
+  layout: sharding.Layout | None = None  # default: one device
 
   def __post_init__(self):
-    block = min(self.users_per_block, len(self.heldout))
+    layout = self.layout or sharding.single_device_layout()
+    block = _block_size(self.users_per_block, len(self.heldout), layout)
     candidates = np.concatenate([self.heldout.items[:, None], self.heldout.negatives], axis=1)
     counted = self.heldout.negatives != self.heldout.items[:, None]
     # The fewest candidates any row ranks: its held-out item and its other negatives.
     self.num_candidates = 1 + int(counted.sum(axis=1).min())
-    self._users = jnp.asarray(_blocks(self.heldout.users, block, 0))
-    self._candidates = jnp.asarray(_blocks(candidates.astype(np.int32), block, 0))
-    self._counted = jnp.asarray(_blocks(counted, block, False))
-    self._real = jnp.asarray(_real_rows(len(self.heldout), block))
+    self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
+    self._candidates = _by_user(layout, _blocks(candidates.astype(np.int32), block, 0))
+    self._counted = _by_user(layout, _blocks(counted, block, False))
+    self._real = _by_user(layout, _real_rows(len(self.heldout), block))
     model = self.model
 
     def score_user(params, user, items):
@@ -123,7 +138,7 @@ class SampledEvaluator:
       ranks, nonfinite = lax.map(lambda b: block_ranks(params, b), blocks)
       return ranks.reshape(-1), nonfinite.sum()
 
-    self._ranks = jax.jit(all_ranks)
+    self._ranks = jax.jit(all_ranks, out_shardings=layout.replicated)
 
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
@@ -149,10 +164,13 @@ class FullRankingEvaluator:
   num_items: int
   max_block_elements: int = 2**25
   what: str = 'full-ranking test'
+  layout: sharding.Layout | None = None  # default: one device
 
   def __post_init__(self):
+    layout = self.layout or sharding.single_device_layout()
     width = max(64, self.model.pair_width)  # the widest per-pair activation of full ranking
-    block = int(np.clip(self.max_block_elements // (self.num_items * width), 1, len(self.heldout)))
+    block = _block_size(self.max_block_elements // (self.num_items * width), len(self.heldout),
+                        layout)
     rows = len(self.heldout)
     num_blocks = -(-rows // block)
     row, item = self._known_pairs_by_row()
@@ -164,13 +182,14 @@ class FullRankingEvaluator:
     window = max(1, int(per_block.max()) if len(per_block) else 1)
     sort = np.argsort(blk, kind='stable')
     pad = np.zeros(window, np.int32)
-    self._pair_rows = jnp.asarray(np.concatenate([(row % block)[sort].astype(np.int32), pad]))
-    self._pair_items = jnp.asarray(np.concatenate([item[sort].astype(np.int32), pad]))
-    self._block_start = jnp.asarray((np.cumsum(per_block) - per_block).astype(np.int32))
-    self._block_count = jnp.asarray(per_block.astype(np.int32))
-    self._users = jnp.asarray(_blocks(self.heldout.users, block, 0))
-    self._items = jnp.asarray(_blocks(self.heldout.items, block, 0))
-    self._real = jnp.asarray(_real_rows(rows, block))
+    everywhere = lambda values: layout.put_global(values, P())
+    self._pair_rows = everywhere(np.concatenate([(row % block)[sort].astype(np.int32), pad]))
+    self._pair_items = everywhere(np.concatenate([item[sort].astype(np.int32), pad]))
+    self._block_start = everywhere((np.cumsum(per_block) - per_block).astype(np.int32))
+    self._block_count = everywhere(per_block.astype(np.int32))
+    self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
+    self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
+    self._real = _by_user(layout, _real_rows(rows, block))
     model, num_items = self.model, self.num_items
 
     def block_ranks(params, pair_rows, pair_items, b):
@@ -189,7 +208,7 @@ class FullRankingEvaluator:
       ranks, nonfinite = lax.map(lambda b: block_ranks(params, pair_rows, pair_items, b), blocks)
       return ranks.reshape(-1), nonfinite.sum()
 
-    self._ranks = jax.jit(all_ranks)
+    self._ranks = jax.jit(all_ranks, out_shardings=layout.replicated)
 
   def _known_pairs_by_row(self) -> tuple[np.ndarray, np.ndarray]:
     """(held-out row, item) for every known pair of that row's user (a vectorised join)."""
@@ -219,14 +238,15 @@ class FullRankingEvaluator:
                     self.what)
 
 
-def full_ranking_evaluator(model, dataset: Dataset) -> FullRankingEvaluator:
+def full_ranking_evaluator(model, dataset: Dataset,
+                           layout: sharding.Layout | None = None) -> FullRankingEvaluator:
   """Full ranking of `dataset.test`, excluding training and validation interactions."""
   users, items = [dataset.train_users], [dataset.train_items]
   if dataset.valid is not None:
     users.append(dataset.valid.users)
     items.append(dataset.valid.items)
   return FullRankingEvaluator(model, dataset.test, np.concatenate(users), np.concatenate(items),
-                              dataset.num_items)
+                              dataset.num_items, layout=layout)
 
 
 def item_popularity(dataset: Dataset, top_k: int) -> dict:

@@ -23,10 +23,12 @@ def define_flags() -> None:
   flags.DEFINE_bool('restart', False, 'Move an existing run in the workdir aside '
                     '(<workdir>.old-<time>) and start afresh.')
   flags.mark_flags_as_required([cli.CONFIG_FLAG])
+  cli.define_distributed_flags()
 
 
 def main(argv: list[str]) -> None:
   del argv
+  cli.initialize_distributed()
   train.train_and_evaluate(FLAGS.config, cli.resolve_workdir())
 
 

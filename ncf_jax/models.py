@@ -17,11 +17,13 @@ Parameter trees are laid out so that pretrained towers drop into NeuMF:
 A new model: a module satisfying `ScoringModel`, an entry in `MODELS`, a config, a test.
 """
 
-from typing import ClassVar, Literal, Protocol, Sequence
+from typing import Any, ClassVar, Literal, Protocol, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ncf_jax import sharding
 
 # The original code: embeddings N(0, 0.01) (`config.embedding_stddev`); hidden
 # layers Keras' default glorot-uniform; the prediction layer lecun-uniform; biases zero.
@@ -60,17 +62,38 @@ class ScoringModel(Protocol):
     """The widest activation `score_matrix` holds per (user, item) pair (sizes its blocks)."""
 
 
+def padded_rows(num_rows: int, multiple: int) -> int:
+  """`num_rows` rounded up to a multiple of `multiple`."""
+  return -(-num_rows // multiple) * multiple
+
+
+def _table(module: nn.Module, name: str, num_rows: int, width: int, init,
+           row_multiple: int) -> jax.Array:
+  """A (rows, width) table whose `num_rows` real rows are drawn as an unpadded table's would
+  be, followed by zero rows up to a multiple of `row_multiple` (never looked up: ids are
+  below `num_rows`; zero, they add nothing to a penalty and no optimizer moves them)."""
+  def padded_init(key, shape, dtype=jnp.float32):
+    real = init(key, (num_rows, *shape[1:]), dtype)
+    return jnp.pad(real, ((0, shape[0] - num_rows),) + ((0, 0),) * (len(shape) - 1))
+
+  rows = padded_rows(num_rows, row_multiple)
+  return module.param(name, init if rows == num_rows else padded_init, (rows, width))
+
+
 class GMFTower(nn.Module):
   """Generalized matrix factorisation: the element-wise product of two embeddings."""
   num_users: int
   num_items: int
   num_factors: int
   embedding_stddev: float = 0.01
+  row_multiple: int = 1
 
   def setup(self):
     init = nn.initializers.normal(self.embedding_stddev)
-    self.user_embedding = self.param('user_embedding', init, (self.num_users, self.num_factors))
-    self.item_embedding = self.param('item_embedding', init, (self.num_items, self.num_factors))
+    self.user_embedding = _table(self, 'user_embedding', self.num_users, self.num_factors, init,
+                                 self.row_multiple)
+    self.item_embedding = _table(self, 'item_embedding', self.num_items, self.num_factors, init,
+                                 self.row_multiple)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
     return {'user_embedding': jnp.take(self.user_embedding, users, axis=0),
@@ -90,13 +113,17 @@ class MLPTower(nn.Module):
   num_items: int
   layers: Sequence[int]
   embedding_stddev: float = 0.01
+  row_multiple: int = 1
+  dtype: Any = jnp.float32
 
   def setup(self):
     width = self.layers[0] // 2
     init = nn.initializers.normal(self.embedding_stddev)
-    self.user_embedding = self.param('user_embedding', init, (self.num_users, width))
-    self.item_embedding = self.param('item_embedding', init, (self.num_items, width))
-    self.layer = [nn.Dense(w, kernel_init=hidden_init) for w in self.layers[1:]]
+    self.user_embedding = _table(self, 'user_embedding', self.num_users, width, init,
+                                 self.row_multiple)
+    self.item_embedding = _table(self, 'item_embedding', self.num_items, width, init,
+                                 self.row_multiple)
+    self.layer = [nn.Dense(w, kernel_init=hidden_init, dtype=self.dtype) for w in self.layers[1:]]
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
     return {'user_embedding': jnp.take(self.user_embedding, users, axis=0),
@@ -116,15 +143,18 @@ class NCF(nn.Module):
   num_factors: int = 8
   layers: Sequence[int] = (64, 32, 16, 8)
   embedding_stddev: float = 0.01
+  row_multiple: int = 1  # tables' rows padded to a multiple of this (row-sharded tables)
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
   towers: ClassVar[tuple[str, ...]] = ()
 
   def setup(self):
     if 'gmf' in self.towers:
-      self.gmf = GMFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev)
+      self.gmf = GMFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev,
+                          self.row_multiple)
     if 'mlp' in self.towers:
       self.mlp = MLPTower(self.num_users, self.num_items, tuple(self.layers),
-                          self.embedding_stddev)
-    self.head = nn.Dense(1, kernel_init=head_init)
+                          self.embedding_stddev, self.row_multiple, self.dtype)
+    self.head = nn.Dense(1, kernel_init=head_init, dtype=self.dtype)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """The batch's embedding rows, keyed like the embedding tables in the params."""
@@ -132,8 +162,9 @@ class NCF(nn.Module):
 
   def score(self, rows: dict[str, dict[str, jax.Array]]) -> jax.Array:
     """Logits (B,) from gathered embedding rows."""
+    rows = jax.tree_util.tree_map(lambda r: r.astype(self.dtype), rows)
     h = jnp.concatenate([getattr(self, name)(rows[name]) for name in self.towers], axis=-1)
-    return self.head(h)[..., 0]
+    return self.head(h)[..., 0].astype(jnp.float32)
 
   def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
     """Logits (B,) for (B,) user and item ids."""
@@ -212,16 +243,20 @@ class MF(nn.Module):
   num_factors: int = 8
   layers: Sequence[int] = ()
   embedding_stddev: float = 0.01
+  row_multiple: int = 1
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.mf = _MFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev)
+    self.mf = _MFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev,
+                       self.row_multiple)
     self.bias = self.param('bias', nn.initializers.zeros, ())
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
     return {'mf': self.mf.embed(users, items)}
 
   def score(self, rows: dict[str, dict[str, jax.Array]]) -> jax.Array:
-    return self.mf(rows['mf']) + self.bias
+    rows = jax.tree_util.tree_map(lambda r: r.astype(self.dtype), rows['mf'])
+    return (self.mf(rows) + self.bias).astype(jnp.float32)
 
   def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
     return self.score(self.embed(users, items))
@@ -250,14 +285,15 @@ class _MFTower(nn.Module):
   num_items: int
   num_factors: int
   embedding_stddev: float
+  row_multiple: int = 1
 
   def setup(self):
-    shape = lambda n: (n, self.num_factors)
-    init = nn.initializers.normal(self.embedding_stddev)
-    self.user_embedding = self.param('user_embedding', init, shape(self.num_users))
-    self.item_embedding = self.param('item_embedding', init, shape(self.num_items))
-    self.user_bias = self.param('user_bias', nn.initializers.zeros, (self.num_users, 1))
-    self.item_bias = self.param('item_bias', nn.initializers.zeros, (self.num_items, 1))
+    normal, zeros = nn.initializers.normal(self.embedding_stddev), nn.initializers.zeros
+    table = lambda name, n, width, init: _table(self, name, n, width, init, self.row_multiple)
+    self.user_embedding = table('user_embedding', self.num_users, self.num_factors, normal)
+    self.item_embedding = table('item_embedding', self.num_items, self.num_factors, normal)
+    self.user_bias = table('user_bias', self.num_users, 1, zeros)
+    self.item_bias = table('item_bias', self.num_items, 1, zeros)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
     take = lambda table, ids: jnp.take(table, ids, axis=0)
@@ -278,11 +314,17 @@ def default_layers(num_factors: int) -> tuple[int, ...]:
   return (8 * num_factors, 4 * num_factors, 2 * num_factors, num_factors)
 
 
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 def create_model(config, num_users: int, num_items: int) -> ScoringModel:
   """The model `config.model` names, sized for the dataset (a validated config)."""
   layers = tuple(int(w) for w in config.layers) or default_layers(int(config.num_factors))
-  # Workdirs written before the field existed used the original's 0.01.
+  # Workdirs written before these fields existed used the original's 0.01, float32 and
+  # unpadded (replicated) tables.
   stddev = float(config.get('embedding_stddev', 0.01))
+  row_multiple = sharding.table_row_multiple(config.get('embedding_sharding', 'replicated'))
   return MODELS[config.model](num_users=num_users, num_items=num_items,
                               num_factors=int(config.num_factors), layers=layers,
-                              embedding_stddev=stddev)
+                              embedding_stddev=stddev, row_multiple=row_multiple,
+                              dtype=COMPUTE_DTYPES[config.get('compute_dtype', 'float32')])

@@ -44,7 +44,7 @@ KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resum
 # Fields that do not change what a run computes: a run may be resumed or extended with
 # other values of them.
 NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
-                        'eval_users_per_block')
+                        'eval_users_per_block', 'num_devices')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -90,12 +90,12 @@ def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix:
   return os.path.abspath(os.path.join(cwd or os.getcwd(), WORKDIRS, name))
 
 
-def _json_safe(value):
+def json_safe(value):
   """NaN/inf as null, NumPy scalars as plain numbers, so every line is strict JSON."""
   if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if hasattr(value, 'item'):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
@@ -187,7 +187,7 @@ class RunDir:
 
   def append_metrics(self, record: dict) -> dict:
     """Appends one record (made JSON-safe, which is also what is returned)."""
-    record = _json_safe(record)
+    record = json_safe(record)
     with open(self.file(METRICS), 'a', encoding='utf-8') as f:
       f.write(json.dumps(record, allow_nan=False) + '\n')
       f.flush()

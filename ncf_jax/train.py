@@ -8,6 +8,7 @@ notebook.
   record_epoch  metrics.jsonl, the console line, the latest and best checkpoints
 """
 
+import contextlib
 import dataclasses
 import time
 
@@ -23,6 +24,7 @@ from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
 from ncf_jax import run_dir as run_dir_lib
+from ncf_jax import sharding
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -32,13 +34,16 @@ from ncf_jax.errors import DamagedCheckpointError, NonFiniteError
 class Evaluators:
   """The evaluations after each epoch: test; validation and full ranking if configured."""
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, model):
+  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, model,
+               layout: sharding.Layout):
     self.top_k = config.top_k
     blocks = config.eval_users_per_block
-    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks)
-    self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation')
+    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout)
+    self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation',
+                                              layout=layout)
                   if dataset.valid is not None else None)
-    self.full = evaluation.full_ranking_evaluator(model, dataset) if config.full_ranking else None
+    self.full = (evaluation.full_ranking_evaluator(model, dataset, layout)
+                 if config.full_ranking else None)
     for evaluator in (self.test, self.valid, self.full):
       if evaluator is not None:  # before anything trains or is written
         evaluation.check_top_k(self.top_k, evaluator.num_candidates, evaluator.what)
@@ -64,32 +69,54 @@ class Experiment:
   optimizer: optimizers.Optimizer
   evaluators: Evaluators
   total_steps: int  # the whole run's optimizer steps (the end of a decaying schedule)
+  layout: sharding.Layout
 
   @property
   def batches_per_epoch(self) -> int:
     return feeder.num_batches_per_epoch(self.dataset.num_train, self.config.num_negatives,
                                         self.config.batch_size)
 
+  def abstract_state(self):
+    """Shapes, dtypes and shardings of the train state (nothing allocated)."""
+    abstract = train_step_lib.abstract_state(self.model, self.optimizer)
+    shardings = self.layout.state_shardings(abstract, self.model.embedding_tables())
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
-  """The dataset, model, optimizer and evaluators `config` names (a validated config)."""
+  """The dataset, model, optimizer, evaluators and device layout `config` names (a validated
+  config)."""
+  layout = sharding.create_layout(config)
   dataset = registry.load_dataset(config)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   total_steps = config.num_epochs * feeder.num_batches_per_epoch(
       dataset.num_train, config.num_negatives, config.batch_size)
   return Experiment(config, dataset, model, optimizers.create_optimizer(config, total_steps),
-                    Evaluators(config, dataset, model), total_steps)
+                    Evaluators(config, dataset, model, layout), total_steps, layout)
 
 
-def _initial_params(experiment: Experiment) -> dict:
-  config, model = experiment.config, experiment.model
+def initial_state(experiment: Experiment):
+  """A fresh train state, laid out on the run's devices.
+
+  On one device the parameters are drawn eagerly, as they always were, so published
+  numbers re-run exactly; on several a jitted init creates them directly sharded (no
+  table is ever whole on one device). The two differ in the last bit of a few draws.
+  """
+  config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
   ids = jnp.zeros((1,), jnp.int32)
-  params = model.init(jax.random.key(config.seed), ids, ids)['params']
+  init_params = lambda: model.init(jax.random.key(config.seed), ids, ids)['params']
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
-    params = pretrain.merged_params(config, jax.eval_shape(lambda: params))
-  return params
+    params = pretrain.merged_params(config, jax.eval_shape(init_params))
+  elif experiment.layout.num_devices == 1:
+    params = init_params()
+  else:
+    return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
+                   out_shardings=shardings)()
+  return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
 def format_record(record: dict) -> str:
@@ -112,12 +139,26 @@ def format_record(record: dict) -> str:
 
 @dataclasses.dataclass
 class Progress:
-  """The run folder being written, and the run's clock and records so far."""
+  """The run folder being written, and the run's clock and records so far. In a run of
+  several processes only process 0 (`primary`) writes files other than checkpoints, holds
+  the lock and prints; every process keeps the same history and takes part in checkpoints."""
   run: run_dir_lib.RunDir
   latest: object  # checkpoints.CheckpointDir
   best: object
   start_time: float
   history: list
+  primary: bool = True
+
+  def say(self, line: str) -> None:
+    if self.primary:
+      print(line, flush=True)
+
+  def keep_through(self, epoch: int) -> None:
+    """The history up to `epoch`, trimming metrics.jsonl to it (process 0)."""
+    if self.primary:
+      self.history[:] = self.run.keep_metrics_through(epoch)
+    else:
+      self.history[:] = [r for r in self.run.read_metrics() if r['epoch'] <= epoch]
 
 
 def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> dict:
@@ -133,8 +174,10 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
   """Appends `record`, prints it, and checkpoints `state` (as best, if it is)."""
   record['elapsed_seconds'] = time.time() - progress.start_time
   is_best = run_dir_lib.is_improvement(record, progress.history)
-  progress.history.append(progress.run.append_metrics(record))
-  print(format_record(record), flush=True)
+  record = (progress.run.append_metrics(record) if progress.primary
+            else run_dir_lib.json_safe(record))
+  progress.history.append(record)
+  progress.say(format_record(record))
   progress.latest.save(record['epoch'], state)
   if is_best:
     progress.best.save(record['epoch'], state)
@@ -152,7 +195,7 @@ def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int] | 
     except DamagedCheckpointError as e:
       if i == len(epochs) - 1:
         raise
-      print(f'note: {e}; resuming from the checkpoint before it', flush=True)
+      progress.say(f'note: {e}; resuming from the checkpoint before it')
   return None
 
 
@@ -160,25 +203,25 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
   (then evaluated and saved as epoch 0)."""
   config = experiment.config
-  abstract = train_step_lib.abstract_state(experiment.model, experiment.optimizer)
-  resumed = _restore_latest(progress, abstract)
+  resumed = _restore_latest(progress, experiment.abstract_state())
   if resumed is not None:
     state, epoch = resumed
-    progress.history[:] = progress.run.keep_metrics_through(epoch)
-    print(f'resuming after epoch {epoch} from {progress.latest.directory}', flush=True)
+    progress.keep_through(epoch)
+    progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
     changed = progress.run.changed_fields(config)
     if changed:
-      print(f'note: config differs from the run being resumed in: {", ".join(changed)}',
-            flush=True)
+      progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
+  else:
+    progress.keep_through(-1)
+    state, epoch = initial_state(experiment), 0
+  if progress.primary:
     progress.run.write_config(config)
-    return state, epoch
-  progress.history[:] = progress.run.keep_metrics_through(-1)
-  progress.run.write_config(config)
-  state = train_step_lib.init_state(_initial_params(experiment), experiment.optimizer,
-                                    experiment.model)
-  record = evaluate(experiment, state, 0, loss=None)
-  record_epoch(progress, dict(record, train_seconds=None, samples_per_second=None), state)
-  return state, 0
+  if resumed is None:
+    record = evaluate(experiment, state, 0, loss=None)
+    record_epoch(progress, dict(record, train_seconds=None, samples_per_second=None,
+                                devices=experiment.layout.num_devices,
+                                processes=jax.process_count()), state)
+  return state, epoch
 
 
 def _check_finite(metrics: dict, epoch: int, config) -> None:
@@ -204,23 +247,25 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
   totals = None
   for start_batch in range(0, num_batches, chunk_size):
     num_steps = min(chunk_size, num_batches - start_batch)
-    state, metrics = train_chunk(state, batches.chunk(start_batch, chunk_size),
-                                 np.int32(num_steps))
+    chunk = experiment.layout.put_chunk(batches.chunk(start_batch, chunk_size))
+    state, metrics = train_chunk(state, chunk, np.int32(num_steps))
     totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
     if config.log_every_seconds and time.time() - last_log > config.log_every_seconds:
       _check_finite(jax.device_get(metrics), epoch, config)
       done = (start_batch + num_steps) / num_batches
       elapsed = time.time() - t0
-      print(f'  epoch {epoch}: {100 * done:4.1f}%  '
-            f'{done * batches.num_examples / elapsed / 1e6:.2f}M samples/s  '
-            f'ETA {elapsed * (1 - done) / done:.0f}s', flush=True)
+      if jax.process_index() == 0:
+        print(f'  epoch {epoch}: {100 * done:4.1f}%  '
+              f'{done * batches.num_examples / elapsed / 1e6:.2f}M samples/s  '
+              f'ETA {elapsed * (1 - done) / done:.0f}s', flush=True)
       last_log = time.time()
   totals = jax.device_get(totals)
   _check_finite(totals, epoch, config)
   seconds = time.time() - t0
   loss = float(totals['loss_sum'] / max(totals['weight_sum'], 1.0))
   return state, loss, dict(train_seconds=seconds,
-                           samples_per_second=batches.num_examples / seconds)
+                           samples_per_second=batches.num_examples / seconds,
+                           devices=experiment.layout.num_devices, processes=jax.process_count())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -232,19 +277,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   start_time = time.time()
   config_checks.validate(config)
   run = run_dir_lib.RunDir(workdir)
-  with run.writer():
+  primary = jax.process_index() == 0
+  with run.writer() if primary else contextlib.nullcontext():  # one writer: process 0
     experiment = build(config)
-    dataset = experiment.dataset
-    print(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
-          f'{dataset.num_train} training positives; model {config.model}, workdir {run.path}',
-          flush=True)
+    dataset, layout = experiment.dataset, experiment.layout
     progress = Progress(run, run.checkpoints('latest', create=True),
-                        run.checkpoints('best', create=True), start_time, [])
+                        run.checkpoints('best', create=True), start_time, [], primary)
+    progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
+                 f'{dataset.num_train} training positives; model {config.model} on '
+                 f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
+                 f'workdir {run.path}')
     try:
       state, done_epoch = start(experiment, progress)
       train_chunk = train_step_lib.make_train_chunk(
           experiment.model, experiment.optimizer,
-          train_step_lib.Regularization.from_config(config))
+          train_step_lib.Regularization.from_config(config), layout,
+          jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()))
       for epoch, batches in feeder.iterate_epochs(
           dataset, config.num_negatives, config.batch_size, config.seed, done_epoch + 1,
           config.num_epochs, config.reject_positives, batch_multiple=config.steps_per_dispatch):
@@ -256,7 +304,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   history = progress.history
   best = run_dir_lib.best_record(history)
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'
-  print(f"best epoch {best['epoch']} (selected on {selection}): "
-        f"test HR@{config.top_k} {best['hr']:.4f} NDCG@{config.top_k} {best['ndcg']:.4f}",
-        flush=True)
+  progress.say(f"best epoch {best['epoch']} (selected on {selection}): "
+               f"test HR@{config.top_k} {best['hr']:.4f} NDCG@{config.top_k} {best['ndcg']:.4f}")
   return state, history

@@ -144,7 +144,8 @@ def count_nonfinite(*trees) -> jax.Array:
 
 
 def make_train_chunk(model: models.ScoringModel, optimizer: optimizers.Optimizer,
-                     regularization: Regularization = Regularization()
+                     regularization: Regularization = Regularization(), layout=None,
+                     state_shardings=None
                      ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
   """Jitted `train_chunk(state, batches, num_steps)`: the first `num_steps` of the
   (S, B) batches, one `train_step` each, in one dispatch; returns summed metrics
@@ -152,7 +153,9 @@ def make_train_chunk(model: models.ScoringModel, optimizer: optimizers.Optimizer
 
   The trip count is a traced value, so a short last chunk runs fewer steps
   with no recompilation and no padded step (an all-padding batch would still
-  move Adam's parameters). The state is donated.
+  move Adam's parameters). The state is donated. With a `sharding.Layout` and the
+  state's shardings, the step is compiled for them (batches split over the `data` axis);
+  the function is the same.
   """
   train_step = make_train_step(model, optimizer, regularization)
 
@@ -169,4 +172,8 @@ def make_train_chunk(model: models.ScoringModel, optimizer: optimizers.Optimizer
     # Checked once per chunk, on the device; the host reads it with the epoch's loss.
     return state, dict(totals, nonfinite=count_nonfinite(totals['loss_sum'], state['params']))
 
-  return jax.jit(train_chunk, donate_argnums=0)
+  if layout is None:
+    return jax.jit(train_chunk, donate_argnums=0)
+  return jax.jit(train_chunk, donate_argnums=0,
+                 in_shardings=(state_shardings, layout.chunk, layout.replicated),
+                 out_shardings=(state_shardings, layout.replicated))
