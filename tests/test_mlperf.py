@@ -15,7 +15,7 @@ from ncf_jax import feeder
 from ncf_jax import run_dir
 from ncf_jax import train
 from ncf_jax.data import synthetic
-from ncf_jax.data.dataset import carve_validation, load_ncf_dir
+from ncf_jax.data.dataset import Dataset, carve_validation, load_ncf_dir
 from ncf_jax.errors import ConfigError
 
 
@@ -224,14 +224,16 @@ def test_the_default_epoch_stream_is_unchanged():
     assert h.hexdigest()[:16] == digest
 
 
-def test_training_passes_the_option_to_the_feeder(tmp_path, monkeypatch):
-  seen = []
-  epoch_batches = feeder.epoch_batches
+def test_training_samples_against_heldout_items_only_when_asked(tmp_path, monkeypatch):
+  used = []
+  build = Dataset.train_and_heldout_set.func
 
-  def recording(*args):
-    seen.append(args[-1])  # exclude_heldout, the last positional argument
-    return epoch_batches(*args)
+  def recording(dataset):
+    used.append(dataset.name)
+    return build(dataset)
 
-  monkeypatch.setattr(feeder, 'epoch_batches', recording)
-  train_quietly(make_config(num_epochs=1, exclude_heldout_from_negatives=True), tmp_path)
-  assert seen == [True]
+  monkeypatch.setattr(Dataset, 'train_and_heldout_set', property(recording))
+  train_quietly(make_config(num_epochs=1), tmp_path / 'off')
+  assert not used
+  train_quietly(make_config(num_epochs=1, exclude_heldout_from_negatives=True), tmp_path / 'on')
+  assert used
