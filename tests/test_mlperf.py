@@ -63,6 +63,7 @@ def test_mlperf_recipe_on_generated_ml20m_layout(tmp_path):
                       '--config.layers=(16,8)', '--config.batch_size=512',
                       '--config.num_epochs=2', '--config.eval_users_per_block=16')
   assert result.returncode == 0, result.stderr
+  assert (data_dir / 'ml-20m.test.negative.npy').is_file()
   dataset = load_ncf_dir(str(data_dir), 'ml-20m')
   assert dataset.test.negatives.shape == (60, 999)
   records = read_records(workdir)
@@ -75,6 +76,7 @@ def test_mlperf_recipe_on_generated_ml20m_layout(tmp_path):
   assert result.stdout.splitlines()[-1].startswith('target HR@10 0.635 not reached in 2 epochs')
   best = run_dir.load_best(str(workdir))
   best_record = next(r for r in records if r['epoch'] == best.epoch)
+  assert best_record['hr'] > 0.1  # the popular items were learnt
   # At most one row apart: a near-tie may round differently in the batched program.
   assert abs(_numpy_hr(best, dataset, 10) - best_record['hr']) <= 1 / 60 + 1e-9
 
