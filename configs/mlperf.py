@@ -20,8 +20,9 @@ examples, 6e13 floating-point operations with the backward pass) does not depend
 batch size: a CPU is slow at it at any batch, and the large batch is, if anything, the
 cheapest there, since dense Adam touches every table row once per step. What the batch
 costs is memory: XLA's memory analysis of the compiled step gives 6.0 GiB of temporaries at
-ML-20M's size (138,493 users, 26,744 items). That fits a 24 GiB machine, so nothing has to
-be scaled down. Where memory is short, lower `batch_size` and scale `learning_rate` by
+ML-20M's size (138,493 users, 26,744 items), small enough for this project's 24 GiB CPU
+machine, so nothing has to be scaled down (not run end to end there: ML-20M cannot be
+downloaded on it). Where memory is short, lower `batch_size` and scale `learning_rate` by
 sqrt(batch_size / 1,048,576) (the square-root rule for Adam). That is a starting point,
 untested here: check that the target is still reached.
 
