@@ -8,7 +8,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # Data.
-  c.dataset = 'ml-1m'  # ml-1m | pinterest-20 | ml-100k | ml-20m | synthetic
+  c.dataset = 'ml-1m'  # ml-1m | pinterest-20 | ml-100k | ml-20m | ml-20m-mlperf | synthetic
   # Directory holding <dataset>.{train.rating,test.rating,test.negative};
   # unset: $NCF_DATA_DIR, else ~/.cache/ncf_jax/<dataset>.
   c.data_dir = config_dict.placeholder(str)
@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   # True: negatives are redrawn while they hit a training positive (original);
   # False: plain uniform items (Rendle et al.), cheaper.
   c.reject_positives = True
+  # True: a user's held-out items (test, and validation when present) are never that
+  # user's training negatives either; False: they may be drawn, as in the original.
+  # Needs reject_positives (uniform negatives reject nothing).
+  c.exclude_heldout_from_negatives = False
   c.optimizer = 'adam'  # adam | lazy_adam | sgd | lazy_sgd | adagrad | rmsprop
   c.learning_rate = 0.001
   c.learning_rate_schedule = 'constant'  # constant | cosine (to 0 at the last step)
@@ -61,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.top_k = 10
   c.eval_users_per_block = 2048
   c.full_ranking = False  # also rank against all items (Krichene & Rendle)
+  # Stop at the first trained epoch whose selection HR@top_k (validation if configured, else
+  # test) reaches this, as MLPerf does; its record gets seconds_to_target. 0 = off.
+  c.target_hr = 0.0
   c.log_every_seconds = 10.0  # progress line inside long epochs; 0 = off
 
   return c

@@ -213,7 +213,7 @@ def execute(run: Run) -> None:
   config = run.config()
   if run.pipeline:
     pipeline.run_pipeline(config, run.workdir)
-  elif run_dir.RunDir(run.workdir).is_finished(config.num_epochs):
+  elif run_dir.RunDir(run.workdir).is_finished(config.num_epochs, config.target_hr):
     print(f'[{run.name}] finished earlier', flush=True)
   else:
     print(f'[{run.name}] {run.command()}', flush=True)
@@ -305,7 +305,8 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
   """Tables (markdown + JSON), summary.json's table2 and, with matplotlib, the plot."""
   rows = []
   for run in runs:
-    if run_dir.RunDir(run.result_dir()).is_finished(run.config().num_epochs):
+    config = run.config()
+    if run_dir.RunDir(run.result_dir()).is_finished(config.num_epochs, config.target_hr):
       rows.append(_row(experiment, run))
     else:
       print(f'[{run.name}] not finished: left out of the results', flush=True)

@@ -59,3 +59,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       'tables: with config.l2_embeddings set config.l2_embeddings_per_example=True')
   if 'alpha' in config and not 0.0 <= config.alpha <= 1.0:
     raise ConfigError(f'config.alpha={config.alpha}: must be in [0, 1]')
+  if not 0.0 <= config.get('target_hr', 0.0) <= 1.0:
+    raise ConfigError(f'config.target_hr={config.target_hr}: must be in [0, 1] (0 = no target)')
+  if config.get('exclude_heldout_from_negatives') and not config.reject_positives:
+    raise ConfigError('config.exclude_heldout_from_negatives=True needs '
+                      'config.reject_positives=True: uniform negatives reject nothing')

@@ -3,7 +3,9 @@
 An epoch holds each training positive once and `num_negatives` negatives per
 positive, each drawn uniformly from the items that user has no training
 interaction with (the original NCF code's rule), or, with `reject_positives`
-off, uniformly from all items (Rendle et al.'s cheaper rule). Examples are
+off, uniformly from all items (Rendle et al.'s cheaper rule). With
+`exclude_heldout`, the rejection also covers each user's held-out (test and
+validation) items, so they never train as negatives. Examples are
 shuffled and cut into fixed-shape batches; the ragged end is padded with
 weight-0 examples, so every epoch has the same shapes and nothing recompiles.
 Everything is a function of `(seed, epoch)`.
@@ -44,10 +46,15 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
 
 
 def epoch_examples(dataset: Dataset, num_negatives: int, rng: np.random.Generator,
-                   reject_positives: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   reject_positives: bool = True, exclude_heldout: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Unshuffled (users, items, labels): positives first, then their negatives."""
   neg_users = np.repeat(dataset.train_users, num_negatives)
-  observed = dataset.train_set if reject_positives else None
+  if exclude_heldout and not reject_positives:  # config_checks refuses this combination
+    raise ValueError('exclude_heldout needs reject_positives')
+  observed = None
+  if reject_positives:
+    observed = dataset.train_and_heldout_set if exclude_heldout else dataset.train_set
   neg_items = sample_negatives(rng, neg_users, observed, dataset.num_items)
   users = np.concatenate([dataset.train_users, neg_users])
   items = np.concatenate([dataset.train_items, neg_items])
@@ -64,10 +71,12 @@ def num_batches_per_epoch(num_train: int, num_negatives: int, batch_size: int,
 
 
 def epoch_batches(dataset: Dataset, num_negatives: int, batch_size: int, seed: int, epoch: int,
-                  reject_positives: bool = True, batch_multiple: int = 1) -> EpochBatches:
+                  reject_positives: bool = True, batch_multiple: int = 1,
+                  exclude_heldout: bool = False) -> EpochBatches:
   """The shuffled, padded batches of epoch `epoch` (deterministic in seed and epoch)."""
   rng = epoch_rng(seed, epoch)
-  users, items, labels = epoch_examples(dataset, num_negatives, rng, reject_positives)
+  users, items, labels = epoch_examples(dataset, num_negatives, rng, reject_positives,
+                                        exclude_heldout)
   n = len(users)
   num_batches = num_batches_per_epoch(dataset.num_train, num_negatives, batch_size,
                                       batch_multiple)
@@ -88,11 +97,12 @@ def epoch_batches(dataset: Dataset, num_negatives: int, batch_size: int, seed: i
 
 def iterate_epochs(dataset: Dataset, num_negatives: int, batch_size: int, seed: int,
                    first_epoch: int, last_epoch: int, reject_positives: bool = True,
-                   batch_multiple: int = 1) -> Iterator[tuple[int, EpochBatches]]:
+                   batch_multiple: int = 1, exclude_heldout: bool = False
+                   ) -> Iterator[tuple[int, EpochBatches]]:
   """Yields (epoch, batches) for first_epoch..last_epoch, preparing the next one
   on a background thread (NumPy releases the GIL) while the caller trains."""
   make = lambda e: epoch_batches(dataset, num_negatives, batch_size, seed, e,
-                                 reject_positives, batch_multiple)
+                                 reject_positives, batch_multiple, exclude_heldout)
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
     upcoming = pool.submit(make, first_epoch) if first_epoch <= last_epoch else None
     for epoch in range(first_epoch, last_epoch + 1):

@@ -87,7 +87,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
   for _, stage_config, _ in stages:  # all before any training: a bad value fails at once
     config_checks.validate(stage_config)
   for name, stage_config, stage_dir in stages:
-    if run_dir.RunDir(stage_dir).is_finished(stage_config.num_epochs):
+    if run_dir.RunDir(stage_dir).is_finished(stage_config.num_epochs, stage_config.target_hr):
       print(f'[{name}] finished earlier: {stage_dir}', flush=True)
       continue
     print(f'[{name}] {stage_dir}', flush=True)

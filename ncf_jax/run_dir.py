@@ -9,7 +9,9 @@
 Two checkpoint directories because Orbax's `best_fn` with `max_to_keep` may
 delete the newest checkpoint, which resuming needs. The best-epoch rule: the
 selection metric is validation HR when every record has it, else test HR (as
-the original code does); the first epoch to reach the maximum wins.
+the original code does); the first epoch to reach the maximum wins. The target
+rule (`target_record`): a run with `target_hr` set is finished at the first
+trained epoch whose selection metric reaches it, as MLPerf's runs are.
 """
 
 import contextlib
@@ -42,9 +44,10 @@ CHECKPOINTS = 'checkpoints'
 LOCK = 'run.lock'
 KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resume from
 # Fields that do not change what a run computes: a run may be resumed or extended with
-# other values of them.
+# other values of them. `target_hr`, like `num_epochs`, decides only when training stops
+# (epoch k computes the same with any target), so raising it continues a run.
 NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
-                        'eval_users_per_block', 'num_devices')
+                        'eval_users_per_block', 'num_devices', 'target_hr')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -117,6 +120,16 @@ def best_record(records: list[dict]) -> dict:
   """The first record reaching the best selection metric."""
   key = selection_key(records)
   return max(records, key=lambda r: r[key])
+
+
+def target_record(records: list[dict], target_hr: float) -> dict | None:
+  """The first trained epoch's record whose selection metric is >= `target_hr` (MLPerf's
+  rule: checked after each training epoch, not on the untrained model); None when
+  `target_hr` is 0 (off) or no epoch reached it."""
+  if not target_hr:
+    return None
+  key = selection_key(records)
+  return next((r for r in records if r['epoch'] >= 1 and r[key] >= target_hr), None)
 
 
 def is_improvement(record: dict, earlier: list[dict]) -> bool:
@@ -194,12 +207,15 @@ class RunDir:
       os.fsync(f.fileno())
     return record
 
-  def is_finished(self, num_epochs: int) -> bool:
-    """Whether the run logged epoch `num_epochs` and its latest checkpoint is that epoch."""
-    epochs = [r['epoch'] for r in self.read_metrics()]
+  def is_finished(self, num_epochs: int, target_hr: float = 0.0) -> bool:
+    """Whether the run logged its last epoch and its latest checkpoint is that epoch: epoch
+    `num_epochs`, or the first to reach `target_hr` (0: no target) if that came sooner."""
+    records = self.read_metrics()
+    reached = target_record(records, target_hr)
+    last = min(num_epochs, reached['epoch']) if reached else num_epochs
     # Orbax renames a checkpoint into place when complete, so the directory means a whole one.
-    return num_epochs in epochs and os.path.isdir(
-        os.path.join(self.file(CHECKPOINTS), 'latest', str(num_epochs)))
+    return last in [r['epoch'] for r in records] and os.path.isdir(
+        os.path.join(self.file(CHECKPOINTS), 'latest', str(last)))
 
   # checkpoints
   def checkpoints(self, which: str, create: bool = False) -> checkpoints_lib.CheckpointDir:

@@ -6,6 +6,7 @@ notebook.
   train_epoch   one epoch of compiled chunks of steps; one host sync at its end
   evaluate      test (and validation, full ranking) metrics of the params
   record_epoch  metrics.jsonl, the console line, the latest and best checkpoints
+  train_epochs  the loop over epochs, which ends early at `target_hr` (MLPerf's stopping rule)
 """
 
 import contextlib
@@ -147,6 +148,7 @@ class Progress:
   best: object
   start_time: float
   history: list
+  target_hr: float = 0.0  # 0: no target
   primary: bool = True
 
   def say(self, line: str) -> None:
@@ -170,9 +172,19 @@ def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> d
   return record
 
 
+def mark_target(progress: Progress, record: dict) -> None:
+  """Marks `record` if it is the first to reach the target: `reached_target`, the target,
+  and `seconds_to_target` (from process start, like `elapsed_seconds`)."""
+  target = progress.target_hr
+  if target and run_dir_lib.target_record([*progress.history, record], target) is record:
+    record.update(reached_target=True, target_hr=target,
+                  seconds_to_target=record['elapsed_seconds'])
+
+
 def record_epoch(progress: Progress, record: dict, state) -> None:
   """Appends `record`, prints it, and checkpoints `state` (as best, if it is)."""
   record['elapsed_seconds'] = time.time() - progress.start_time
+  mark_target(progress, record)
   is_best = run_dir_lib.is_improvement(record, progress.history)
   record = (progress.run.append_metrics(record) if progress.primary
             else run_dir_lib.json_safe(record))
@@ -268,6 +280,43 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
                            devices=experiment.layout.num_devices, processes=jax.process_count())
 
 
+def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: int):
+  """Trains, evaluates and records epochs after `done_epoch` up to `num_epochs`; stops
+  after the epoch reaching the target, or at once if an earlier one did. Returns the state."""
+  config = experiment.config
+  if run_dir_lib.target_record(progress.history, progress.target_hr):
+    return state  # the run is finished: resuming it trains nothing
+  train_chunk = train_step_lib.make_train_chunk(
+      experiment.model, experiment.optimizer, train_step_lib.Regularization.from_config(config),
+      experiment.layout,
+      jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()))
+  for epoch, batches in feeder.iterate_epochs(
+      experiment.dataset, config.num_negatives, config.batch_size, config.seed, done_epoch + 1,
+      config.num_epochs, config.reject_positives, batch_multiple=config.steps_per_dispatch,
+      exclude_heldout=config.get('exclude_heldout_from_negatives', False)):
+    state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, batches)
+    record = dict(evaluate(experiment, state, epoch, loss), **timings)
+    record_epoch(progress, record, state)
+    if record.get('reached_target'):
+      break
+  return state
+
+
+def target_line(history: list[dict], target_hr: float, top_k: int) -> str:
+  """The closing console line of a run with a target: when it was reached, or that it
+  was not."""
+  key = run_dir_lib.selection_key(history)
+  name = ('valid ' if key == 'valid_hr' else '') + f'HR@{top_k}'
+  reached = run_dir_lib.target_record(history, target_hr)
+  if reached is None:
+    best = run_dir_lib.best_record(history)[key]
+    return (f'target {name} {target_hr:g} not reached in {history[-1]["epoch"]} epochs '
+            f'(best {best:.4f})')
+  seconds = reached.get('seconds_to_target', reached['elapsed_seconds'])
+  return (f"reached {name} {reached[key]:.4f} >= target {target_hr:g} at epoch "
+          f"{reached['epoch']} after {seconds:.1f} s")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains `config.model` on `config.dataset`, evaluating before training and after
   every epoch, checkpointing into `workdir` and resuming from it.
@@ -282,22 +331,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     experiment = build(config)
     dataset, layout = experiment.dataset, experiment.layout
     progress = Progress(run, run.checkpoints('latest', create=True),
-                        run.checkpoints('best', create=True), start_time, [], primary)
+                        run.checkpoints('best', create=True), start_time, [],
+                        config.get('target_hr', 0.0), primary)
     progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
                  f'workdir {run.path}')
     try:
       state, done_epoch = start(experiment, progress)
-      train_chunk = train_step_lib.make_train_chunk(
-          experiment.model, experiment.optimizer,
-          train_step_lib.Regularization.from_config(config), layout,
-          jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()))
-      for epoch, batches in feeder.iterate_epochs(
-          dataset, config.num_negatives, config.batch_size, config.seed, done_epoch + 1,
-          config.num_epochs, config.reject_positives, batch_multiple=config.steps_per_dispatch):
-        state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, batches)
-        record_epoch(progress, dict(evaluate(experiment, state, epoch, loss), **timings), state)
+      state = train_epochs(experiment, progress, state, done_epoch)
     finally:
       progress.latest.close()  # an interrupted save is finished, not left half-written
       progress.best.close()
@@ -306,4 +348,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'
   progress.say(f"best epoch {best['epoch']} (selected on {selection}): "
                f"test HR@{config.top_k} {best['hr']:.4f} NDCG@{config.top_k} {best['ndcg']:.4f}")
+  if progress.target_hr:
+    progress.say(target_line(history, progress.target_hr, config.top_k))
   return state, history
