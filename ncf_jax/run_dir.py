@@ -28,6 +28,7 @@ import time
 from typing import Iterator
 
 import flax
+import jax
 import ml_collections
 
 from ncf_jax import checkpoints as checkpoints_lib
@@ -344,5 +345,9 @@ def load_best(workdir: str, num_users: int | None = None,
     num_users, num_items = rows['users'], rows['items']
   model = models.create_model(config, num_users, num_items)
   abstract = train_step.abstract_state(model, optimizers.create_optimizer(config))
+  # Onto one device, whatever mesh wrote it (a reader needs no mesh).
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
   state, epoch = run.restore_best(abstract)
   return TrainedModel(config, model, state['params'], epoch, run.path)

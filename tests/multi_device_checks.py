@@ -1,0 +1,208 @@
+"""Checks that need 8 devices. `tests/test_many_devices.py` runs this file in a pytest process
+of 8 forced CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, which must be set
+before JAX starts); collected in a 1-device process, every check here is skipped.
+
+Forced CPU devices share the machine's cores: they test what is computed and where arrays
+live, never speed.
+"""
+
+import os
+import shutil
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import numpy as np
+import pytest
+
+from conftest import make_config, read_records, train_quietly
+from ncf_jax import evaluation
+from ncf_jax import models
+from ncf_jax import optimizers
+from ncf_jax import run_dir
+from ncf_jax import sharding
+from ncf_jax import train
+from ncf_jax import train_step as train_step_lib
+from ncf_jax.data import registry
+from ncf_jax.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8,
+                                reason='run by tests/test_many_devices.py on 8 forced devices')
+
+NUM_USERS, NUM_ITEMS = 150, 90
+
+
+def _layout(num_devices, embedding_sharding):
+  return sharding.Layout(Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA,)),
+                         embedding_sharding)
+
+
+def _shardings(layout, model, optimizer):
+  abstract = train_step_lib.abstract_state(model, optimizer)
+  return layout.state_shardings(abstract, model.embedding_tables())
+
+
+def _batches(steps=10, batch=64, seed=0):
+  rng = np.random.default_rng(seed)
+  return dict(users=rng.integers(0, NUM_USERS, (steps, batch)).astype(np.int32),
+              items=rng.integers(0, NUM_ITEMS, (steps, batch)).astype(np.int32),
+              labels=rng.integers(0, 2, (steps, batch)).astype(np.float32),
+              weights=np.ones((steps, batch), np.float32))
+
+
+def _train_on(num_devices, config, params, batches):
+  """(state after the chunk, its shardings) of `batches` on `num_devices` devices."""
+  layout = _layout(num_devices, config.embedding_sharding)
+  model = models.create_model(config, NUM_USERS, NUM_ITEMS)
+  optimizer = optimizers.create_optimizer(config)
+  shardings = _shardings(layout, model, optimizer)
+  state = jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
+  chunk = train_step_lib.make_train_chunk(
+      model, optimizer, train_step_lib.Regularization.from_config(config), layout, shardings)
+  state, _ = chunk(state, layout.put_chunk(batches), np.int32(len(batches['users'])))
+  return state, layout
+
+
+CASES = [('replicated', 'adam', 'neumf'), ('rows', 'adam', 'neumf'),
+         ('replicated', 'lazy_adam', 'neumf'), ('rows', 'lazy_adam', 'neumf'),
+         ('replicated', 'lazy_sgd', 'mf'), ('rows', 'lazy_sgd', 'mf')]
+
+
+@pytest.mark.parametrize('embedding_sharding,optimizer,model_name', CASES)
+def test_the_same_global_batches_give_the_same_parameters_on_1_2_and_8_devices(
+    embedding_sharding, optimizer, model_name):
+  # Adam at the paper's rate: a summed gradient that nearly cancels differs in its last bits
+  # with the reduction order, and Adam's normalisation turns that into a step-sized change
+  # (at 0.05 up to 5e-5 of a table's largest entry after 10 steps; at 0.001, 3e-7).
+  config = make_config(model=model_name, optimizer=optimizer,
+                       learning_rate=0.05 if optimizer == 'lazy_sgd' else 0.001,
+                       embedding_sharding=embedding_sharding,
+                       l2_embeddings_per_example=optimizer == 'lazy_sgd')
+  model = models.create_model(config, NUM_USERS, NUM_ITEMS)
+  ids = jnp.zeros((1,), jnp.int32)
+  # On the host: each run lays out (and donates) its own copy.
+  params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), ids, ids)['params'])
+  batches = _batches()
+  reference, _ = _train_on(1, config, params, batches)
+  for num_devices in (2, 8):
+    state, layout = _train_on(num_devices, config, params, batches)
+    for ref, got in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(state)):
+      scale = max(float(np.abs(np.asarray(ref)).max()), 1e-30)
+      np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=1e-5 * scale)
+    tables = model.embedding_tables()
+    flat = flax.traverse_util.flatten_dict(state['params'])
+    for path in tables:
+      table = flat[path]
+      expected = P(sharding.DATA, None) if embedding_sharding == 'rows' else P()
+      assert table.sharding.spec == expected
+      rows = {shard.data.shape[0] for shard in table.addressable_shards}
+      assert rows == ({table.shape[0] // num_devices} if embedding_sharding == 'rows'
+                      else {table.shape[0]})
+    assert layout.put_chunk(batches)['users'].sharding.spec == P(None, sharding.DATA)
+
+
+def test_row_sharded_tables_take_an_eighth_of_the_memory_per_device():
+  config = make_config(model='neumf', embedding_sharding='rows', num_factors=16)
+  for embedding_sharding in ('replicated', 'rows'):
+    config.embedding_sharding = embedding_sharding
+    model = models.create_model(config, 6040, 3706)  # ML-1M's tables
+    optimizer = optimizers.create_optimizer(config)
+    layout = _layout(8, embedding_sharding)
+    ids = jnp.zeros((1,), jnp.int32)
+    shardings = _shardings(layout, model, optimizer)['params']
+    params = jax.jit(lambda: model.init(jax.random.key(0), ids, ids)['params'],
+                     out_shardings=shardings)()
+    per_device = layout.table_bytes_per_device(params, model.embedding_tables())
+    if embedding_sharding == 'replicated':
+      replicated = per_device
+  one_block = sharding.ROW_MULTIPLE * (16 + 64) * 4 * 2  # a block of rows of every table
+  assert per_device <= replicated / 8 + one_block
+  assert per_device < replicated / 4
+
+
+@pytest.mark.parametrize('embedding_sharding', ['replicated', 'rows'])
+def test_evaluation_over_8_devices_ranks_as_on_one(embedding_sharding):
+  config = make_config(embedding_sharding=embedding_sharding)
+  dataset = registry.load_dataset(config)
+  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  ids = jnp.zeros((1,), jnp.int32)
+  params = jax.tree_util.tree_map(lambda x: x * 30,
+                                  model.init(jax.random.key(1), ids, ids)['params'])
+  results = []
+  for num_devices in (1, 8):
+    layout = _layout(num_devices, embedding_sharding)
+    shardings = _shardings(layout, model, optimizers.create_optimizer(config))['params']
+    placed = jax.device_put(params, shardings)
+    sampled = evaluation.SampledEvaluator(model, dataset.test, 16, layout=layout)
+    full = evaluation.full_ranking_evaluator(model, dataset, layout)
+    results.append([np.asarray(e.ranks(placed)[0])[:len(dataset.test)] for e in (sampled, full)])
+  for one, eight in zip(*results):
+    assert (one != eight).sum() <= 3  # near-ties may flip with another reduction order
+
+
+def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero(
+    tmp_path, monkeypatch):
+  traces = []
+  make_step = train_step_lib.make_train_step
+
+  def counting(*args):
+    step = make_step(*args)
+
+    def counted(state, batch):
+      traces.append(1)
+      return step(state, batch)
+    return counted
+
+  monkeypatch.setattr(train_step_lib, 'make_train_step', counting)
+  config = make_config(num_epochs=3, steps_per_dispatch=5, embedding_sharding='rows',
+                       optimizer='lazy_adam')
+  state, history = train_quietly(config, tmp_path)
+  assert len(traces) == 1
+  assert all(r['devices'] == 8 and r['processes'] == 1 for r in history)
+  dataset = registry.load_dataset(config)
+  table = np.asarray(state['params']['gmf']['user_embedding'])
+  assert table.shape[0] == sharding.ROW_MULTIPLE and table.shape[0] > dataset.num_users
+  assert not table[dataset.num_users:].any()  # padding rows: never looked up, never moved
+  assert table[:dataset.num_users].any()
+
+
+@pytest.mark.parametrize('embedding_sharding', ['replicated', 'rows'])
+def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_path,
+                                                                          embedding_sharding):
+  config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
+                                               embedding_sharding=embedding_sharding)
+  train_quietly(config(8, 1), tmp_path / 'eight')
+  straight = tmp_path / 'straight'
+  shutil.copytree(tmp_path / 'eight', straight)
+  train_quietly(config(8, 2), straight)
+  for devices in (1, 4):
+    resumed = tmp_path / f'on{devices}'
+    shutil.copytree(tmp_path / 'eight', resumed)
+    _, history = train_quietly(config(devices, 2), resumed)
+    assert [r['devices'] for r in history] == [8, 8, devices]
+    want, got = read_records(straight)[-1], history[-1]
+    assert got['loss'] == pytest.approx(want['loss'], rel=1e-3)
+    assert abs(got['hr'] - want['hr']) <= 3 / len(registry.load_dataset(config(1, 1)).test)
+  best = run_dir.load_best(str(tmp_path / 'eight'))  # a reader: one device
+  assert all(len(leaf.devices()) == 1 for leaf in jax.tree_util.tree_leaves(best.params))
+
+
+def test_device_count_follows_the_batch_or_the_config():
+  assert sharding.num_devices_for(0, 256, 8) == 8
+  assert sharding.num_devices_for(0, 12, 8) == 6  # the most devices that divide the batch
+  assert sharding.num_devices_for(4, 256, 8) == 4
+  with pytest.raises(ConfigError, match='config.num_devices=3 does not divide'):
+    sharding.num_devices_for(3, 256, 8)
+  with pytest.raises(ConfigError, match='only 8 devices'):
+    sharding.num_devices_for(16, 256, 8)
+  layout = train.build(make_config(batch_size=96)).layout
+  assert layout.num_devices == 8
+
+
+def test_the_main_command_runs_on_8_devices_with_rows(tmp_path):
+  config = make_config(num_epochs=1, embedding_sharding='rows', model='mf',
+                       optimizer='lazy_sgd', learning_rate=0.5)
+  _, history = train_quietly(config, tmp_path)
+  assert history[-1]['hr'] > history[0]['hr']
+  assert os.path.isdir(tmp_path / 'checkpoints' / 'best')
