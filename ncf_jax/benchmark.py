@@ -35,12 +35,19 @@ flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the 
 flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
 flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m'],
-                  'Which sections to run.')
+                  'Which sections to run (also: devices, lookup).')
 flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
 flags.DEFINE_list('models', ['gmf', 'mlp', 'neumf'], 'Models for the training section.')
 flags.DEFINE_list('ml20m_batch_sizes', ['4096', '16384'],
                   'Training batch sizes on ML-20M-shaped data (small ones take minutes on a CPU).')
 flags.DEFINE_list('ml20m_models', ['neumf'], 'Models for the ML-20M training section.')
+flags.DEFINE_integer('ml20m_factors', 8, 'Predictive factors on ML-20M shape (MLPerf: 64).')
+flags.DEFINE_list('ml20m_layers', [], 'MLP layers on ML-20M shape (MLPerf: 256,256,128,64).')
+flags.DEFINE_float('ml20m_scale', 1.0, 'Fraction of ML-20M\'s users to generate (a quick run '
+                   'of the same code path: 0.05).')
+flags.DEFINE_integer('devices_batch_size', 4096, 'Global batch of the devices section.')
+flags.DEFINE_bool('skip_ml1m', False, 'Run the sections on ML-20M-shaped data only (a machine '
+                  'without the ML-1M files, e.g. an accelerator without network).')
 flags.DEFINE_bool('ml20m_full_ranking', False,
                   'Also time full ranking on ML-20M shape (3.7e9 scores: for accelerators).')
 flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
@@ -59,11 +66,13 @@ def _median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8):
+def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8,
+            layers: tuple[int, ...] = (), embedding_sharding: str = 'replicated'):
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.model, config.batch_size, config.optimizer = model, batch_size, optimizer
-  config.num_factors = num_factors
+  config.num_factors, config.layers = num_factors, tuple(layers)
+  config.embedding_sharding = embedding_sharding
   config.steps_per_dispatch = max(1, min(64, 16384 // batch_size * 4))
   return config
 
@@ -85,26 +94,39 @@ def bench_sampler(dataset, repeats: int) -> dict:
           lambda: feeder.epoch_batches(dataset, 4, 256, 0, 1), max(1, repeats // 2)))
 
 
+def _layout(num_devices: int, embedding_sharding: str):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ncf_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA,))
+  return sharding.Layout(mesh, embedding_sharding)
+
+
 def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, samples: int,
-                repeats: int, num_factors: int = 8) -> dict:
+                repeats: int, num_factors: int = 8, layers: tuple[int, ...] = (),
+                num_devices: int = 1, embedding_sharding: str = 'replicated') -> dict:
+  """Samples/s of the compiled train step (batches already on the devices)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ncf_jax import feeder, models, optimizers, train_step  # pylint: disable=g-import-not-at-top
-  config = _config(model_name, batch_size, optimizer, num_factors)
+  config = _config(model_name, batch_size, optimizer, num_factors, layers, embedding_sharding)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   optimizer_ = optimizers.create_optimizer(config)
+  layout = _layout(num_devices, embedding_sharding)
+  shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
+                                     model.embedding_tables())
   ids = jnp.zeros((1,), jnp.int32)
-  state = train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'], optimizer_,
-                                model)
+  state = jax.jit(lambda: train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'],
+                                                optimizer_, model), out_shardings=shardings)()
   chunk_fn = train_step.make_train_chunk(model, optimizer_,
-                                         train_step.Regularization.from_config(config))
+                                         train_step.Regularization.from_config(config), layout,
+                                         shardings)
   steps = config.steps_per_dispatch
-  chunks = max(1, samples // (batch_size * steps))
   batches = feeder.epoch_batches(dataset, 4, batch_size, 0, 1, batch_multiple=steps)
-  chunks = min(chunks, batches.num_batches // steps)
+  chunks = min(max(1, samples // (batch_size * steps)), batches.num_batches // steps)
   # Device-resident batches: this section times the train step, not host transfers.
-  device_chunks = [jax.device_put(batches.chunk(c * steps, steps)) for c in range(chunks)]
+  device_chunks = [layout.put_chunk(batches.chunk(c * steps, steps)) for c in range(chunks)]
   holder = [state]
 
   def run():
@@ -117,9 +139,74 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   seconds = _median_seconds(run, repeats)
   n = chunks * steps * batch_size
   epoch = dataset.num_train * 5
+  table_bytes = layout.table_bytes_per_device(holder[0]['params'], model.embedding_tables())
   return dict(model=model_name, batch_size=batch_size, optimizer=optimizer,
-              num_factors=num_factors, samples_per_second=n / seconds,
-              epoch_seconds=epoch / (n / seconds))
+              num_factors=num_factors, devices=num_devices, embedding_sharding=embedding_sharding,
+              samples_per_second=n / seconds, epoch_seconds=epoch / (n / seconds),
+              table_mb_per_device=table_bytes / 2**20)
+
+
+def bench_devices(dataset, batch_size: int, samples: int, repeats: int) -> list[dict]:
+  """NeuMF samples/s and table memory per device against the device count, replicated and
+  row-sharded tables. With forced CPU devices (XLA_FLAGS=
+  --xla_force_host_platform_device_count=8) this shows overhead, never speed-up: the
+  devices share the same cores."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rows = []
+  for num_devices in (n for n in (1, 2, 4, 8) if n <= jax.device_count()):
+    for embedding_sharding in ('replicated', 'rows'):
+      rows.append(bench_train(dataset, 'neumf', batch_size, 'adam', samples, repeats,
+                              num_devices=num_devices, embedding_sharding=embedding_sharding))
+      print(f'  {rows[-1]}', flush=True)
+  return rows
+
+
+def bench_lookup(num_rows: int, dim: int, batch_size: int, repeats: int) -> list[dict]:
+  """An embedding lookup and its gradient in the forms XLA offers, for one table.
+
+  gather: `take` forward, scatter-add of the row gradients backward (what the models
+  do); sorted: the row gradients sorted by id and summed with a sorted `segment_sum`;
+  one_hot: a (batch x rows) one-hot matrix times the table and its transpose times the
+  row gradients (dense matmuls; only for small tables).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  # Zipf-like ids: popular items are looked up many times per batch, as in real data.
+  ids = jnp.asarray(np.minimum(rng.zipf(1.2, batch_size) - 1, num_rows - 1).astype(np.int32))
+  table = jnp.asarray(rng.standard_normal((num_rows, dim)).astype(np.float32))
+  upstream = jnp.asarray(rng.standard_normal((batch_size, dim)).astype(np.float32))
+
+  def gather(t, i):
+    rows = jnp.take(t, i, axis=0)
+    return rows, jax.grad(lambda t: jnp.sum(jnp.take(t, i, axis=0) * upstream))(t)
+
+  def sorted_segments(t, i):
+    order = jnp.argsort(i)
+    grads = jax.ops.segment_sum(upstream[order], i[order], num_segments=num_rows,
+                                indices_are_sorted=True)
+    return jnp.take(t, i, axis=0), grads
+
+  def one_hot(t, i):
+    hot = jax.nn.one_hot(i, num_rows, dtype=t.dtype)
+    return hot @ t, hot.T @ upstream
+
+  forms = dict(gather=gather, sorted=sorted_segments)
+  if num_rows * batch_size <= 2**28:  # the one-hot matrix must fit
+    forms['one_hot'] = one_hot
+  reference = None
+  out = []
+  for name, form in forms.items():
+    fn = jax.jit(form)
+    result = jax.block_until_ready(fn(table, ids))
+    if reference is None:
+      reference = result
+    np.testing.assert_allclose(result[1], reference[1], rtol=1e-4, atol=1e-4)  # same gradient
+    seconds = _median_seconds(lambda: jax.block_until_ready(fn(table, ids)), repeats)
+    out.append(dict(form=name, rows=num_rows, dim=dim, batch_size=batch_size,
+                    microseconds=seconds * 1e6))
+  return out
 
 
 def bench_eval(dataset, repeats: int, full_ranking: bool = True) -> dict:
@@ -206,7 +293,8 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
                      for c in columns))
 
 
-def _dataset_sections(name, dataset, sections, results, models, batch_sizes, full_ranking=True):
+def _dataset_sections(name, dataset, sections, results, models, batch_sizes, full_ranking=True,
+                      num_factors=8, layers=()):
   repeats = FLAGS.repeats
   if 'sampler' in sections:
     results[f'{name}/sampler'] = r = bench_sampler(dataset, repeats)
@@ -217,11 +305,23 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
       for batch in (int(b) for b in batch_sizes):
         for optimizer in ('adam', 'lazy_adam'):
           rows.append(bench_train(dataset, model, batch, optimizer, FLAGS.train_samples,
-                                  repeats))
+                                  repeats, num_factors, layers))
           print(f'  {rows[-1]}', flush=True)
     results[f'{name}/train'] = rows
     _print_table(f'{name}: training throughput', rows,
                  ['model', 'batch_size', 'optimizer', 'samples_per_second', 'epoch_seconds'])
+  if 'devices' in sections:
+    results[f'{name}/devices'] = rows = bench_devices(dataset, FLAGS.devices_batch_size,
+                                                      FLAGS.train_samples, repeats)
+    _print_table(f'{name}: NeuMF against the device count (forced CPU devices show overhead)',
+                 rows, ['devices', 'embedding_sharding', 'samples_per_second',
+                        'table_mb_per_device'])
+  if 'lookup' in sections:
+    rows = [r for table in (dataset.num_items, dataset.num_users)
+            for r in bench_lookup(table, 64, 16384, repeats)]
+    results[f'{name}/lookup'] = rows
+    _print_table(f'{name}: embedding lookup + gradient, 64 wide, batch 16384', rows,
+                 ['form', 'rows', 'microseconds'])
   if 'eval' in sections:
     results[f'{name}/eval'] = r = bench_eval(dataset, repeats, full_ranking)
     _print_table(f'{name}: evaluation (seconds for all test users)', [r], list(r))
@@ -237,7 +337,7 @@ def main(argv):
   config = default.get_config()
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir
-  if sections & {'sampler', 'train', 'eval'}:
+  if sections & {'sampler', 'train', 'eval', 'devices', 'lookup'} and not FLAGS.skip_ml1m:
     _dataset_sections('ml-1m', registry.load_dataset(config), sections, results, FLAGS.models,
                       FLAGS.batch_sizes)
   if 'epoch' in sections:
@@ -249,12 +349,14 @@ def main(argv):
     _print_table('ml-1m: neumf_fast time to accuracy', [r], list(r))
   if 'ml-20m' in sections:
     t0 = time.perf_counter()
-    big = synthetic.generate(num_users=138_493, num_items=26_744, interactions_per_user=170,
-                             num_clusters=32, seed=0, name='synthetic-ml-20m')
+    big = synthetic.generate(num_users=int(138_493 * FLAGS.ml20m_scale), num_items=26_744,
+                             interactions_per_user=170, num_clusters=32, seed=0,
+                             name='synthetic-ml-20m')
     results['ml-20m/generate_s'] = time.perf_counter() - t0
     print(f'\nsynthetic ML-20M shape: {big.stats()}')
     _dataset_sections('ml-20m', big, sections - {'accuracy', 'epoch'}, results, FLAGS.ml20m_models,
-                      FLAGS.ml20m_batch_sizes, FLAGS.ml20m_full_ranking)
+                      FLAGS.ml20m_batch_sizes, FLAGS.ml20m_full_ranking, FLAGS.ml20m_factors,
+                      tuple(int(w) for w in FLAGS.ml20m_layers))
   files.atomic_write_text(FLAGS.out, json.dumps(results, indent=2) + '\n')
   print(f'\nwrote {FLAGS.out}')
 

@@ -6,7 +6,6 @@ Forced CPU devices share the machine's cores: they test what is computed and whe
 live, never speed.
 """
 
-import os
 import shutil
 
 import flax
@@ -64,9 +63,9 @@ def _train_on(num_devices, config, params, batches):
   return state, layout
 
 
-CASES = [('replicated', 'adam', 'neumf'), ('rows', 'adam', 'neumf'),
-         ('replicated', 'lazy_adam', 'neumf'), ('rows', 'lazy_adam', 'neumf'),
-         ('replicated', 'lazy_sgd', 'mf'), ('rows', 'lazy_sgd', 'mf')]
+# Replicated and row-sharded tables, each with a dense and a row-sparse optimizer.
+CASES = [('replicated', 'adam', 'neumf'), ('replicated', 'lazy_sgd', 'mf'),
+         ('rows', 'adam', 'neumf'), ('rows', 'lazy_adam', 'neumf')]
 
 
 @pytest.mark.parametrize('embedding_sharding,optimizer,model_name', CASES)
@@ -167,11 +166,10 @@ def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero
   assert table[:dataset.num_users].any()
 
 
-@pytest.mark.parametrize('embedding_sharding', ['replicated', 'rows'])
-def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_path,
-                                                                          embedding_sharding):
+def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_path):
+  # Row-sharded tables: stored padded to a size fixed by the table, whatever the mesh.
   config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
-                                               embedding_sharding=embedding_sharding)
+                                               embedding_sharding='rows')
   train_quietly(config(8, 1), tmp_path / 'eight')
   straight = tmp_path / 'straight'
   shutil.copytree(tmp_path / 'eight', straight)
@@ -198,11 +196,3 @@ def test_device_count_follows_the_batch_or_the_config():
     sharding.num_devices_for(16, 256, 8)
   layout = train.build(make_config(batch_size=96)).layout
   assert layout.num_devices == 8
-
-
-def test_the_main_command_runs_on_8_devices_with_rows(tmp_path):
-  config = make_config(num_epochs=1, embedding_sharding='rows', model='mf',
-                       optimizer='lazy_sgd', learning_rate=0.5)
-  _, history = train_quietly(config, tmp_path)
-  assert history[-1]['hr'] > history[0]['hr']
-  assert os.path.isdir(tmp_path / 'checkpoints' / 'best')
