@@ -84,6 +84,8 @@ flags.DEFINE_bool('validation', False, 'Select epochs on a validation holdout.')
 flags.DEFINE_integer('num_epochs', None, 'Epochs per run; unset: each config\'s own '
                      '(the paper\'s 20; MF 256).')
 flags.DEFINE_integer('seed', 0, 'Seed of every run.')
+flags.DEFINE_integer('synthetic_users', None, 'With --dataset=synthetic: its number of users '
+                     '(smaller for a quicker smoke run).')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` experiments '
                   '(best reports their ensemble).')
 flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
@@ -106,7 +108,10 @@ class Run:
     module = __import__(f'ncf_jax.configs.{self.config_file}', fromlist=['get_config'])
     config = module.get_config()
     for key, value in self.overrides.items():
-      config[key] = value
+      if key == 'synthetic_users':
+        config.synthetic.num_users = value
+      else:
+        config[key] = value
     return config
 
   def command(self) -> str:
@@ -114,7 +119,8 @@ class Run:
     shown = dict(self.overrides)
     if 'data_dir' in shown:
       shown['data_dir'] = FLAGS.data_dir  # as the user typed it, not this machine's path
-    args = ' '.join(f'--config.{k}={_flag_value(v)}' for k, v in shown.items())
+    names = {'synthetic_users': 'synthetic.num_users'}
+    args = ' '.join(f'--config.{names.get(k, k)}={_flag_value(v)}' for k, v in shown.items())
     workdir = os.path.relpath(self.workdir)
     return (f'python -m {entry} --config=configs/{self.config_file}.py '
             f'--workdir={workdir if not workdir.startswith("..") else self.workdir} {args}')
@@ -142,6 +148,8 @@ def plan(experiment: str) -> list[Run]:
                 log_every_seconds=0.0)
   if FLAGS.num_epochs is not None:
     common['num_epochs'] = FLAGS.num_epochs
+  if FLAGS.synthetic_users is not None:
+    common['synthetic_users'] = FLAGS.synthetic_users
   if FLAGS.data_dir:
     common['data_dir'] = os.path.abspath(FLAGS.data_dir)
   runs_dir = os.path.abspath(FLAGS.runs_dir)

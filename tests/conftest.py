@@ -18,6 +18,10 @@ _CACHE = tempfile.mkdtemp(prefix='ncf_jax_test_compile_cache_')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+# The tests' programs are tiny and compiled once or twice each: XLA's backend optimisations
+# cost more time than they save (the same semantics; every comparison runs under the flag).
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -59,8 +63,12 @@ def numbers(workdir) -> list[tuple]:
 
 def run_module(module: str, *args: str, cwd=ROOT, env=None, timeout: float = 300,
                **popen) -> subprocess.CompletedProcess:
-  """`python -m module args...` as a user runs it, output captured."""
-  env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise', **(env or {}))
+  """`python -m module args...` as a user runs it, output captured; `env` adds variables
+  (XLA_FLAGS are added to the session's)."""
+  env = dict(env or {})
+  if 'XLA_FLAGS' in env:
+    env['XLA_FLAGS'] = f"{os.environ['XLA_FLAGS']} {env['XLA_FLAGS']}"
+  env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise', **env)
   return subprocess.run([sys.executable, '-m', module, *args], cwd=str(cwd), env=env,
                         capture_output=True, text=True, timeout=timeout, check=False, **popen)
 

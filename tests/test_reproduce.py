@@ -21,7 +21,7 @@ def test_mlp_layers_halve_down_to_the_factors():
 
 def _reproduce(tmp_path, *args):
   command = [sys.executable, '-m', 'experiments.reproduce', '--dataset=synthetic',
-             '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
+             '--synthetic_users=300', '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
              f'--results_dir={tmp_path / "results"}', *args]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -19,7 +19,7 @@ from ncf_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
 # Large enough that an epoch takes a while (~3000 steps of batch 64) and a
 # kill lands inside one; small enough for seconds per epoch.
-BIG = dict(num_users=2000, num_items=200, interactions_per_user=30)
+BIG = dict(num_users=1000, num_items=200, interactions_per_user=30)
 BIG_FLAGS = {'batch_size': 64, 'steps_per_dispatch': 32, 'num_epochs': 3}
 
 
