@@ -10,10 +10,10 @@ Prints that expectation per user per epoch and over the whole epoch, then counts
 in one real epoch of the feeder (seed 0, epoch 1) as a check.
 """
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from ncf_jax import cli
 from ncf_jax import feeder
 from ncf_jax.data.dataset import load_ncf_dir, ncf_name_in
 
@@ -44,4 +44,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app
 from absl import flags
 
+from ncf_jax import cli
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import id_maps
 
@@ -82,4 +82,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from ncf_jax import cli
 from ncf_jax import run_dir
+from ncf_jax.errors import NcfError
 
 if TYPE_CHECKING:
   from matplotlib.axes import Axes
@@ -301,24 +303,20 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
   """Writes every figure the results allow and prints their paths."""
   from absl import flags
-  if len(argv) > 1:
-    sys.exit(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
     import matplotlib  # noqa: F401
   except ImportError:
-    sys.exit(MISSING_MATPLOTLIB)
-  cli = flags.FLAGS
+    raise NcfError(MISSING_MATPLOTLIB) from None
+  values = flags.FLAGS
   try:
-    written = make_all(cli.results_dir, cli.repo_root)
-  except (ValueError, OSError) as e:
-    sys.exit(str(e).splitlines()[0] if str(e) else repr(e))
+    written = make_all(values.results_dir, values.repo_root)
+  except ValueError as e:
+    raise NcfError(str(e)) from None
   if not written:
-    print(f'no results JSON in {cli.results_dir}', file=sys.stderr)
+    print(f'no results JSON in {values.results_dir}', file=sys.stderr)
   for path in written:
     print(path)
 
 
 if __name__ == '__main__':
-  from absl import app
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)

@@ -24,10 +24,10 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
+from ncf_jax import cli
 from ncf_jax.data import ncf_format
 
 flags.DEFINE_integer('lines', 20_000_000, 'Data rows in the generated file.')
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,8 +10,8 @@ training seconds per epoch.
 import json
 import os
 import statistics
-import sys
 
+from ncf_jax import cli
 from ncf_jax import evaluation
 from ncf_jax import run_dir
 from ncf_jax.data import registry
@@ -84,5 +84,9 @@ def markdown(rows: list[dict]) -> str:
       f"{r['median_epoch_seconds'] or float('nan'):.1f} |\n" for r in rows)
 
 
+def main(argv: list[str]) -> None:
+  print(markdown([summarize_run(w) for w in argv[1:]]), end='')
+
+
 if __name__ == '__main__':
-  print(markdown([summarize_run(w) for w in sys.argv[1:]]), end='')
+  cli.run(main, max_args=10_000)

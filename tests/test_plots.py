@@ -147,4 +147,4 @@ def test_command_line_prints_the_paths_and_asks_for_matplotlib(results):
        "sys.argv = ['plots']; runpy.run_module('experiments.plots', run_name='__main__')"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert without.returncode == 1
-  assert without.stderr.strip() == plots.MISSING_MATPLOTLIB
+  assert without.stderr.strip() == f'error: {plots.MISSING_MATPLOTLIB}'
