@@ -39,11 +39,22 @@ def test_parameter_trees_line_up_for_pretraining():
   assert neumf['head/kernel'] == (16, 1)
 
 
-def test_logits_are_one_per_example():
-  model = models.NeuMF(10, 12)
-  params = _init(model)
-  logits = model.apply({'params': params}, jnp.arange(5), jnp.arange(5))
+def test_neumf_logits_are_the_papers_formula_computed_in_numpy():
+  # He et al. eq. 12: y = h^T [p_u^G * q_i^G ; ReLU tower(p_u^M ; q_i^M)] + b, one logit
+  # per example.
+  model = models.NeuMF(10, 12, num_factors=4, layers=(16, 8, 4))
+  params = jax.tree_util.tree_map(lambda x: x * 3 + 0.05, _init(model, seed=2))
+  users, items = np.array([0, 3, 9, 9, 5]), np.array([11, 0, 4, 7, 7])
+  p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+  gmf = p['gmf']['user_embedding'][users] * p['gmf']['item_embedding'][items]
+  x = np.concatenate([p['mlp']['user_embedding'][users], p['mlp']['item_embedding'][items]], 1)
+  for j in range(2):
+    layer = p['mlp'][f'layer_{j}']
+    x = np.maximum(x @ layer['kernel'] + layer['bias'], 0.0)
+  expected = np.concatenate([gmf, x], 1) @ p['head']['kernel'][:, 0] + p['head']['bias'][0]
+  logits = model.apply({'params': params}, jnp.asarray(users), jnp.asarray(items))
   assert logits.shape == (5,)
+  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 def test_gmf_with_unit_head_is_the_mf_dot_product():
@@ -103,7 +114,8 @@ def test_unknown_model_is_a_config_error():
 def test_every_model_satisfies_the_contract(name):
   # The tables the model names are exactly its per-user and per-item parameters, indexed by
   # the ids `embed` uses; hidden kernels are real kernels; score(embed) is __call__;
-  # score_matrix agrees with it (checked above); pair_width is positive.
+  # score_matrix agrees with it (checked above); pair_width bounds the widest activation per
+  # (user, item) pair that score_matrix's program holds (read from its jaxpr).
   config = default.get_config()
   config.model, config.num_factors = name, 4
   model = models.create_model(config, 11, 7)
@@ -122,7 +134,12 @@ def test_every_model_satisfies_the_contract(name):
   assert set(flax.traverse_util.flatten_dict(rows)) == set(tables)
   np.testing.assert_allclose(model.apply(variables, rows, method=model.score),
                              model.apply(variables, users, items), rtol=1e-6)
-  assert model.pair_width > 0
+  num_u, num_i = 3, 5  # sizes no parameter has
+  jaxpr = jax.make_jaxpr(lambda u, i: model.apply(variables, u, i, method=model.score_matrix))(
+      jnp.arange(num_u), jnp.arange(num_i))
+  widths = [int(np.prod(v.aval.shape[2:])) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars
+            if v.aval.shape[:2] == (num_u, num_i)]
+  assert widths and max(widths) <= model.pair_width
 
 
 def test_mf_is_a_biased_dot_product():

@@ -40,11 +40,32 @@ def _mf_batch():
               labels=jnp.array([1., 0., 1., 0., 0.]), weights=jnp.array([1., 1., 1., 1., 0.]))
 
 
-def test_the_step_asks_the_optimizer_whether_it_is_row_sparse():
+def test_only_the_lazy_optimizers_are_row_sparse_and_only_dense_adam_moves_absent_rows():
+  # The README's list: `lazy_adam` and `lazy_sgd` update only the rows a batch looks up. Two
+  # steps on disjoint users: the rows of the first batch only move in the second step under
+  # dense Adam (its moments decay into an update); SGD, Adagrad and RMSProp give an absent row
+  # a zero update, and the lazy ones never touch it.
+  first = dict(users=jnp.array([1, 2], jnp.int32), items=jnp.array([3, 4], jnp.int32),
+               labels=jnp.array([1., 0.]), weights=jnp.ones(2))
+  second = dict(first, users=jnp.array([5, 6], jnp.int32))
+  row_sparse, moved = set(), set()
   for name in optimizers.OPTIMIZERS:
-    optimizer = optimizers.create_optimizer(_config(optimizer=name))
-    assert optimizer.row_sparse == name.startswith('lazy_')
-    assert optimizer.row_sparse == optimizers.is_row_sparse(name)
+    config = _config(model='mf', optimizer=name, learning_rate=0.05,
+                     l2_embeddings_per_example=True)
+    model = models.create_model(config, 20, 15)
+    step, optimizer = _stepper(model, config)
+    state = train_step_lib.init_state(_params(model), optimizer, model)
+    state, _ = step(state, first)
+    after_first = np.asarray(state['params']['mf']['user_embedding'])
+    state, _ = step(state, second)
+    after_second = np.asarray(state['params']['mf']['user_embedding'])
+    if optimizer.row_sparse:
+      row_sparse.add(name)
+    if not np.array_equal(after_first[[1, 2]], after_second[[1, 2]]):
+      moved.add(name)
+    assert not np.array_equal(after_first[[5, 6]], after_second[[5, 6]]), name
+  assert row_sparse == {'lazy_adam', 'lazy_sgd'}
+  assert moved == {'adam'}
 
 
 def test_lazy_sgd_equals_dense_sgd_with_per_example_l2():
