@@ -6,12 +6,13 @@ Forced CPU devices share the machine's cores: they test what is computed and whe
 live, never speed.
 """
 
+import copy
 import shutil
 
 import flax
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
@@ -33,8 +34,8 @@ NUM_USERS, NUM_ITEMS = 150, 90
 
 
 def _layout(num_devices, embedding_sharding):
-  return sharding.Layout(Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA,)),
-                         embedding_sharding)
+  return sharding.create_layout(make_config(num_devices=num_devices,
+                                            embedding_sharding=embedding_sharding))
 
 
 def _shardings(layout, model, optimizer):
@@ -50,16 +51,26 @@ def _batches(steps=10, batch=64, seed=0):
               weights=np.ones((steps, batch), np.float32))
 
 
+def _experiment(config, num_devices=0):
+  """What `train.build` makes of `config` on synthetic data of NUM_USERS x NUM_ITEMS."""
+  config = copy.deepcopy(config)
+  config.num_devices = num_devices
+  config.synthetic.update(num_users=NUM_USERS, num_items=NUM_ITEMS)
+  return train.build(config)
+
+
 def _train_on(num_devices, config, params, batches):
-  """(state after the chunk, its shardings) of `batches` on `num_devices` devices."""
-  layout = _layout(num_devices, config.embedding_sharding)
-  model = models.create_model(config, NUM_USERS, NUM_ITEMS)
-  optimizer = optimizers.create_optimizer(config)
-  shardings = _shardings(layout, model, optimizer)
+  """(state after the chunk, its layout) of `batches` on `num_devices` devices, with the
+  model, optimizer, layout and state shardings of `train.build`."""
+  experiment = _experiment(config, num_devices)
+  model, optimizer, layout = experiment.model, experiment.optimizer, experiment.layout
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
   state = jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
   chunk = train_step_lib.make_train_chunk(
-      model, optimizer, train_step_lib.Regularization.from_config(config), layout, shardings)
+      model, optimizer, train_step_lib.Regularization.from_config(experiment.config), layout,
+      shardings)
   state, _ = chunk(state, layout.put_chunk(batches), np.int32(len(batches['users'])))
+  assert layout.num_devices == num_devices
   return state, layout
 
 
@@ -78,7 +89,7 @@ def test_the_same_global_batches_give_the_same_parameters_on_1_and_8_devices(
                        learning_rate=0.05 if optimizer == 'lazy_sgd' else 0.001,
                        embedding_sharding=embedding_sharding,
                        l2_embeddings_per_example=optimizer == 'lazy_sgd')
-  model = models.create_model(config, NUM_USERS, NUM_ITEMS)
+  model = _experiment(config, 1).model
   ids = jnp.zeros((1,), jnp.int32)
   # On the host: each run lays out (and donates) its own copy.
   params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), ids, ids)['params'])
