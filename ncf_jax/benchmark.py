@@ -67,12 +67,13 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8,
-            layers: tuple[int, ...] = (), embedding_sharding: str = 'replicated'):
+            layers: tuple[int, ...] = (), embedding_sharding: str = 'replicated',
+            num_devices: int = 1):
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.model, config.batch_size, config.optimizer = model, batch_size, optimizer
   config.num_factors, config.layers = num_factors, tuple(layers)
-  config.embedding_sharding = embedding_sharding
+  config.embedding_sharding, config.num_devices = embedding_sharding, num_devices
   config.steps_per_dispatch = max(1, min(64, 16384 // batch_size * 4))
   return config
 
@@ -94,31 +95,20 @@ def bench_sampler(dataset, repeats: int) -> dict:
           lambda: feeder.epoch_batches(dataset, 4, 256, 0, 1), max(1, repeats // 2)))
 
 
-def _layout(num_devices: int, embedding_sharding: str):
+def bench_train(dataset, config, samples: int, repeats: int) -> dict:
+  """Samples/s of the compiled train step of `config` (from `_config`), batches already on
+  the devices."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import sharding  # pylint: disable=g-import-not-at-top
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), (sharding.DATA,))
-  return sharding.Layout(mesh, embedding_sharding)
-
-
-def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, samples: int,
-                repeats: int, num_factors: int = 8, layers: tuple[int, ...] = (),
-                num_devices: int = 1, embedding_sharding: str = 'replicated') -> dict:
-  """Samples/s of the compiled train step (batches already on the devices)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder, models, optimizers, train_step  # pylint: disable=g-import-not-at-top
-  config = _config(model_name, batch_size, optimizer, num_factors, layers, embedding_sharding)
+  from ncf_jax import feeder, models, optimizers, sharding, train_step  # pylint: disable=g-import-not-at-top
+  batch_size = config.batch_size
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   optimizer_ = optimizers.create_optimizer(config)
-  layout = _layout(num_devices, embedding_sharding)
+  layout = sharding.create_layout(config)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
                                      model.embedding_tables())
-  ids = jnp.zeros((1,), jnp.int32)
-  state = jax.jit(lambda: train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'],
-                                                optimizer_, model), out_shardings=shardings)()
+  state = jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer_, model),
+                  out_shardings=shardings)()
   chunk_fn = train_step.make_train_chunk(model, optimizer_,
                                          train_step.Regularization.from_config(config), layout,
                                          shardings)
@@ -140,8 +130,9 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   n = chunks * steps * batch_size
   epoch = dataset.num_train * 5
   table_bytes = layout.table_bytes_per_device(holder[0]['params'], model.embedding_tables())
-  return dict(model=model_name, batch_size=batch_size, optimizer=optimizer,
-              num_factors=num_factors, devices=num_devices, embedding_sharding=embedding_sharding,
+  return dict(model=config.model, batch_size=batch_size, optimizer=config.optimizer,
+              num_factors=config.num_factors, devices=layout.num_devices,
+              embedding_sharding=config.embedding_sharding,
               samples_per_second=n / seconds, epoch_seconds=epoch / (n / seconds),
               table_mb_per_device=table_bytes / 2**20)
 
@@ -155,8 +146,9 @@ def bench_devices(dataset, batch_size: int, samples: int, repeats: int) -> list[
   rows = []
   for num_devices in (n for n in (1, 2, 4, 8) if n <= jax.device_count()):
     for embedding_sharding in ('replicated', 'rows'):
-      rows.append(bench_train(dataset, 'neumf', batch_size, 'adam', samples, repeats,
-                              num_devices=num_devices, embedding_sharding=embedding_sharding))
+      config = _config('neumf', batch_size, 'adam', embedding_sharding=embedding_sharding,
+                       num_devices=num_devices)
+      rows.append(bench_train(dataset, config, samples, repeats))
       print(f'  {rows[-1]}', flush=True)
   return rows
 
@@ -215,8 +207,7 @@ def bench_eval(dataset, repeats: int, full_ranking: bool = True) -> dict:
   from ncf_jax import evaluation, models  # pylint: disable=g-import-not-at-top
   config = _config('neumf', 256, 'adam')
   model = models.create_model(config, dataset.num_users, dataset.num_items)
-  ids = jnp.zeros((1,), jnp.int32)
-  params = model.init(jax.random.key(0), ids, ids)['params']
+  params = models.init_params(model, 0)
   sampled = evaluation.SampledEvaluator(model, dataset.test, config.eval_users_per_block)
   out = dict(rows=len(dataset.test), candidates=dataset.test.negatives.shape[1] + 1,
              num_items=dataset.num_items,
@@ -304,8 +295,8 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
     for model in models:
       for batch in (int(b) for b in batch_sizes):
         for optimizer in ('adam', 'lazy_adam'):
-          rows.append(bench_train(dataset, model, batch, optimizer, FLAGS.train_samples,
-                                  repeats, num_factors, layers))
+          config = _config(model, batch, optimizer, num_factors, layers)
+          rows.append(bench_train(dataset, config, FLAGS.train_samples, repeats))
           print(f'  {rows[-1]}', flush=True)
     results[f'{name}/train'] = rows
     _print_table(f'{name}: training throughput', rows,

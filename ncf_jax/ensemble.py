@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from ncf_jax import cli
 from ncf_jax import evaluation
 from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError
 
@@ -58,7 +59,7 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
   dataset = registry.load_dataset(configs[0])
   members, params = [], {}
   for i, workdir in enumerate(workdirs):
-    trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
+    trained = trained_run.load_best(workdir, dataset.num_users, dataset.num_items)
     members.append(trained.model)
     params[f'members_{i}'] = trained.params
   return Ensemble(tuple(members)), params, dataset

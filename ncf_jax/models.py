@@ -328,3 +328,14 @@ def create_model(config, num_users: int, num_items: int) -> ScoringModel:
                               num_factors=int(config.num_factors), layers=layers,
                               embedding_stddev=stddev, row_multiple=row_multiple,
                               dtype=COMPUTE_DTYPES[config.get('compute_dtype', 'float32')])
+
+
+def init_params(model: ScoringModel, seed: int) -> dict:
+  """Fresh parameters of `model` drawn from `seed` (Flax initialises from a dummy batch)."""
+  ids = jnp.zeros((1,), jnp.int32)
+  return model.init(jax.random.key(seed), ids, ids)['params']
+
+
+def abstract_params(model: ScoringModel) -> dict:
+  """Shapes and dtypes of `model`'s parameters (nothing allocated)."""
+  return jax.eval_shape(lambda: init_params(model, 0))

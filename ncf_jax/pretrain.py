@@ -2,7 +2,7 @@
 
 `merged_params(config, abstract_params)` is the hook `train.py` calls when
 `config.gmf_workdir` / `config.mlp_workdir` are set: it restores each run's
-best parameters (`load_best_params`, through `run_dir`) and merges them
+best parameters (`load_best_params`, through `trained_run`) and merges them
 (`merge_params`) as the original code does:
 
   GMF embeddings <- GMF run; MLP embeddings and hidden layers <- MLP run;
@@ -23,6 +23,7 @@ import ml_collections
 
 from ncf_jax import checkpoints as checkpoints_lib
 from ncf_jax import run_dir as run_dir_lib
+from ncf_jax import trained_run
 from ncf_jax.errors import CheckpointError, ConfigError
 
 
@@ -37,7 +38,7 @@ def load_best_params(workdir: str,
   model = run_dir_lib.RunDir(workdir).read_config().get('model')
   if expected_model is not None and model != expected_model:
     raise CheckpointError(f'{workdir}: a {model!r} run (config.json), expected {expected_model!r}')
-  trained = run_dir_lib.load_best(workdir)
+  trained = trained_run.load_best(workdir)
   return trained.params, trained.config
 
 

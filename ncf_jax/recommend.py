@@ -25,6 +25,7 @@ import scipy.sparse
 from ncf_jax import cli
 from ncf_jax import models
 from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax.data import id_maps as id_maps_lib
 from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError, NcfError
@@ -73,7 +74,7 @@ class Recommender:
     """Loads `<workdir>/config.json`, its dataset (for the training matrix and id maps) and
     the best params."""
     dataset = registry.load_dataset(run_dir.RunDir(workdir).read_config())
-    trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
+    trained = trained_run.load_best(workdir, dataset.num_users, dataset.num_items)
     return cls(trained.model, trained.params, dataset.train_matrix, batch_size,
                id_maps_lib.id_maps_for(dataset))
 

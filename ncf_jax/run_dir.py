@@ -27,14 +27,9 @@ import shutil
 import time
 from typing import Iterator
 
-import flax
-import jax
 import ml_collections
 
 from ncf_jax import checkpoints as checkpoints_lib
-from ncf_jax import models
-from ncf_jax import optimizers
-from ncf_jax import train_step
 from ncf_jax.data.files import atomic_write_text
 from ncf_jax.errors import CheckpointError, WorkdirError
 
@@ -303,51 +298,3 @@ class RunDir:
       raise
     finally:
       lock.close()
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedModel:
-  """A run's best checkpoint as a model with its parameters."""
-  config: ml_collections.ConfigDict
-  model: models.ScoringModel
-  params: dict
-  epoch: int
-  workdir: str
-
-
-def _table_rows(tree, model: models.ScoringModel, where: str) -> dict[str, int]:
-  """{'users': rows, 'items': rows} of the embedding tables in a stored state."""
-  flat = flax.traverse_util.flatten_dict(tree.get('params', {}) if isinstance(tree, dict) else {})
-  rows = {}
-  for path, ids in model.embedding_tables().items():
-    if path in flat and len(getattr(flat[path], 'shape', ())) >= 1:
-      rows.setdefault(ids, int(flat[path].shape[0]))
-  if set(rows) != {'users', 'items'}:
-    raise CheckpointError(f'{where}: no user and item embedding tables of a '
-                          f'{type(model).__name__} model')
-  return rows
-
-
-def load_best(workdir: str, num_users: int | None = None,
-              num_items: int | None = None) -> TrainedModel:
-  """The best checkpoint of a finished (or running) run, read without a lock.
-
-  The model is sized from the stored tables unless `num_users` and `num_items` are
-  given (then a stored tree of another size is an error). The optimizer state is
-  rebuilt from the run's own config, since Orbax restores a whole tree against an
-  abstract one.
-  """
-  run = RunDir(workdir)
-  config = run.read_config()
-  if num_users is None or num_items is None:
-    rows = _table_rows(run.stored_best_tree(), models.create_model(config, 1, 1),
-                       run.file(CHECKPOINTS))
-    num_users, num_items = rows['users'], rows['items']
-  model = models.create_model(config, num_users, num_items)
-  abstract = train_step.abstract_state(model, optimizers.create_optimizer(config))
-  # Onto one device, whatever mesh wrote it (a reader needs no mesh).
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-  state, epoch = run.restore_best(abstract)
-  return TrainedModel(config, model, state['params'], epoch, run.path)

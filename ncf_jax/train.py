@@ -106,8 +106,7 @@ def initial_state(experiment: Experiment):
   """
   config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
-  ids = jnp.zeros((1,), jnp.int32)
-  init_params = lambda: model.init(jax.random.key(config.seed), ids, ids)['params']
+  init_params = lambda: models.init_params(model, config.seed)
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:

@@ -46,9 +46,7 @@ def init_state(params: dict, optimizer: optimizers.Optimizer,
 
 def abstract_state(model: models.ScoringModel, optimizer: optimizers.Optimizer) -> TrainState:
   """Shapes and dtypes of a fresh state (`jax.eval_shape`: nothing is allocated)."""
-  ids = jnp.zeros((1,), jnp.int32)
-  return jax.eval_shape(lambda: init_state(
-      model.init(jax.random.key(0), ids, ids)['params'], optimizer, model))
+  return jax.eval_shape(lambda: init_state(models.init_params(model, 0), optimizer, model))
 
 
 def weighted_log_loss(logits: jax.Array, labels: jax.Array,

@@ -20,7 +20,7 @@ from conftest import make_config, train_quietly
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import optimizers
-from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax import sharding
 from ncf_jax import train
 from ncf_jax import train_step as train_step_lib
@@ -192,7 +192,7 @@ def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_pat
   # Epoch 2 trained on 1 and on 4 devices from the same 8-device checkpoint: the same run.
   assert finals[0]['loss'] == pytest.approx(finals[1]['loss'], rel=1e-4)
   assert abs(finals[0]['hr'] - finals[1]['hr']) <= 3 / len(registry.load_dataset(config(1, 1)).test)
-  best = run_dir.load_best(str(tmp_path / 'eight'))  # a reader: one device
+  best = trained_run.load_best(str(tmp_path / 'eight'))  # a reader: one device
   assert all(len(leaf.devices()) == 1 for leaf in jax.tree_util.tree_leaves(best.params))
 
 

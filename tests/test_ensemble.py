@@ -7,6 +7,7 @@ import pytest
 from conftest import make_config, read_records, train_quietly
 from ncf_jax import ensemble
 from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def _best_record(workdir):
 
 def _member_logits(workdir, users, items, method=None):
   """A member's logits, loaded on its own (not through the ensemble)."""
-  trained = run_dir.load_best(workdir)
+  trained = trained_run.load_best(workdir)
   return trained.model.apply({'params': trained.params}, users, items,
                              **({'method': method(trained.model)} if method else {}))
 

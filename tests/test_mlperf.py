@@ -12,6 +12,7 @@ from conftest import ROOT, make_config, read_records, run_module, train_quietly
 from ncf_jax import cli
 from ncf_jax import feeder
 from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax import train
 from ncf_jax.data import synthetic
 from ncf_jax.data.dataset import Dataset, carve_validation, load_ncf_dir
@@ -75,7 +76,7 @@ def test_mlperf_recipe_on_generated_ml20m_layout(tmp_path):
   assert (config.learning_rate, config.adam_b1, config.adam_b2) == (0.0045, 0.25, 0.5)
   assert config.target_hr == 0.635
   assert result.stdout.splitlines()[-1].startswith('target HR@10 0.635 not reached in 2 epochs')
-  best = run_dir.load_best(str(workdir))
+  best = trained_run.load_best(str(workdir))
   best_record = next(r for r in records if r['epoch'] == best.epoch)
   assert best_record['hr'] > 0.1  # the popular items were learnt
   # At most one row apart: a near-tie may round differently in the batched program.

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, error_lines, numbers as _numbers, read_records as _records
 from conftest import make_config as _config, run_module, train_quietly as _train
 from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax import train
 from ncf_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
@@ -212,7 +213,7 @@ def test_damaged_best_checkpoint_is_a_one_line_error_naming_it(trained, tmp_path
   best = run_dir.RunDir(str(workdir)).checkpoints('best').epochs()[-1]
   _damage(workdir / 'checkpoints' / 'best' / str(best), how)
   with pytest.raises(CheckpointError, match=f'^{workdir}/checkpoints/best/{best}: '):
-    run_dir.load_best(str(workdir))
+    trained_run.load_best(str(workdir))
   if how == DAMAGE[0]:  # the command's one line and exit code, once
     errors = error_lines(run_module('ncf_jax.recommend', f'--workdir={workdir}', '--user=1'))
     assert len(errors) == 1 and f'checkpoints/best/{best}: ' in errors[0]

@@ -10,6 +10,7 @@ from conftest import make_config as _config
 from conftest import train_quietly
 from ncf_jax import evaluation
 from ncf_jax import run_dir
+from ncf_jax import trained_run
 from ncf_jax import train
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
@@ -59,7 +60,7 @@ def test_best_checkpoint_is_the_first_epoch_with_the_best_test_hr(trained):
   hrs = [r['hr'] for r in history]
   first_best = hrs.index(max(hrs))
   assert run_dir.best_record(history)['epoch'] == first_best
-  best = run_dir.load_best(str(workdir))
+  best = trained_run.load_best(str(workdir))
   assert best.epoch == first_best
   dataset = registry.load_dataset(config)
   evaluator = evaluation.SampledEvaluator(best.model, dataset.test)
@@ -70,7 +71,7 @@ def test_validation_selects_the_best_checkpoint(tmp_path):
   config = _config(num_epochs=3, validation=True, learning_rate=0.01)
   _, history = train_quietly(config, tmp_path)
   valid = [r['valid_hr'] for r in history]
-  assert run_dir.load_best(str(tmp_path)).epoch == valid.index(max(valid))
+  assert trained_run.load_best(str(tmp_path)).epoch == valid.index(max(valid))
 
 
 def test_train_chunk_compiles_once_across_epochs(tmp_path, monkeypatch):
