@@ -109,30 +109,6 @@ def _exit_with(line: str, code: int) -> None:
   os._exit(code)
 
 
-def resolve_workdir(prefix: str = '') -> str:
-  """--workdir, or the default folder of --config and its overrides (said on stdout); with
-  --restart an existing run there is moved aside first. For commands that train."""
-  # Imported here: keeps `python -m ncf_jax.data` free of JAX and Orbax imports.
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from ncf_jax import run_dir  # pylint: disable=g-import-not-at-top
-  primary = jax.process_index() == 0  # of a multi-process run: the one that writes and prints
-  workdir = flags.FLAGS.workdir
-  if workdir is None:
-    workdir = run_dir.default_workdir(flags.FLAGS[CONFIG_FLAG].config_filename,
-                                      flags.FLAGS[CONFIG_FLAG].value, prefix)
-    if primary:
-      print(f'workdir: {workdir} (the default for this config; --workdir=DIR to choose)',
-            flush=True)
-  if flags.FLAGS.restart:
-    moved = run_dir.RunDir(workdir).move_aside() if primary else None
-    if moved:
-      print(f'restart: the earlier run was moved to {moved}', flush=True)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('ncf_jax restart')  # the others wait for the move
-  return workdir
-
-
 def define_distributed_flags() -> None:
   """Flags of a run over several processes (hosts): jax.distributed.initialize's arguments."""
   flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a run of '

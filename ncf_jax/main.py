@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from ncf_jax import cli
 from ncf_jax import train
+from ncf_jax import workdir_flags
 
 FLAGS = flags.FLAGS
 
@@ -29,7 +30,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   del argv
   cli.initialize_distributed()
-  train.train_and_evaluate(FLAGS.config, cli.resolve_workdir())
+  train.train_and_evaluate(FLAGS.config, workdir_flags.resolve_workdir())
 
 
 if __name__ == '__main__':

@@ -38,6 +38,7 @@ from ncf_jax import cli
 from ncf_jax import config_checks
 from ncf_jax import run_dir
 from ncf_jax import train
+from ncf_jax import workdir_flags
 from ncf_jax.configs import gmf as gmf_config
 from ncf_jax.configs import mlp as mlp_config
 
@@ -97,7 +98,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
 
 def main(argv: list[str]) -> None:
   del argv
-  run_pipeline(FLAGS.config, cli.resolve_workdir(prefix='pipeline-'))
+  run_pipeline(FLAGS.config, workdir_flags.resolve_workdir(prefix='pipeline-'))
 
 
 def define_flags() -> None:
