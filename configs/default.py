@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8
-  c.steps_per_dispatch = 64  # batches per compiled lax.scan call
+  c.steps_per_dispatch = 64  # batches per compiled call (one lax.fori_loop)
   c.seed = 0
 
   # Devices.

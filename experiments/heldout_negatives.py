@@ -17,9 +17,13 @@ from ncf_jax import cli
 from ncf_jax import feeder
 from ncf_jax.data.dataset import load_ncf_dir, ncf_name_in
 
-flags.DEFINE_string('data_dir', None, 'Directory of NCF files (e.g. the NCF split of ML-1M).',
-                    required=True)
-flags.DEFINE_integer('num_negatives', 4, 'Training negatives per positive.')
+def define_flags() -> None:
+  """The command's flags, defined when it runs (`cli.run`), not at import."""
+  flags.DEFINE_string('data_dir', None, 'Directory of NCF files (e.g. the NCF split of ML-1M).',
+                      required=True)
+  flags.DEFINE_integer('num_negatives', 4, 'Training negatives per positive.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -44,4 +48,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

@@ -22,9 +22,13 @@ from ncf_jax import cli
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import id_maps
 
-flags.DEFINE_string('raw', None, 'MovieLens-100K u.data (tab-separated user item rating time).',
-                    required=True)
-flags.DEFINE_string('out', None, 'Where to keep the prepared files (default: deleted).')
+def define_flags() -> None:
+  """The command's flags, defined when it runs (`cli.run`), not at import."""
+  flags.DEFINE_string('raw', None, 'MovieLens-100K u.data (tab-separated user item rating time).',
+                      required=True)
+  flags.DEFINE_string('out', None, 'Where to keep the prepared files (default: deleted).')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -82,4 +86,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

@@ -30,13 +30,17 @@ import numpy as np
 from ncf_jax import cli
 from ncf_jax.data import ncf_format
 
-flags.DEFINE_integer('lines', 20_000_000, 'Data rows in the generated file.')
-flags.DEFINE_integer('users', 140_000, 'Users in the generated file.')
-flags.DEFINE_integer('items', 27_000, 'Items in the generated file.')
-flags.DEFINE_enum('preset', 'paper', ['paper', 'mlperf'], 'Protocol preset to prepare with.')
-flags.DEFINE_bool('gzip', False, 'Compress the generated file.')
-flags.DEFINE_bool('quote', False, 'Quote every id (the csv-module path).')
-flags.DEFINE_integer('seed', 0, 'Seed of the generated data.')
+def define_flags() -> None:
+  """The command's flags, defined when it runs (`cli.run`), not at import."""
+  flags.DEFINE_integer('lines', 20_000_000, 'Data rows in the generated file.')
+  flags.DEFINE_integer('users', 140_000, 'Users in the generated file.')
+  flags.DEFINE_integer('items', 27_000, 'Items in the generated file.')
+  flags.DEFINE_enum('preset', 'paper', ['paper', 'mlperf'], 'Protocol preset to prepare with.')
+  flags.DEFINE_bool('gzip', False, 'Compress the generated file.')
+  flags.DEFINE_bool('quote', False, 'Quote every id (the csv-module path).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the generated data.')
+
+
 FLAGS = flags.FLAGS
 
 _ROWS_PER_CHUNK = 1 << 20
@@ -115,4 +119,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

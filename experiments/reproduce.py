@@ -69,28 +69,32 @@ PAPER_TABLE3_F8 = {0: .452, 1: .628, 2: .655, 3: .671, 4: .678}
 # ({128, 256, 512, 1024}) and cuts that by about four.
 TABLE2_BATCH_SIZE = {64: dict(batch_size=1024)}
 
-flags.DEFINE_enum('experiment', 'table2', ['table2', 'table3', 'negatives', 'factors', 'seeds',
-                                            'best'],
-                  'What to reproduce.')
-flags.DEFINE_string('data_dir', None, 'The NCF-format ML-1M directory.')
-flags.DEFINE_string('runs_dir', 'runs', 'Where the runs\' workdirs go.')
-flags.DEFINE_string('results_dir', os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                'results'), 'Where tables and summary.json go.')
-flags.DEFINE_string('dataset', 'ml-1m', 'Dataset name (synthetic for a smoke run).')
-flags.DEFINE_list('factors', ['8', '16', '32', '64'], 'Predictive factors to run.')
-flags.DEFINE_list('mf_factors', ['8', '16', '32', '64', '128', '192'],
-                  'Dot-product MF sizes in the factors figure.')
-flags.DEFINE_bool('validation', False, 'Select epochs on a validation holdout.')
-flags.DEFINE_integer('num_epochs', None, 'Epochs per run; unset: each config\'s own '
-                     '(the paper\'s 20; MF 256).')
-flags.DEFINE_integer('seed', 0, 'Seed of every run.')
-flags.DEFINE_integer('synthetic_users', None, 'With --dataset=synthetic: its number of users '
-                     '(smaller for a quicker smoke run).')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` experiments '
-                  '(best reports their ensemble).')
-flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
-flags.DEFINE_bool('dry_run', False, 'List the runs and their commands, train nothing.')
-flags.DEFINE_bool('write_only', False, 'Write the results of the finished runs, train nothing.')
+def define_flags() -> None:
+  """The command's flags, defined when it runs (`cli.run`), not at import."""
+  flags.DEFINE_enum('experiment', 'table2', ['table2', 'table3', 'negatives', 'factors', 'seeds',
+                                              'best'],
+                    'What to reproduce.')
+  flags.DEFINE_string('data_dir', None, 'The NCF-format ML-1M directory.')
+  flags.DEFINE_string('runs_dir', 'runs', 'Where the runs\' workdirs go.')
+  flags.DEFINE_string('results_dir', os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  'results'), 'Where tables and summary.json go.')
+  flags.DEFINE_string('dataset', 'ml-1m', 'Dataset name (synthetic for a smoke run).')
+  flags.DEFINE_list('factors', ['8', '16', '32', '64'], 'Predictive factors to run.')
+  flags.DEFINE_list('mf_factors', ['8', '16', '32', '64', '128', '192'],
+                    'Dot-product MF sizes in the factors figure.')
+  flags.DEFINE_bool('validation', False, 'Select epochs on a validation holdout.')
+  flags.DEFINE_integer('num_epochs', None, 'Epochs per run; unset: each config\'s own '
+                       '(the paper\'s 20; MF 256).')
+  flags.DEFINE_integer('seed', 0, 'Seed of every run.')
+  flags.DEFINE_integer('synthetic_users', None, 'With --dataset=synthetic: its number of users '
+                       '(smaller for a quicker smoke run).')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` experiments '
+                    '(best reports their ensemble).')
+  flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
+  flags.DEFINE_bool('dry_run', False, 'List the runs and their commands, train nothing.')
+  flags.DEFINE_bool('write_only', False, 'Write the results of the finished runs, train nothing.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -389,4 +393,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

@@ -31,28 +31,33 @@ from ncf_jax import cli
 from ncf_jax.data import files
 
 
-flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
-flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
-flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
-flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m'],
-                  'Which sections to run (also: devices, lookup).')
-flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
-flags.DEFINE_list('models', ['gmf', 'mlp', 'neumf'], 'Models for the training section.')
-flags.DEFINE_list('ml20m_batch_sizes', ['4096', '16384'],
-                  'Training batch sizes on ML-20M-shaped data (small ones take minutes on a CPU).')
-flags.DEFINE_list('ml20m_models', ['neumf'], 'Models for the ML-20M training section.')
-flags.DEFINE_integer('ml20m_factors', 8, 'Predictive factors on ML-20M shape (MLPerf: 64).')
-flags.DEFINE_list('ml20m_layers', [], 'MLP layers on ML-20M shape (MLPerf: 256,256,128,64).')
-flags.DEFINE_float('ml20m_scale', 1.0, 'Fraction of ML-20M\'s users to generate (a quick run '
-                   'of the same code path: 0.05).')
-flags.DEFINE_integer('devices_batch_size', 4096, 'Global batch of the devices section.')
-flags.DEFINE_bool('skip_ml1m', False, 'Run the sections on ML-20M-shaped data only (a machine '
-                  'without the ML-1M files, e.g. an accelerator without network).')
-flags.DEFINE_bool('ml20m_full_ranking', False,
-                  'Also time full ranking on ML-20M shape (3.7e9 scores: for accelerators).')
-flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
-flags.DEFINE_float('target_hr', 0.69, 'HR@10 the accuracy section waits for.')
-flags.DEFINE_integer('accuracy_timeout', 600, 'Seconds before the accuracy run is abandoned.')
+def define_flags() -> None:
+  """The command's flags, defined when it runs (`cli.run`), not at import."""
+  flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
+  flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
+  flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
+  flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m'],
+                    'Which sections to run (also: devices, lookup).')
+  flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
+  flags.DEFINE_list('models', ['gmf', 'mlp', 'neumf'], 'Models for the training section.')
+  flags.DEFINE_list('ml20m_batch_sizes', ['4096', '16384'],
+                    'Training batch sizes on ML-20M-shaped data (small ones take minutes on a '
+                    'CPU).')
+  flags.DEFINE_list('ml20m_models', ['neumf'], 'Models for the ML-20M training section.')
+  flags.DEFINE_integer('ml20m_factors', 8, 'Predictive factors on ML-20M shape (MLPerf: 64).')
+  flags.DEFINE_list('ml20m_layers', [], 'MLP layers on ML-20M shape (MLPerf: 256,256,128,64).')
+  flags.DEFINE_float('ml20m_scale', 1.0, 'Fraction of ML-20M\'s users to generate (a quick run '
+                     'of the same code path: 0.05).')
+  flags.DEFINE_integer('devices_batch_size', 4096, 'Global batch of the devices section.')
+  flags.DEFINE_bool('skip_ml1m', False, 'Run the sections on ML-20M-shaped data only (a machine '
+                    'without the ML-1M files, e.g. an accelerator without network).')
+  flags.DEFINE_bool('ml20m_full_ranking', False,
+                    'Also time full ranking on ML-20M shape (3.7e9 scores: for accelerators).')
+  flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
+  flags.DEFINE_float('target_hr', 0.69, 'HR@10 the accuracy section waits for.')
+  flags.DEFINE_integer('accuracy_timeout', 600, 'Seconds before the accuracy run is abandoned.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -100,7 +105,8 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
   the devices."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder, models, optimizers, sharding, train_step  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ncf_jax import feeder, models, optimizers, sharding, train_step
   batch_size = config.batch_size
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   optimizer_ = optimizers.create_optimizer(config)
@@ -353,4 +359,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

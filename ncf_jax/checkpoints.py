@@ -209,10 +209,6 @@ class CheckpointDir:
       self._manager.save(epoch, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), digests=ocp.args.JsonSave(digests)))
 
-  def delete(self, epoch: int) -> None:
-    self._manager.wait_until_finished()
-    self._manager.delete(epoch)
-
   def stored_tree(self, epoch: int):
     """The stored state's metadata (shapes and dtypes); CheckpointError if unreadable."""
     try:
@@ -241,9 +237,6 @@ class CheckpointDir:
       raise DamagedCheckpointError(f'{where}: damaged checkpoint (the contents of {mismatch} do not '
                             'match the digest recorded when it was saved)')
     return restored['state']
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending writes, then releases the manager; a writer then removes what a save

@@ -11,20 +11,12 @@ import ml_collections
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import sharding
+from ncf_jax.config_fields import flat_fields
 from ncf_jax.errors import ConfigError
 
 _POSITIVE = ('batch_size', 'num_negatives', 'top_k', 'steps_per_dispatch',
              'eval_users_per_block', 'num_factors', 'learning_rate', 'embedding_stddev')
 _NON_NEGATIVE = ('num_epochs', 'l2_embeddings', 'l2_layers', 'num_devices')
-
-
-def _flat_items(config: ml_collections.ConfigDict, prefix: str = ''):
-  """(dotted key, value) of every leaf field."""
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _flat_items(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
 
 
 def _choice(config, field: str, choices) -> None:
@@ -35,7 +27,7 @@ def _choice(config, field: str, choices) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """ConfigError naming the first field whose value cannot work."""
-  for key, value in _flat_items(config):
+  for key, value in flat_fields(config).items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f'config.{key}={value}: must be a finite number')
   for field in _POSITIVE:

@@ -241,7 +241,6 @@ class MF(nn.Module):
   num_users: int
   num_items: int
   num_factors: int = 8
-  layers: Sequence[int] = ()
   embedding_stddev: float = 0.01
   row_multiple: int = 1
   dtype: Any = jnp.float32
@@ -324,10 +323,11 @@ def create_model(config, num_users: int, num_items: int) -> ScoringModel:
   # unpadded (replicated) tables.
   stddev = float(config.get('embedding_stddev', 0.01))
   row_multiple = sharding.table_row_multiple(config.get('embedding_sharding', 'replicated'))
-  return MODELS[config.model](num_users=num_users, num_items=num_items,
-                              num_factors=int(config.num_factors), layers=layers,
-                              embedding_stddev=stddev, row_multiple=row_multiple,
-                              dtype=COMPUTE_DTYPES[config.get('compute_dtype', 'float32')])
+  model = MODELS[config.model]
+  towers = dict(layers=layers) if 'layers' in model.__dataclass_fields__ else {}  # MF has none
+  return model(num_users=num_users, num_items=num_items, num_factors=int(config.num_factors),
+               embedding_stddev=stddev, row_multiple=row_multiple,
+               dtype=COMPUTE_DTYPES[config.get('compute_dtype', 'float32')], **towers)
 
 
 def init_params(model: ScoringModel, seed: int) -> dict:

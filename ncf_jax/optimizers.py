@@ -15,8 +15,8 @@ gradient to hand over:
   step; lazy SGD never materialises a dense table gradient, which is what
   makes per-example SGD recipes (Rendle et al., 2020) cheap at large widths.
 
-A new optimizer: a factory in `OPTIMIZERS` (and, if row-sparse, a `RowRule`),
-its test.
+A new optimizer: its optax transformation in `_DENSE` (and, if row-sparse, its `RowRule`
+in `_ROW_RULES`); `OPTIMIZERS` lists the names; its test.
 """
 
 import dataclasses
@@ -199,7 +199,8 @@ def _adam(config, rate):
   return optax.adam(rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
 
-# name -> (optax transformation of the dense parameters, row rule or None for a dense optimizer)
+# name -> the optax transformation of the parameters it updates densely (all of them, or the
+# non-table ones of a row-sparse optimizer); name -> the row rule of a row-sparse optimizer.
 _DENSE: dict[str, Callable[[Any, Any], optax.GradientTransformation]] = {
     'adam': _adam,
     'lazy_adam': _adam,

@@ -30,6 +30,7 @@ from typing import Iterator
 import ml_collections
 
 from ncf_jax import checkpoints as checkpoints_lib
+from ncf_jax.config_fields import flat_fields
 from ncf_jax.data.files import atomic_write_text
 from ncf_jax.errors import CheckpointError, WorkdirError
 
@@ -54,20 +55,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def config_differences(config: ml_collections.ConfigDict,
                        reference: ml_collections.ConfigDict) -> dict:
   """{dotted field: value} where `config` differs from `reference` in what it computes."""
-  ours, theirs = _flat(config_to_dict(config)), _flat(config_to_dict(reference))
+  ours, theirs = flat_fields(config_to_dict(config)), flat_fields(config_to_dict(reference))
   return {k: ours.get(k) for k in sorted(set(ours) | set(theirs))
           if k not in NON_COMPUTING_FIELDS and ours.get(k) != theirs.get(k)}
 
@@ -164,9 +155,7 @@ class RunDir:
     """Fields that change what is computed whose value differs from the saved config."""
     if not os.path.isfile(self.file(CONFIG)):
       return []
-    saved, current = config_to_dict(self.read_config()), config_to_dict(config)
-    return sorted(k for k in set(saved) | set(current)
-                  if k not in NON_COMPUTING_FIELDS and saved.get(k) != current.get(k))
+    return sorted(config_differences(config, self.read_config()))
 
   # metrics.jsonl
   def read_metrics(self) -> list[dict]:

@@ -101,8 +101,9 @@ def initial_state(experiment: Experiment):
   """A fresh train state, laid out on the run's devices.
 
   On one device the parameters are drawn eagerly, as they always were, so published
-  numbers re-run exactly; on several a jitted init creates them directly sharded (no
-  table is ever whole on one device). The two differ in the last bit of a few draws.
+  numbers re-run exactly; on several, one jitted init whose outputs carry the state's
+  shardings creates them (no eager copy is placed first). The two differ in the last bit
+  of a few draws.
   """
   config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())

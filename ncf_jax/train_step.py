@@ -2,8 +2,8 @@
 
 `train_step(state, batch) -> (state, metrics)` takes one batch; `train_chunk`
 runs it over a stack of batches in one `lax.fori_loop`, so one dispatch covers
-many steps and metrics stay on the device. Nothing here reads a config: the
-model, the optimizer and the `Regularization` are handed in.
+many steps and metrics stay on the device. The step reads no config: the model, the
+optimizer and the `Regularization` (made once from the config by `from_config`) are handed in.
 """
 
 import dataclasses

@@ -146,11 +146,11 @@ def test_network_failure_says_how_to_work_offline(tmp_path):
     download.download_file(url, str(tmp_path / 'new' / 'x'), timeout=5)
   message = str(info.value)
   assert 'cannot download' in message and '\n' not in message
-  assert message.endswith(download.OFFLINE_HINT) and '--' not in download.OFFLINE_HINT
+  assert message.endswith(download.COPY_FILES_HINT) and '--' not in download.COPY_FILES_HINT
   assert os.listdir(tmp_path) == []  # not even the folder it created
   with pytest.raises(DataError, match='use --config.dataset=synthetic$'):
     download.download_file(url, str(tmp_path / 'x'), timeout=5,
-                           offline_hint=registry.OFFLINE_HINT)
+                           offline_hint=registry.DATA_DIR_HINT)
 
 
 def test_offline_fetch_leaves_no_cache_folder(tmp_path):

@@ -78,9 +78,9 @@ def test_initialisation_follows_the_original_code():
 
 @pytest.mark.parametrize('cls,layers', [(models.NeuMF, (16, 8, 4)), (models.GMF, (16, 8)),
                                         (models.MLP, (16,)), (models.MLP, (16, 8, 4)),
-                                        (models.MF, ())])
+                                        (models.MF, None)])
 def test_score_matrix_equals_pairwise_scores(cls, layers):
-  model = cls(10, 7, num_factors=4, layers=layers)
+  model = cls(10, 7, num_factors=4, **({} if layers is None else dict(layers=layers)))
   params = jax.tree_util.tree_map(lambda x: x * 30 if x.ndim == 2 else x + 0.1, _init(model))
   users, items = jnp.array([1, 3, 5]), jnp.arange(7)
   matrix = model.apply({'params': params}, users, items, method=model.score_matrix)

@@ -10,6 +10,7 @@ import scipy.sparse
 
 from ncf_jax.data import files, ncf_format
 from ncf_jax.data.interactions import InteractionSet
+from ncf_jax.data.spec import NCF_SUFFIXES
 from ncf_jax.errors import DataError
 
 
@@ -98,7 +99,6 @@ def _sorted_unique_pairs(users, items, timestamps):
   return users[first], items[first], timestamps[first]
 
 
-NCF_SUFFIXES = ('train.rating', 'test.rating', 'test.negative')
 
 
 def negatives_path(directory: str, name: str, split: str) -> str:

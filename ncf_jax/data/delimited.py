@@ -36,7 +36,7 @@ _ASCII_SAFE_CODECS = ('utf-8', 'utf-8-sig', 'ascii', 'latin-1', 'iso8859', 'cp12
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class ColumnLayout:
   """Where a file's columns are, and how its fields are separated.
 
   With `header`, columns are header names; without, 0-based positions in
@@ -104,7 +104,7 @@ class _Columns:
     return out + ((('rating', self.rating),) if self.rating is not None else ())
 
 
-def read_columns(path: str, layout: Layout) -> RawColumns:
+def read_columns(path: str, layout: ColumnLayout) -> RawColumns:
   """Reads the user, item (and time, rating) columns of a delimited file, plain or gzip."""
   stored, size, sha256 = _read_file(path)
   data = _decompress(path, stored)
@@ -222,7 +222,7 @@ def _suggest_separator(line: str) -> str:
   return f'; is it {found[0]!r}?' if found else ''
 
 
-def _locate_columns(path: str, data: bytes, layout: Layout, encoding: str
+def _locate_columns(path: str, data: bytes, layout: ColumnLayout, encoding: str
                     ) -> tuple[int, _Columns]:
   """The offset of the first data line, and where the needed columns are."""
   roles = dict(user=layout.user, item=layout.item, time=layout.time, rating=layout.rating)

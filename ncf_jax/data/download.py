@@ -37,7 +37,7 @@ ARCHIVE_MD5 = {
 }
 
 # What to do without a network; callers with other options pass their own hint.
-OFFLINE_HINT = ('to work offline, fetch the files on a machine with network access and copy '
+COPY_FILES_HINT = ('to work offline, fetch the files on a machine with network access and copy '
                 'them into the destination folder')
 
 
@@ -70,9 +70,9 @@ def _file_digests(path: str) -> tuple[str, str]:
   return blob.hexdigest(), md5.hexdigest()
 
 
-def _one_line(error: BaseException) -> str:
-  text = str(getattr(error, 'reason', None) or error) or type(error).__name__
-  return ' '.join(text.split())
+def _url_error(error: BaseException) -> str:
+  """A network error on one line: urllib's reason (the socket's error) when it has one."""
+  return files.one_line(getattr(error, 'reason', None) or error)
 
 
 def _transfer(url: str, out, timeout: float, hint: str) -> None:
@@ -85,13 +85,13 @@ def _transfer(url: str, out, timeout: float, hint: str) -> None:
         received += len(chunk)
         out.write(chunk)
   except urllib.error.HTTPError as e:
-    raise DataError(f'{url}: HTTP error {e.code} {_one_line(e)}; {hint}') from None
+    raise DataError(f'{url}: HTTP error {e.code} {_url_error(e)}; {hint}') from None
   except http.client.IncompleteRead as e:
     raise DataError(f'{url}: transfer cut short after {received + len(e.partial)} bytes; '
                     f'{hint}') from None
   except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
     what = 'cannot download' if received == 0 else f'transfer failed after {received} bytes'
-    raise DataError(f'{url}: {what} ({_one_line(e)}); {hint}') from None
+    raise DataError(f'{url}: {what} ({_url_error(e)}); {hint}') from None
   # http.client returns a short body without complaint when the peer closes early.
   if length is not None and length.isdigit() and received != int(length):
     raise DataError(f'{url}: transfer cut short: received {received} of {length} bytes; '
@@ -100,7 +100,7 @@ def _transfer(url: str, out, timeout: float, hint: str) -> None:
 
 def download_file(url: str, path: str, expected_blob: str | None = None,
                   timeout: float = DEFAULT_TIMEOUT, expected_md5: str | None = None,
-                  offline_hint: str = OFFLINE_HINT) -> None:
+                  offline_hint: str = COPY_FILES_HINT) -> None:
   """Downloads `url` to `path`, checking its git blob id and/or md5 when given.
 
   On any failure raises DataError (network failures end with `offline_hint`)
@@ -110,14 +110,14 @@ def download_file(url: str, path: str, expected_blob: str | None = None,
   try:
     created = files.make_dirs(directory)
   except OSError as e:
-    raise DataError(f'{directory}: cannot create ({_one_line(e)})') from None
+    raise DataError(f'{directory}: cannot create ({files.one_line(e)})') from None
   logging.info('downloading %s to %s', url, path)
   try:
     try:
       tmp = files.write_temporary(
           path, lambda out: _transfer(url, _Writer(out, path), timeout, offline_hint), binary=True)
     except OSError as e:  # creating the file, or flushing it on close (disk full)
-      raise DataError(f'{path}: cannot write ({_one_line(e)})') from None
+      raise DataError(f'{path}: cannot write ({files.one_line(e)})') from None
     try:
       _verify(url, path, tmp, expected_blob, expected_md5)
       os.replace(tmp, path)
@@ -148,7 +148,7 @@ class _Writer:
     try:
       self._out.write(data)
     except OSError as e:
-      raise DataError(f'{self._path}: cannot write ({_one_line(e)})') from None
+      raise DataError(f'{self._path}: cannot write ({files.one_line(e)})') from None
 
 
 def _extract(spec: DatasetSpec, archive: str, tmp: str) -> tuple[str, str | None]:
@@ -172,12 +172,12 @@ def _extract(spec: DatasetSpec, archive: str, tmp: str) -> tuple[str, str | None
                 and os.path.basename(n).upper().startswith('README')]
       text = zf.read(readme[0]).decode('utf-8', errors='replace') if readme else None
   except zipfile.BadZipFile as e:
-    raise DataError(f'{url}: not a valid zip archive ({_one_line(e)})') from None
+    raise DataError(f'{url}: not a valid zip archive ({files.one_line(e)})') from None
   return raw, text
 
 
 def fetch(spec: DatasetSpec, directory: str, timeout: float = DEFAULT_TIMEOUT,
-          offline_hint: str = OFFLINE_HINT) -> None:
+          offline_hint: str = COPY_FILES_HINT) -> None:
   """Puts `spec`'s NCF files into `directory`, downloading what is missing.
 
   Files published in NCF format are downloaded one by one and checked against
@@ -199,7 +199,7 @@ def fetch(spec: DatasetSpec, directory: str, timeout: float = DEFAULT_TIMEOUT,
   try:
     created = files.make_dirs(directory)
   except OSError as e:
-    raise DataError(f'{directory}: cannot create ({_one_line(e)})') from None
+    raise DataError(f'{directory}: cannot create ({files.one_line(e)})') from None
   try:
     _fetch_raw(spec, directory, timeout, offline_hint)
   except BaseException:

@@ -31,7 +31,7 @@ import numpy as np
 from ncf_jax.data import files, id_maps
 from ncf_jax.data.dataset import (Dataset, HeldOut, latest_per_user, sample_distinct_negatives,
                                   stage_ncf_files, stale_ncf_files)
-from ncf_jax.data.delimited import Layout, RawColumns, read_columns, sort_keys
+from ncf_jax.data.delimited import ColumnLayout, RawColumns, read_columns, sort_keys
 from ncf_jax.data.interactions import InteractionSet
 from ncf_jax.errors import DataError
 
@@ -74,13 +74,13 @@ PRESETS = {
 
 MOVIELENS = {
     # u.data: user item rating timestamp
-    'ml-100k': Layout('ml-100k', '\t', 0, 1, time=3, rating=2, header=False, num_columns=4,
+    'ml-100k': ColumnLayout('ml-100k', '\t', 0, 1, time=3, rating=2, header=False, num_columns=4,
                       integer_ids=True),
     # ratings.dat: UserID::MovieID::Rating::Timestamp
-    'ml-1m': Layout('ml-1m', '::', 0, 1, time=3, rating=2, header=False, num_columns=4,
+    'ml-1m': ColumnLayout('ml-1m', '::', 0, 1, time=3, rating=2, header=False, num_columns=4,
                     integer_ids=True),
     # ratings.csv: userId,movieId,rating,timestamp (half stars)
-    'ml-20m': Layout('ml-20m', ',', 'userId', 'movieId', time='timestamp', rating='rating',
+    'ml-20m': ColumnLayout('ml-20m', ',', 'userId', 'movieId', time='timestamp', rating='rating',
                      integer_ids=True),
 }
 FORMATS = (*MOVIELENS, 'csv', 'tsv')
@@ -90,7 +90,7 @@ _TEXT_NEGATIVES_MAX = 100  # 'auto' stores more negatives per row as .npy
 
 def layout_for(fmt: str, user_col: str | None = None, item_col: str | None = None,
                time_col: str | None = None, rating_col: str | None = None,
-               sep: str | None = None, encoding: str = 'utf-8') -> Layout:
+               sep: str | None = None, encoding: str = 'utf-8') -> ColumnLayout:
   """The layout of a format: a MovieLens preset, or a csv/tsv file's named columns."""
   if fmt in MOVIELENS:
     given = [flag for flag, value in (('user_col', user_col), ('item_col', item_col),
@@ -111,7 +111,7 @@ def layout_for(fmt: str, user_col: str | None = None, item_col: str | None = Non
   sep = {'csv': ',', 'tsv': '\t'}[fmt] if sep is None else sep
   if len(sep) != 1 or sep in '"\r\n':
     raise DataError(f'--sep={sep!r}: must be one character, not a quote or a line break')
-  return Layout(fmt, sep, user_col, item_col, time=time_col, rating=rating_col,
+  return ColumnLayout(fmt, sep, user_col, item_col, time=time_col, rating=rating_col,
                 encoding=encoding)
 
 
@@ -245,7 +245,7 @@ def split(data: Interactions, protocol: Protocol, name: str, source_dir: str | N
                  source_dir=source_dir)
 
 
-def _manifest(raw: RawColumns, layout: Layout, protocol: Protocol, data: Interactions,
+def _manifest(raw: RawColumns, layout: ColumnLayout, protocol: Protocol, data: Interactions,
               dataset: Dataset, negatives_format: str) -> dict:
   return {
       'source': dict(file=os.path.basename(raw.path), size=raw.size, sha256=raw.sha256),
@@ -259,7 +259,7 @@ def _manifest(raw: RawColumns, layout: Layout, protocol: Protocol, data: Interac
   }
 
 
-def default_name(raw_path: str, layout: Layout) -> str:
+def default_name(raw_path: str, layout: ColumnLayout) -> str:
   """The files' stem: a MovieLens format's name, else the raw file's (orders.csv.gz: orders)."""
   if layout.format in MOVIELENS:
     return layout.format
@@ -268,11 +268,11 @@ def default_name(raw_path: str, layout: Layout) -> str:
   return os.path.splitext(base)[0] or layout.format
 
 
-def prepare(raw_path: str, layout: Layout | str, out_dir: str, name: str | None = None,
+def prepare(raw_path: str, layout: ColumnLayout | str, out_dir: str, name: str | None = None,
             protocol: Protocol = Protocol(), negatives_format: str = 'auto') -> Dataset:
   """Turns an interaction log into NCF files, id maps and a manifest in `out_dir`.
 
-  `layout`: a `Layout`, or the name of a MovieLens format ('ml-100k' for
+  `layout`: a `ColumnLayout`, or the name of a MovieLens format ('ml-100k' for
   u.data, 'ml-1m' for ratings.dat, 'ml-20m' for ratings.csv). `name` names the
   files `<name>.train.rating` etc. (default: see `default_name`). `negatives_format`:
   'text' (`.negative`), 'npy' (`.negative.npy`, int32) or 'auto' (text up to

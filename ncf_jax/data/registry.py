@@ -16,10 +16,11 @@ from ncf_jax.data.spec import REGISTRY, SYNTHETIC, DatasetSpec, default_data_dir
 from ncf_jax.errors import ConfigError, DataError
 
 # Names other modules import from here (several are defined in spec and dataset).
-__all__ = ['NCF_SUFFIXES', 'OFFLINE_HINT', 'REGISTRY', 'SYNTHETIC', 'DatasetSpec', 'check_data_dir',
+__all__ = ['NCF_SUFFIXES', 'DATA_DIR_HINT', 'REGISTRY', 'SYNTHETIC', 'DatasetSpec',
+           'check_data_dir',
            'default_data_dir', 'has_ncf_files', 'load_dataset', 'ncf_name_in']
 
-OFFLINE_HINT = ('to work offline, put the files in a directory and set --config.data_dir=DIR '
+DATA_DIR_HINT = ('to work offline, put the files in a directory and set --config.data_dir=DIR '
                 '(or $NCF_DATA_DIR to the folder above it), or use --config.dataset=synthetic')
 
 
@@ -68,7 +69,7 @@ def load_dataset(config) -> Dataset:
     directory = download.cache_dir(config.dataset)
     name = config.dataset
     if not has_ncf_files(directory, name):
-      download.fetch(REGISTRY[name], directory, offline_hint=OFFLINE_HINT)
+      download.fetch(REGISTRY[name], directory, offline_hint=DATA_DIR_HINT)
   else:
     raise ConfigError(f'config.dataset: unknown dataset {config.dataset!r}; known: '
                       f'{", ".join([*REGISTRY, SYNTHETIC])}, or set config.data_dir to a '
