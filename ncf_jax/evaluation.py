@@ -149,6 +149,31 @@ class SampledEvaluator:
                     self.what)
 
 
+def _full_ranking_program(model, num_items: int, block: int, window: int,
+                          layout: sharding.Layout):
+  """The jitted (params, pair rows, pair items, *blocks) -> (ranks, non-finite count) of
+  full ranking: each block of users scores every item, masks its known pairs (read from a
+  `window` at the block's offset) and the held-out item itself, and ranks the held-out item."""
+
+  def block_ranks(params, pair_rows, pair_items, b):
+    users, items, start, count, real = b
+    scores = model.apply({'params': params}, users, jnp.arange(num_items),
+                         method=model.score_matrix)
+    heldout = jnp.take_along_axis(scores, items[:, None], axis=1)[:, 0]
+    rows = lax.dynamic_slice(pair_rows, (start,), (window,))
+    rows = jnp.where(jnp.arange(window) < count, rows, block)  # beyond the block: dropped
+    cols = lax.dynamic_slice(pair_items, (start,), (window,))
+    known = jnp.zeros(scores.shape, bool).at[rows, cols].set(True, mode='drop')
+    counted = ~known & (jnp.arange(num_items)[None, :] != items[:, None])
+    return ranks_from_scores(heldout, scores, counted), _count_nonfinite(scores, real)
+
+  def all_ranks(params, pair_rows, pair_items, *blocks):
+    ranks, nonfinite = lax.map(lambda b: block_ranks(params, pair_rows, pair_items, b), blocks)
+    return ranks.reshape(-1), nonfinite.sum()
+
+  return jax.jit(all_ranks, out_shardings=layout.replicated)
+
+
 @dataclasses.dataclass
 class FullRankingEvaluator:
   """Ranks each held-out item among all items the user has not interacted with.
@@ -169,14 +194,22 @@ class FullRankingEvaluator:
   def __post_init__(self):
     layout = self.layout or sharding.single_device_layout()
     width = max(64, self.model.pair_width)  # the widest per-pair activation of full ranking
-    block = _block_size(self.max_block_elements // (self.num_items * width), len(self.heldout),
-                        layout)
     rows = len(self.heldout)
-    num_blocks = -(-rows // block)
+    block = _block_size(self.max_block_elements // (self.num_items * width), rows, layout)
     row, item = self._known_pairs_by_row()
     self.num_candidates = self._fewest_candidates(row, item)
-    # Known pairs sorted by block, flat (memory ~ the number of pairs); each block reads a
-    # fixed-width window from its offset and masks what lies beyond its own pairs.
+    window = self._place_known_pairs(layout, row, item, block)
+    self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
+    self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
+    self._real = _by_user(layout, _real_rows(rows, block))
+    self._ranks = _full_ranking_program(self.model, self.num_items, block, window, layout)
+
+  def _place_known_pairs(self, layout: sharding.Layout, row: np.ndarray, item: np.ndarray,
+                         block: int) -> int:
+    """Puts the known pairs on the devices sorted by block, flat (memory ~ the number of
+    pairs), with each block's offset and count; returns the fixed window a block reads
+    from its offset (it masks what lies beyond its own pairs)."""
+    num_blocks = -(-len(self.heldout) // block)
     blk = row // block
     per_block = np.bincount(blk, minlength=num_blocks)
     window = max(1, int(per_block.max()) if len(per_block) else 1)
@@ -187,28 +220,7 @@ class FullRankingEvaluator:
     self._pair_items = everywhere(np.concatenate([item[sort].astype(np.int32), pad]))
     self._block_start = everywhere((np.cumsum(per_block) - per_block).astype(np.int32))
     self._block_count = everywhere(per_block.astype(np.int32))
-    self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
-    self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
-    self._real = _by_user(layout, _real_rows(rows, block))
-    model, num_items = self.model, self.num_items
-
-    def block_ranks(params, pair_rows, pair_items, b):
-      users, items, start, count, real = b
-      scores = model.apply({'params': params}, users, jnp.arange(num_items),
-                           method=model.score_matrix)
-      heldout = jnp.take_along_axis(scores, items[:, None], axis=1)[:, 0]
-      rows = lax.dynamic_slice(pair_rows, (start,), (window,))
-      rows = jnp.where(jnp.arange(window) < count, rows, block)  # beyond the block: dropped
-      cols = lax.dynamic_slice(pair_items, (start,), (window,))
-      known = jnp.zeros(scores.shape, bool).at[rows, cols].set(True, mode='drop')
-      counted = ~known & (jnp.arange(num_items)[None, :] != items[:, None])
-      return ranks_from_scores(heldout, scores, counted), _count_nonfinite(scores, real)
-
-    def all_ranks(params, pair_rows, pair_items, *blocks):
-      ranks, nonfinite = lax.map(lambda b: block_ranks(params, pair_rows, pair_items, b), blocks)
-      return ranks.reshape(-1), nonfinite.sum()
-
-    self._ranks = jax.jit(all_ranks, out_shardings=layout.replicated)
+    return window
 
   def _known_pairs_by_row(self) -> tuple[np.ndarray, np.ndarray]:
     """(held-out row, item) for every known pair of that row's user (a vectorised join)."""
