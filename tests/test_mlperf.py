@@ -8,12 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_config, read_records, run_module, train_quietly
+from conftest import ROOT, make_config, read_records, train_quietly
 from ncf_jax import cli
 from ncf_jax import feeder
 from ncf_jax import run_dir
 from ncf_jax import trained_run
 from ncf_jax import train
+from ncf_jax.data import prepare
 from ncf_jax.data import synthetic
 from ncf_jax.data.dataset import Dataset, carve_validation, load_ncf_dir
 from ncf_jax.errors import ConfigError
@@ -53,18 +54,19 @@ def _numpy_hr(trained, dataset, top_k):
   return float(np.mean(hits))
 
 
-def test_mlperf_recipe_on_generated_ml20m_layout(tmp_path):
+def test_mlperf_recipe_on_generated_ml20m_layout(tmp_path, capsys):
+  # In-process: the commands' flags are tested elsewhere; this is the recipe's data and run.
   _write_ml20m_ratings(tmp_path / 'ratings.csv')
   data_dir = tmp_path / 'ml-20m-mlperf'
-  prepared = run_module('ncf_jax.data', 'prepare', f'--raw={tmp_path / "ratings.csv"}',
-                        '--format=ml-20m', '--preset=mlperf', f'--out={data_dir}')
-  assert prepared.returncode == 0, prepared.stderr
+  prepare.prepare(str(tmp_path / 'ratings.csv'), 'ml-20m', str(data_dir),
+                  protocol=prepare.PRESETS['mlperf'])
   workdir = tmp_path / 'run'
-  result = run_module('ncf_jax.main', '--config=configs/mlperf.py', f'--workdir={workdir}',
-                      f'--config.data_dir={data_dir}', '--config.num_factors=8',
-                      '--config.layers=(16,8)', '--config.batch_size=512',
-                      '--config.num_epochs=2', '--config.eval_users_per_block=16')
-  assert result.returncode == 0, result.stderr
+  config = run_dir.load_config_file(cli.shipped_config('configs/mlperf.py'))
+  config.update(data_dir=str(data_dir), num_factors=8, layers=(16, 8), batch_size=512,
+                num_epochs=2, eval_users_per_block=16)
+  capsys.readouterr()
+  train.train_and_evaluate(config, str(workdir))
+  stdout = capsys.readouterr().out
   assert (data_dir / 'ml-20m.test.negative.npy').is_file()
   dataset = load_ncf_dir(str(data_dir), 'ml-20m')
   assert dataset.test.negatives.shape == (60, 999)
@@ -75,7 +77,7 @@ def test_mlperf_recipe_on_generated_ml20m_layout(tmp_path):
   config = run_dir.RunDir(str(workdir)).read_config()
   assert (config.learning_rate, config.adam_b1, config.adam_b2) == (0.0045, 0.25, 0.5)
   assert config.target_hr == 0.635
-  assert result.stdout.splitlines()[-1].startswith('target HR@10 0.635 not reached in 2 epochs')
+  assert stdout.splitlines()[-1].startswith('target HR@10 0.635 not reached in 2 epochs')
   best = trained_run.load_best(str(workdir))
   best_record = next(r for r in records if r['epoch'] == best.epoch)
   assert best_record['hr'] > 0.1  # the popular items were learnt
