@@ -138,7 +138,8 @@ def initialize_distributed() -> None:
 
 def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | None = None,
         max_args: int = 0) -> None:
-  """Runs a command: defines its flags (only now: importing a module defines none),
+  """Runs a command: defines its flags (only now: importing a module defines none; the
+  data tools' `__main__`, imported only to run, defines its own as it loads),
   parses them, sets logging, turns SIGTERM into an interrupt, reports errors in one line.
 
   `max_args`: how many positional arguments the command takes.

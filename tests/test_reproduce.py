@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 
 from experiments import reproduce
@@ -28,11 +29,27 @@ def _reproduce(tmp_path, *args):
   return result.stdout
 
 
-def test_shared_runs_use_one_workdir(tmp_path):
+@pytest.fixture
+def dry_run(tmp_path):
+  """The command lines `reproduce --dry_run` prints, planned in-process (flags parsed here)."""
+  if 'experiment' not in flags.FLAGS:
+    reproduce.define_flags()
+
+  def commands(*args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['reproduce', '--dataset=synthetic', '--synthetic_users=300', '--num_epochs=1',
+                 f'--runs_dir={tmp_path / "runs"}', f'--results_dir={tmp_path / "results"}',
+                 *args])
+    return [run.command() for run in reproduce.plan(flags.FLAGS.experiment)]
+
+  yield commands
+  flags.FLAGS.unparse_flags()
+
+
+def test_shared_runs_use_one_workdir(dry_run):
   # The factors figure's GMF/MLP/NeuMF and Table 3's 3-layer MLP are Table 2's runs.
-  factors = _reproduce(tmp_path, '--experiment=factors', '--factors=8', '--mf_factors=16',
-                       '--dry_run').splitlines()
-  table3 = _reproduce(tmp_path, '--experiment=table3', '--factors=8', '--dry_run').splitlines()
+  factors = dry_run('--experiment=factors', '--factors=8', '--mf_factors=16')
+  table3 = dry_run('--experiment=table3', '--factors=8')
   workdirs = lambda lines: [line.split('--workdir=')[1].split()[0] for line in lines]
   assert [w.split('runs/')[-1] for w in workdirs(factors)] == [
       'table2/pre-8/gmf', 'table2/pre-8/mlp', 'table2/neumf-8', 'factors/mf-16']
@@ -40,7 +57,7 @@ def test_shared_runs_use_one_workdir(tmp_path):
       'table3/mlp0-8', 'table3/mlp1-8', 'table3/mlp2-8', 'table2/pre-8/mlp', 'table3/mlp4-8']
   assert '--config.layers="(8,)"' in table3[0] and '--config.layers' not in table3[3]
   # At 64 factors every run trains at Table 2's batch size, so the 3-layer MLP is shared too.
-  table3_64 = _reproduce(tmp_path, '--experiment=table3', '--factors=64', '--dry_run').splitlines()
+  table3_64 = dry_run('--experiment=table3', '--factors=64')
   assert workdirs(table3_64)[3].endswith('runs/table2/pre-64/mlp')
   assert all('--config.batch_size=1024' in line for line in table3_64)
 
