@@ -78,3 +78,13 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
   assert result.returncode != 0, result.stdout
   assert 'Traceback' not in result.stderr, result.stderr
   return [line for line in result.stderr.splitlines() if line.startswith('error:')]
+
+
+def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
+  """`dataset` as NCF files in `directory` (the files `data prepare` stages), for tests that
+  read them back."""
+  from ncf_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from ncf_jax.data import files  # pylint: disable=g-import-not-at-top
+  with files.StagedFiles(str(directory)) as staged:
+    dataset_lib.stage_ncf_files(staged, dataset, negatives_format)
+    staged.commit()

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, write_ncf_dir
 
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import download
@@ -286,7 +286,7 @@ def test_binary_negatives_are_preferred_and_checked(tmp_path):
 
 def test_npy_round_trip(tmp_path):
   data = dataset_lib.load_ncf_dir(_toy(tmp_path), 'toy')
-  dataset_lib.write_ncf_dir(data, str(tmp_path / 'out'), negatives_format='npy')
+  write_ncf_dir(data, str(tmp_path / 'out'), negatives_format='npy')
   assert not os.path.exists(tmp_path / 'out' / 'toy.test.negative')
   again = dataset_lib.load_ncf_dir(str(tmp_path / 'out'), 'toy')
   np.testing.assert_array_equal(again.test.negatives, data.test.negatives)

@@ -5,9 +5,17 @@ import os
 import numpy as np
 import pytest
 
+from conftest import write_ncf_dir
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import ncf_format
+from ncf_jax.data.files import atomic_write_text
 from ncf_jax.errors import DataError
+
+
+def _write_ratings(path, users, items, timestamps=None, ratings=None):
+  """A `.rating` file as `data prepare` writes one."""
+  atomic_write_text(path, ncf_format.ratings_text(users, items, timestamps, ratings))
+
 
 NAME = 'toy'
 
@@ -50,7 +58,7 @@ def test_ratings_round_trip(tmp_path):
   timestamps = rng.integers(0, 2 * 10**9, 500)
   timestamps[:3] = [0, 9, 10]  # digit-width edge cases
   path = str(tmp_path / 'x.rating')
-  ncf_format.write_ratings(path, users, items, timestamps)
+  _write_ratings(path, users, items, timestamps)
   got_users, got_items, got_timestamps = ncf_format.read_ratings(path)
   np.testing.assert_array_equal(got_users, users)
   np.testing.assert_array_equal(got_items, items)
@@ -61,7 +69,7 @@ def test_ratings_round_trip(tmp_path):
 
 def test_ratings_with_fractional_ratings_round_trip(tmp_path):
   path = str(tmp_path / 'x.rating')
-  ncf_format.write_ratings(path, np.array([0, 1]), np.array([5, 6]), np.array([7, 8]),
+  _write_ratings(path, np.array([0, 1]), np.array([5, 6]), np.array([7, 8]),
                            ratings=np.array([3.5, 4.0]))
   assert open(path).read() == '0\t5\t3.5\t7\n1\t6\t4\t8\n'
   np.testing.assert_array_equal(ncf_format.read_ratings(path)[1], [5, 6])
@@ -82,7 +90,7 @@ def test_negatives_round_trip(tmp_path):
 
 
 def test_writes_leave_no_temporary_files_and_usual_modes(tmp_path):
-  ncf_format.write_ratings(str(tmp_path / 'a.rating'), np.array([0]), np.array([1]))
+  _write_ratings(str(tmp_path / 'a.rating'), np.array([0]), np.array([1]))
   assert os.listdir(tmp_path) == ['a.rating']
   umask = os.umask(0o077)
   os.umask(umask)
@@ -94,7 +102,7 @@ def test_dataset_round_trip(tmp_path):
   data = dataset_lib.load_ncf_dir(_write_toy(tmp_path), NAME)
   assert (data.num_users, data.num_items, data.num_train, len(data.test)) == (4, 12, 9, 4)
   out = tmp_path / 'out'
-  dataset_lib.write_ncf_dir(data, str(out))
+  write_ncf_dir(data, str(out))
   again = dataset_lib.load_ncf_dir(str(out), NAME)
   for field in ('train_users', 'train_items', 'train_timestamps'):
     np.testing.assert_array_equal(getattr(again, field), getattr(data, field))
@@ -191,7 +199,7 @@ def test_valid_files_are_read_or_folded_back(tmp_path):
   data = dataset_lib.load_ncf_dir(_write_toy(tmp_path), NAME)
   carved = dataset_lib.carve_validation(data, seed=0, num_negatives=2)
   out = str(tmp_path / 'out')
-  dataset_lib.write_ncf_dir(carved, out)
+  write_ncf_dir(carved, out)
   with_valid = dataset_lib.load_ncf_dir(out, NAME, validation=True)
   np.testing.assert_array_equal(with_valid.valid.items, carved.valid.items)
   np.testing.assert_array_equal(with_valid.valid.negatives, carved.valid.negatives)

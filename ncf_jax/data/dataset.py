@@ -8,7 +8,7 @@ import os
 import numpy as np
 import scipy.sparse
 
-from ncf_jax.data import files, ncf_format
+from ncf_jax.data import ncf_format
 from ncf_jax.data.interactions import InteractionSet
 from ncf_jax.data.spec import NCF_SUFFIXES
 from ncf_jax.errors import DataError
@@ -382,15 +382,3 @@ def stale_ncf_files(directory: str, name: str, written: list[str]) -> list[str]:
                                                      for s in suffixes if 'negative' in s]
   return [os.path.join(directory, f) for f in candidates
           if f not in written and os.path.exists(os.path.join(directory, f))]
-
-
-def write_ncf_dir(dataset: Dataset, directory: str, negatives_format: str = 'text') -> None:
-  """Writes `dataset` as NCF files (plus `.valid.*` when it has a validation holdout).
-
-  All files appear together or none does; stale files of the same name go.
-  """
-  with files.StagedFiles(directory) as staged:
-    written = stage_ncf_files(staged, dataset, negatives_format)
-    staged.commit()
-  for path in stale_ncf_files(directory, dataset.name, written):
-    os.remove(path)

@@ -238,12 +238,6 @@ def negatives_text(users: np.ndarray, items: np.ndarray, negatives: np.ndarray) 
   return format_int_rows(counts, b'(', [b',', b')\t'] + [b'\t'] * (num_negatives - 1) + [b'\n'])
 
 
-def write_ratings(path: str, users: np.ndarray, items: np.ndarray,
-                  timestamps: np.ndarray | None = None, ratings: np.ndarray | None = None) -> None:
-  """Writes a `.rating` file atomically (rating 1 and timestamp 0 where not given)."""
-  atomic_write_text(path, ratings_text(users, items, timestamps, ratings))
-
-
 def write_negatives(path: str, users: np.ndarray, items: np.ndarray,
                     negatives: np.ndarray) -> None:
   """Writes a `.negative` file atomically: `(user,item)` then the row's negatives."""
