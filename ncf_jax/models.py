@@ -17,21 +17,20 @@ Parameter trees are laid out so that pretrained towers drop into NeuMF:
 A new model: a module satisfying `ScoringModel`, an entry in `MODELS`, a config, a test.
 """
 
-from typing import Any, ClassVar, Literal, Protocol, Sequence
+from typing import Any, ClassVar, Protocol, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ncf_jax import sharding
+from ncf_jax.param_paths import IdsKey, ParamPath
 
 # The original code: embeddings N(0, 0.01) (`config.embedding_stddev`); hidden
 # layers Keras' default glorot-uniform; the prediction layer lecun-uniform; biases zero.
 hidden_init = nn.initializers.glorot_uniform()
 head_init = nn.initializers.lecun_uniform()
 
-ParamPath = tuple[str, ...]
-IdsKey = Literal['users', 'items']  # which batch ids index a table
 
 
 class ScoringModel(Protocol):

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(ROOT, 'ncf_jax')
 
 # Lowest first. Within a layer, imports may go either way (the cycle check still holds).
 LAYERS = [
-    ('errors', 'configs', 'config_fields', 'data.spec', 'data.interactions'),
+    ('errors', 'configs', 'config_fields', 'param_paths', 'data.spec', 'data.interactions'),
     ('data.files',),
     ('data.delimited', 'data.ncf_format', 'data.dataset', 'data.id_maps', 'data.prepare',
      'data.download', 'data.synthetic', 'data.registry'),
