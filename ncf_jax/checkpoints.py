@@ -151,11 +151,13 @@ def _legacy_record(digests: dict, state) -> dict:
   row-range keys; the same digests when the array has at most 4M rows (one block size)."""
   rows = {shard_digests.path_name(p): (x.shape[0] if x.shape else 1)
           for p, x in jax.tree_util.tree_leaves_with_path(state)}
+  shapes = {shard_digests.path_name(p) for p, x in jax.tree_util.tree_leaves_with_path(state)
+            if x.shape}
   out = {}
   for name, pieces in digests.items():
     total = rows.get(name)
-    if total is None or shard_digests.block_rows(total) != 1024:
-      continue
+    if total is None or name not in shapes or shard_digests.block_rows(total) != 1024:
+      continue  # (format 1 digested a scalar as shape (1,): left unchecked)
     out[name] = {f'{int(s)}:{min(int(s) + 1024, total)}': h for s, h in pieces.items()}
   return out
 
@@ -346,8 +348,10 @@ class CheckpointDir:
 
   def _verify(self, epoch: int, tree, legacy: dict | None = None) -> None:
     recorded = self._recorded_digests(epoch, legacy, tree)
-    mismatch = shard_digests.first_mismatch(
-        recorded, shard_digests.host_copies(tree, writer=False))
+    copies = shard_digests.host_copies(tree, writer=False)
+    if legacy is not None:  # format 1: the arrays its record can vouch for
+      copies = [c for c in copies if c.name in recorded]
+    mismatch = shard_digests.first_mismatch(recorded, copies)
     if mismatch is not None:
       raise DamagedCheckpointError(
           f'{self.where(epoch)}: damaged checkpoint (the contents of {mismatch} do not match '

@@ -129,3 +129,44 @@ def test_sharded_checkpoints_on_eight_forced_cpu_devices():
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
   summary = result.stdout.strip().splitlines()[-1]
   assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
+
+
+def _format_1_digests(state):
+  """Format 1's record, by hand: {name: {first row: BLAKE2b of 1,024-row blocks}}."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    array = np.atleast_1d(np.asarray(leaf))
+    rows = array.reshape(array.shape[0], -1)
+    header = f'{array.dtype.str}{array.shape}'.encode()
+    out[shard_digests.path_name(path)] = {
+        str(s): hashlib.blake2b(header + rows[s:s + 1024].tobytes(), digest_size=16).hexdigest()
+        for s in range(0, len(rows), 1024)}
+  return out
+
+
+def test_checkpoints_of_format_1_are_still_restored_and_verified(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  state = _state()
+  digests = _format_1_digests(state)
+  manager = ocp.CheckpointManager(
+      str(tmp_path / 'ckpt'), item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                             'digests': ocp.JsonCheckpointHandler()})
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          digests=ocp.args.JsonSave(digests)))
+  manager.wait_until_finished()
+  manager.close()
+  abstract = jax.eval_shape(lambda: _state())
+  reader = checkpoints.CheckpointDir(str(tmp_path / 'ckpt'))
+  assert reader.epochs() == [1]
+  restored, meta = reader.restore(1, abstract)
+  assert meta == {}
+  np.testing.assert_array_equal(np.asarray(restored['opt']['mu']), state['opt']['mu'])
+  reader.close()
+  record = tmp_path / 'ckpt' / '1' / 'digests' / 'metadata'
+  digests['params/table']['2048'] = '0' * 32
+  record.write_text(json.dumps(digests))
+  reader = checkpoints.CheckpointDir(str(tmp_path / 'ckpt'))
+  with pytest.raises(DamagedCheckpointError, match=r'params/table rows 2048\.\.2999 do not'):
+    reader.restore_params(1, abstract['params'])
+  reader.close()
