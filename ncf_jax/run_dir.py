@@ -39,7 +39,7 @@ from ncf_jax import checkpoints as checkpoints_lib
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import train_step
-from ncf_jax.data.files import atomic_write_text
+from ncf_jax.data.files import atomic_write_text, make_dirs, remove_empty_dirs
 from ncf_jax.errors import CheckpointError, WorkdirError
 
 WORKDIRS = 'workdirs'  # default workdirs go under this folder of the current directory
@@ -366,14 +366,16 @@ class RunDir:
     if not created and not os.path.isdir(self.path):
       raise WorkdirError(f'{self.path}: not a directory')
     try:
-      os.makedirs(self.path, exist_ok=True)
+      made = make_dirs(self.path)  # with the parents it needed, removed with it if unused
       lock = open(self.file(LOCK), 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
     except OSError as e:
       raise WorkdirError(f'{self.path}: cannot use as a workdir '
                          f'({e.strerror or type(e).__name__})') from None
+    locked = False
     try:
       try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
       except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
           raise
@@ -388,7 +390,10 @@ class RunDir:
       lock.flush()
       yield self
     except BaseException:
-      self._remove_leftovers(created, existed)
+      if locked:  # (a refused second writer touches nothing of the run holding the lock)
+        self._remove_leftovers(created, existed)
+        if created and not os.path.exists(self.path):
+          remove_empty_dirs(made[:-1])
       raise
     finally:
       lock.close()

@@ -279,3 +279,10 @@ def test_run_identity_follows_the_computing_fields_only():
   assert run_dir.run_identity(run_dir.config_to_dict(make_config())) == base
   with_fingerprint = dict(run_dir.config_to_dict(make_config()), data_fingerprint='abc')
   assert run_dir.run_identity(with_fingerprint) != base
+
+
+def test_a_stopped_first_run_removes_the_parent_folders_it_made(tmp_path, monkeypatch):
+  _stop_before_the_first_record(monkeypatch)
+  with pytest.raises(KeyboardInterrupt):
+    train_quietly(make_config(num_epochs=1), tmp_path / 'pipeline' / 'gmf')
+  assert os.listdir(tmp_path) == []
