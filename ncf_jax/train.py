@@ -229,7 +229,7 @@ def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int, di
   """
   recorded = [r['epoch'] for r in progress.history]
   epochs = progress.latest.epochs()
-  reachable = [e for e in epochs if not recorded or e <= recorded[-1] + 1]
+  reachable = [e for e in epochs if e <= (recorded[-1] if recorded else -1) + 1]
   for epoch in sorted(set(epochs) - set(reachable)):
     progress.say(f'note: {progress.latest.where(epoch)}: passed over: '
                  f'{progress.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
@@ -301,12 +301,17 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
     if changed:
       progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
+    metrics = run.file(run_dir_lib.METRICS)
     if progress.history:
       epochs = [r['epoch'] for r in progress.history]
       raise CheckpointError(
-          f'{progress.latest.directory}: no checkpoint, but {run.file(run_dir_lib.METRICS)} '
-          f'records epochs {epochs[0]}..{epochs[-1]}; put the checkpoints back, or start over '
-          'with --restart')
+          f'{progress.latest.directory}: no checkpoint, but {metrics} records epochs '
+          f'{epochs[0]}..{epochs[-1]}; put the checkpoints back, or start over with --restart')
+    if progress.latest.epochs():
+      raise CheckpointError(
+          f'{metrics}: no records, but {progress.latest.directory} holds epochs '
+          f'{", ".join(map(str, progress.latest.epochs()))}; put metrics.jsonl back, or start '
+          'over with --restart')
     state, epoch = initial_state(experiment), 0
   if progress.primary:
     run.write_config(config)

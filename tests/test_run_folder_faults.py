@@ -286,3 +286,26 @@ def test_a_stopped_first_run_removes_the_parent_folders_it_made(tmp_path, monkey
   with pytest.raises(KeyboardInterrupt):
     train_quietly(make_config(num_epochs=1), tmp_path / 'pipeline' / 'gmf')
   assert os.listdir(tmp_path) == []
+
+
+def test_without_metrics_the_run_refuses_in_one_line_and_keeps_the_checkpoints(
+    tmp_path, finished):
+  workdir = _copy(finished, tmp_path)
+  os.unlink(workdir / run_dir.METRICS)
+  kept = sorted(os.listdir(workdir / 'checkpoints' / 'latest'))
+  with pytest.raises(CheckpointError, match=f'^{workdir}/metrics.jsonl: no records, but '
+                                            f'{workdir}/checkpoints/latest holds epochs '):
+    train_quietly(make_config(num_epochs=EPOCHS), workdir)
+  assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == kept
+  assert not (workdir / run_dir.METRICS).exists()
+
+
+def test_a_crash_between_the_first_save_and_its_record_resumes_from_it(tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  train_quietly(make_config(num_epochs=1), workdir)
+  straight = numbers(workdir)
+  shutil.rmtree(workdir / 'checkpoints' / 'latest' / '1')
+  (workdir / run_dir.METRICS).write_text('')  # epoch 0 durable, its record never appended
+  train.train_and_evaluate(make_config(num_epochs=1), str(workdir))
+  assert 'the record of epoch 0 was missing' in capsys.readouterr().out
+  assert numbers(workdir) == straight
