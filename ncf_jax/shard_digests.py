@@ -7,7 +7,7 @@ its global row range "start:stop". A process digests only its shards of replica 
 piece is digested once over all processes and no array is gathered or copied whole onto a
 host: the cost per process is its own shards.
 
-Digesting runs on a worker thread over host copies of the local shards (`host_copies`,
+Digesting runs on a worker thread (and a few pool threads) over host copies of the local shards (`host_copies`,
 taken on the caller's thread because the next train step donates the device buffers);
 BLAKE2b releases the GIL, so training goes on meanwhile.
 
@@ -20,8 +20,10 @@ unchecked; with tables padded to multiples of 1,024 rows and block rows multiple
 this needs a reading mesh whose per-process rows are not multiples of the writer's pieces.
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
+import os
 import threading
 
 import jax
@@ -116,20 +118,34 @@ def _digest(header: bytes, data: np.ndarray) -> str:
   return hashlib.blake2b(header + np.ascontiguousarray(data).tobytes(), digest_size=16).hexdigest()
 
 
-def digest(copies: list[HostRows]) -> dict[str, dict[str, str]]:
-  """{array name: {"start:stop": hex digest}} of the pieces in `copies`."""
-  out = {}
+def digest(copies: list[HostRows], threads: int = 1) -> dict[str, dict[str, str]]:
+  """{array name: {"start:stop": hex digest}} of the pieces in `copies`, over `threads`
+  threads (BLAKE2b releases the GIL on large buffers)."""
+  tasks = []
   for array in copies:
-    block, header, digests = block_rows(array.rows), array.header(), {}
+    block, header = block_rows(array.rows), array.header()
     for start, stop, data in array.pieces:
       flat = data.reshape(stop - start, -1)
       row = start
       while row < stop:
         end = min(stop, (row // block + 1) * block)
-        digests[f'{row}:{end}'] = _digest(header, flat[row - start:end - start])
+        tasks.append((array.name, f'{row}:{end}', header, flat[row - start:end - start]))
         row = end
-    out[array.name] = digests
+  work = lambda task: _digest(task[2], task[3])
+  if threads > 1 and len(tasks) > 1:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      digests = list(pool.map(work, tasks))
+  else:
+    digests = [work(task) for task in tasks]
+  out = {array.name: {} for array in copies}
+  for (name, key, _, _), value in zip(tasks, digests):
+    out[name][key] = value
   return out
+
+
+def default_threads() -> int:
+  """Digest threads: a few of the host's cores (the training loop needs the rest)."""
+  return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class DigestWorker:
@@ -143,7 +159,7 @@ class DigestWorker:
 
   def _run(self, copies):
     try:
-      self._outcome = ('ok', digest(copies))
+      self._outcome = ('ok', digest(copies, default_threads()))
     except BaseException as e:  # pylint: disable=broad-except
       self._outcome = ('error', e)
 

@@ -74,9 +74,9 @@ def test_digests_run_on_a_worker_thread_and_are_written_before_the_save_counts(
   threads = []
   original = shard_digests.digest
 
-  def spy(copies):
+  def spy(copies, *args):
     threads.append(threading.current_thread())
-    return original(copies)
+    return original(copies, *args)
 
   monkeypatch.setattr(shard_digests, 'digest', spy)
   directory = checkpoints.CheckpointDir(str(tmp_path / 'ckpt'), writer=True)
@@ -170,3 +170,8 @@ def test_checkpoints_of_format_1_are_still_restored_and_verified(tmp_path):
   with pytest.raises(DamagedCheckpointError, match=r'params/table rows 2048\.\.2999 do not'):
     reader.restore_params(1, abstract['params'])
   reader.close()
+
+
+def test_digests_over_several_threads_equal_those_over_one():
+  copies = shard_digests.host_copies(jax.device_put(_state()), writer=True)
+  assert shard_digests.digest(copies, threads=3) == shard_digests.digest(copies, threads=1)
