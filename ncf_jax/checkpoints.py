@@ -386,7 +386,7 @@ class CheckpointDir:
     device), checked and verified like `restore`."""
     where = self.where(epoch)
     if shardings is None:
-      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree_util.tree_map(lambda _: device, abstract_params)
     abstract = {'params': jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
