@@ -140,10 +140,17 @@ def check_tree_matches(expected, found, where: str) -> None:
 
 class _QuietOrbaxSaveErrors(logging.Filter):
   """Orbax logs a failed background save with its tracebacks (hundreds of lines) before
-  raising the error again at the wait, where `finish_save` reports it in one line."""
+  raising the error again at the wait, where `finish_save` reports it in one line. It also
+  warns at a save about the time `finish_save` spent waiting for the previous one: that wait
+  is this module's design (a record only after a durable checkpoint), not a hint to save
+  less often."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and f'{os.sep}orbax{os.sep}' in record.pathname)
+    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    if record.levelno >= logging.ERROR:
+      return False
+    return 'Waiting for previous save to complete' not in str(record.msg)
 
 
 def _legacy_record(digests: dict, state) -> dict:
