@@ -5,7 +5,7 @@ notebook.
   start         a fresh state evaluated at epoch 0, or the state of the last intact checkpoint
   train_epoch   one epoch of compiled chunks of steps; one host sync at its end
   evaluate      test (and validation, full ranking) metrics of the params
-  record_epoch  metrics.jsonl, the console line, the latest and best checkpoints
+  record_epoch  the console line and the checkpoint; metrics.jsonl once it is durable
   train_epochs  the loop over epochs, which ends early at `target_hr` (MLPerf's stopping rule)
 """
 
