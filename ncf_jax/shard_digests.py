@@ -7,9 +7,9 @@ its global row range "start:stop". A process digests only its shards of replica 
 piece is digested once over all processes and no array is gathered or copied whole onto a
 host: the cost per process is its own shards.
 
-Digesting runs on a worker thread (and a few pool threads) over host copies of the local shards (`host_copies`,
-taken on the caller's thread because the next train step donates the device buffers);
-BLAKE2b releases the GIL, so training goes on meanwhile.
+Digesting runs on a worker thread (and a few pool threads) over host copies of the local
+shards (`host_copies`, taken on the caller's thread because the next train step donates the
+device buffers); BLAKE2b releases the GIL, so training goes on meanwhile.
 
 Verification works on any mesh: a process checks every recorded piece whose rows it holds
 (in one local shard or adjacent ones), and every process checks that the recorded pieces
