@@ -24,7 +24,7 @@ LAYERS = [
     ('sharding',),
     ('models',),
     ('optimizers',),
-    ('train_step', 'evaluation', 'feeder', 'checkpoints', 'config_checks'),
+    ('train_step', 'evaluation', 'feeder', 'checkpoints', 'shard_digests', 'config_checks'),
     ('run_dir',),  # the run folder's files
     ('trained_run',),  # reading a finished run: no optimizer
     ('pretrain',),
