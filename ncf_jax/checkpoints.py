@@ -285,6 +285,10 @@ class CheckpointDir:
     with contextlib.suppress(Exception):
       self._manager.reload()
 
+  def delete(self, epoch: int) -> None:
+    self._manager.wait_until_finished()
+    self._manager.delete(epoch)
+
   def stored_tree(self, epoch: int):
     """The stored state's metadata (shapes and dtypes); CheckpointError if unreadable."""
     try:
