@@ -417,6 +417,9 @@ class CheckpointDir:
     self._verify(epoch, params, legacy_digests)
     return params['params'], meta
 
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
   def close(self) -> None:
     """Waits for pending writes, then releases the manager; a writer then removes what a
     save that never finished left (Orbax never reads it, but nothing is left half-written)."""
