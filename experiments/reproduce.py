@@ -389,4 +389,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, interrupted_note=cli.RESUMES_NOTE)

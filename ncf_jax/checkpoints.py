@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ncf_jax import interrupts
 from ncf_jax.errors import CheckpointError, DamagedCheckpointError
 
 ROW_BLOCK = 1024  # rows per digest block: fixed, so digests do not depend on sharding
@@ -229,6 +230,7 @@ class CheckpointDir:
     """The state of `epoch`, checked against `abstract_state` (shapes, dtypes, shardings)
     and verified against its digests; CheckpointError naming the checkpoint if not."""
     where = self.where(epoch)
+    interrupts.check()  # a restore blocks for long: stop before it, and after (below)
     with _quiet_abandoned_reads():
       check_tree_matches(abstract_state, self.stored_tree(epoch), where)
       try:
@@ -236,6 +238,7 @@ class CheckpointDir:
             state=ocp.args.StandardRestore(abstract_state), digests=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
         raise DamagedCheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
+    interrupts.check()  # outside the finalisers `_quiet_abandoned_reads` runs
     mismatch = _first_mismatch(restored['digests'] or {}, content_digests(restored['state']))
     if mismatch is not None:
       raise DamagedCheckpointError(f'{where}: damaged checkpoint (the contents of {mismatch} do not '

@@ -21,6 +21,7 @@ import numpy as np
 from ncf_jax import config_checks
 from ncf_jax import evaluation
 from ncf_jax import feeder
+from ncf_jax import interrupts
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
@@ -169,6 +170,7 @@ def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> d
   record = dict(epoch=epoch, step=int(state['step']), top_k=experiment.config.top_k, loss=loss,
                 **experiment.evaluators(state['params']))
   record['eval_seconds'] = time.time() - t0
+  interrupts.check()  # before anything of this evaluation is recorded
   return record
 
 
@@ -258,6 +260,7 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
   t0 = last_log = time.time()
   totals = None
   for start_batch in range(0, num_batches, chunk_size):
+    interrupts.check()  # SIGTERM / Ctrl-C stop here, between compiled chunks
     num_steps = min(chunk_size, num_batches - start_batch)
     chunk = experiment.layout.put_chunk(batches.chunk(start_batch, chunk_size))
     state, metrics = train_chunk(state, chunk, np.int32(num_steps))

@@ -169,11 +169,24 @@ def _download() -> None:
   _summary(data, directory, time.perf_counter() - start, 'download')
 
 
+# What an interrupt's line adds, per command.
+_INTERRUPTED_NOTES = {
+    'prepare': 'nothing was written; the same command starts again',
+    'download': 'files already downloaded whole are kept; the same command fetches the rest',
+}
+_command: list[str] = []  # the command being run, for its interrupt note
+
+
+def _interrupted_note() -> str:
+  return _INTERRUPTED_NOTES.get(_command[0], '') if _command else ''
+
+
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in _COMMANDS:
     got = ' '.join(argv[1:]) or 'nothing'
     raise app.UsageError(f'expected one command ({", ".join(_COMMANDS)}), got {got}')
   command = argv[1]
+  _command[:] = [command]
   required, optional = _COMMANDS[command]
   for flag in required:
     if flag.value is None:
@@ -186,4 +199,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, max_args=1)
+  cli.run(main, max_args=1, interrupted_note=_interrupted_note)
