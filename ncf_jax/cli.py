@@ -44,14 +44,15 @@ def config_key_error(error: Exception) -> str:
 def shipped_config(path: str) -> str:
   """`path`, or the config shipped with ncf_jax when `path` names `configs/<file>.py` and the
   current directory has no such file (so the README's commands work from anywhere)."""
+  path, colon, argument = path.partition(':')  # ml_collections' `file.py:argument`
   if os.path.exists(path):
-    return path
+    return path + colon + argument
   head, name = os.path.split(os.path.normpath(path))
   if os.path.basename(head) != 'configs' or not name.endswith('.py'):
-    return path
+    return path + colon + argument
   from ncf_jax import configs  # pylint: disable=g-import-not-at-top
   shipped = os.path.join(os.path.dirname(configs.__file__), name)
-  return shipped if os.path.isfile(shipped) else path
+  return (shipped if os.path.isfile(shipped) else path) + colon + argument
 
 
 def _check_config_file(value: str) -> None:
@@ -136,6 +137,9 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
     if message is None:
       if isinstance(e, flags.Error):
         message = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        required = re.search(r'Flag --(\w+) must have a value other than None', message)
+        if required:
+          message = f'--{required.group(1)} is required'
       elif isinstance(e, (AttributeError, KeyError)):  # ml_collections: an unknown key
         message = config_key_error(e)
       else:
