@@ -11,6 +11,7 @@ notebook.
 
 import contextlib
 import dataclasses
+import math
 import time
 
 import jax
@@ -238,14 +239,31 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   return state, epoch
 
 
+# A run has diverged when its mean training log loss passes this, 100 x the loss of a model
+# that scores every pair 0.5 (log 2 = 0.693, what the untrained model scores at the project's
+# initialisations). Each example's log loss is at most |logit| + log 2, so a mean of 69.3
+# needs the true label put at odds below e^-68 on average: no model that learns is there.
+# Published runs' epochs stay below log 2 (0.2-0.6); a finite blow-up (Adam at
+# learning_rate=1e6: ~1e33) is far above.
+DIVERGED_LOSS = 100 * math.log(2)
+
+
 def _check_finite(metrics: dict, epoch: int, config) -> None:
-  """NonFiniteError if a chunk's loss or parameters went NaN or infinite."""
+  """NonFiniteError if a chunk's loss or parameters went NaN or infinite, or the mean loss is
+  far above the untrained model's (`DIVERGED_LOSS`)."""
+  loss = float(metrics['loss_sum']) / max(float(metrics['weight_sum']), 1.0)
   if metrics['nonfinite']:
-    raise NonFiniteError(
-        f'epoch {epoch}: training diverged (the loss or parameters became NaN or infinite); '
-        f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
-        f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
-        f'one to resume after epoch {epoch - 1}')
+    what = 'the loss or parameters became NaN or infinite'
+  elif loss > DIVERGED_LOSS:
+    what = (f'mean training loss {loss:.3g}, above {DIVERGED_LOSS:.1f} = 100 x the untrained '
+            'model\'s log 2')
+  else:
+    return
+  raise NonFiniteError(
+      f'epoch {epoch}: training diverged ({what}); '
+      f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
+      f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
+      f'one to resume after epoch {epoch - 1}')
 
 
 def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
