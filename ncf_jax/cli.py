@@ -123,9 +123,9 @@ def usage_line(message: str) -> str:
   return f'error: {" ".join(message.split())}; {SEE_HELP}'
 
 
-def parse_flags_or_exit(argv: list[str]) -> list[str]:
-  """absl's parsing, but a bad flag, a config file that cannot load or a misspelt config key
-  exits with one line."""
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; a bad flag, a config file that cannot load or a misspelt config key is an
+  app.UsageError of one line."""
   try:
     parsed = flags.FLAGS(_resolve_config_arg(argv))
     _check_config_value()
@@ -134,18 +134,36 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
     message = str(e)
   except (flags.Error, SyntaxError, AttributeError, KeyError, TypeError, ValueError) as e:
     message = _config_load_error(e, argv) if CONFIG_FLAG in flags.FLAGS else None
+    if message is None and CONFIG_FLAG in flags.FLAGS:
+      try:  # overrides of a config that is no ConfigDict fail first; say what is wrong
+        _check_config_value()
+      except NcfError as not_a_config:
+        message = str(not_a_config)
+      except Exception:  # pylint: disable=broad-except  (not loaded: the error below says why)
+        pass
     if message is None:
       if isinstance(e, flags.Error):
         message = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         required = re.search(r'Flag --(\w+) must have a value other than None', message)
         if required:
           message = f'--{required.group(1)} is required'
+        unknown = re.match(rf"Unknown command line flag '{CONFIG_FLAG}\.([^']+)'", message)
+        if unknown:  # absl's name for a key the config does not have
+          message = f"no such config field '{unknown.group(1)}'"
       elif isinstance(e, (AttributeError, KeyError)):  # ml_collections: an unknown key
         message = config_key_error(e)
       else:
         message = f'{type(e).__name__}: {e}'
-  print(usage_line(message), file=sys.stderr)
-  sys.exit(USAGE_EXIT)
+  raise app.UsageError(message)
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """`parse_flags`, exiting with its one line (absl's flags_parser)."""
+  try:
+    return parse_flags(argv)
+  except app.UsageError as e:
+    print(usage_line(str(e)), file=sys.stderr)
+    sys.exit(USAGE_EXIT)
 
 
 def _message(error: BaseException) -> str:
@@ -231,16 +249,25 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | 
     define_flags()
 
   def wrapped(argv: list[str]) -> None:
-    def action():
-      if len(argv) - 1 > max_args:
-        raise app.UsageError(f'unexpected arguments {" ".join(argv[1 + max_args:])} '
-                             '(write --flag=value, with =)')
-      if not flags.FLAGS['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
-      main(argv)
-    code, line = outcome(action, interrupted_note)
+    code, line = outcome(lambda: _call_main(main, argv, max_args), interrupted_note)
     if line is not None:
       _exit_with(line, code)
     sys.exit(code)
 
   app.run(wrapped, flags_parser=parse_flags_or_exit)
+
+
+def _call_main(main: Callable[[list[str]], object], argv: list[str], max_args: int) -> None:
+  if len(argv) - 1 > max_args:
+    raise app.UsageError(f'unexpected arguments {" ".join(argv[1 + max_args:])} '
+                         '(write --flag=value, with =)')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
+  main(argv)
+
+
+def run_in_process(main: Callable[[list[str]], object], argv: list[str], max_args: int = 0,
+                   interrupted_note: str | Callable[[], str] = '') -> tuple[int, str | None]:
+  """What `run` does with `argv` (flags already defined), without ending the process:
+  (exit code, its one line or None). For tests and scripts."""
+  return outcome(lambda: _call_main(main, parse_flags(argv), max_args), interrupted_note)
