@@ -422,13 +422,14 @@ def initialize(settings_: Settings | str | None, timeout: float = DEFAULT_TIMEOU
   """Joins the run `settings_` describes (nothing for None), before any other JAX call."""
   if settings_ is None:
     return
+  if settings_ != 'jax':
+    preflight(settings_, timeout)
   import jax  # pylint: disable=g-import-not-at-top
   # CPU devices of several processes talk through gloo; accelerators ignore this setting.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if settings_ == 'jax':
     jax.distributed.initialize(initialization_timeout=int(timeout))
   else:
-    preflight(settings_, timeout)
     jax.distributed.initialize(**settings_.initialize_kwargs(),
                                initialization_timeout=int(timeout))
   interrupts.check()

@@ -6,6 +6,7 @@ and removed after it."""
 import contextlib
 import math
 import os
+import socket
 import sys
 
 from absl import flags
@@ -241,3 +242,23 @@ def test_a_healthy_run_never_comes_near_the_divergence_rule(tmp_path):
   _, history = train_quietly(make_config(num_epochs=3), tmp_path / 'run')
   losses = [r['loss'] for r in history if r['loss'] is not None]
   assert len(losses) == 3 and max(losses) < math.log(2) < train.DIVERGED_LOSS
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_a_missing_coordinator_or_peer_is_one_line_before_any_folder(empty_cwd):
+  address = f'127.0.0.1:{_free_port()}'  # nobody there
+  common = (f'--config={CONFIG}', f'--coordinator_address={address}', '--num_processes=2',
+            '--initialization_timeout=2')
+  assert run_main(*common, '--process_id=1') == (
+      1, f'error: coordinator {address}: nothing answered within 2 s (--initialization_timeout), '
+         'this is process 1 of 2; start process 0 there first, with the same --num_processes')
+  assert run_main(*common, '--process_id=0') == (
+      1, f'error: coordinator {address}: process(es) 1 of 2 did not come within 2 s '
+         '(--initialization_timeout); start every process with the same --coordinator_address '
+         'and --num_processes')
+  assert os.listdir(empty_cwd) == []
