@@ -192,6 +192,11 @@ def outcome(action: Callable[[], object], interrupted_note: str | Callable[[], s
     return 1, f'error: {_message(e)}'
   except app.UsageError as e:
     return USAGE_EXIT, usage_line(str(e))
+  except ValueError as e:
+    if type(e).__name__ != 'IndivisibleError':  # a bug: its traceback is wanted
+      raise
+    # A layout the device count cannot split (jax's sharding check): the config's to change.
+    return 1, f'error: {str(e).splitlines()[0]}; try another --config.num_devices'
   except KeyboardInterrupt as e:
     signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
     note = interrupted_note() if callable(interrupted_note) else interrupted_note
