@@ -101,6 +101,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
 
 def main(argv: list[str]) -> None:
   del argv
+  for _, stage_config, _ in stage_configs(FLAGS.config, '.'):  # before --restart moves anything
+    config_checks.validate(stage_config)
   run_pipeline(FLAGS.config, cli.resolve_workdir(prefix='pipeline-'))
 
 

@@ -21,7 +21,11 @@ Usage: python -m ncf_jax.data <command> [flags]
       else ~/.cache/ncf_jax/NAME).
 """
 
-import dataclasses
+if __name__ == '__main__':  # before the imports below: a signal meanwhile is kept
+  from ncf_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
+import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import os
 import time
