@@ -28,6 +28,7 @@ if __name__ == '__main__':  # before the imports below: a signal meanwhile is ke
 import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -178,11 +179,12 @@ _INTERRUPTED_NOTES = {
     'prepare': 'nothing was written; the same command starts again',
     'download': 'files already downloaded whole are kept; the same command fetches the rest',
 }
-_command: list[str] = []  # the command being run, for its interrupt note
 
 
 def _interrupted_note() -> str:
-  return _INTERRUPTED_NOTES.get(_command[0], '') if _command else ''
+  """The note of the command on the command line (a signal may come before it is parsed)."""
+  command = next((arg for arg in sys.argv[1:] if arg in _COMMANDS), None)
+  return _INTERRUPTED_NOTES.get(command, '')
 
 
 def main(argv: list[str]) -> None:
@@ -190,7 +192,6 @@ def main(argv: list[str]) -> None:
     got = ' '.join(argv[1:]) or 'nothing'
     raise app.UsageError(f'expected one command ({", ".join(_COMMANDS)}), got {got}')
   command = argv[1]
-  _command[:] = [command]
   required, optional = _COMMANDS[command]
   for flag in required:
     if flag.value is None:
