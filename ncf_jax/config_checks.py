@@ -49,6 +49,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, 'learning_rate_schedule', optimizers.SCHEDULES)
   _choice(config, 'embedding_sharding', sharding.EMBEDDING_SHARDINGS)
   _choice(config, 'compute_dtype', tuple(models.COMPUTE_DTYPES))
+  if 'sampler' in config:
+    _choice(config, 'sampler', ('host', 'device'))
   layers = tuple(config.layers) or models.default_layers(config.num_factors)
   if layers[0] % 2 or any(w <= 0 for w in layers):
     raise ConfigError(f'config.layers={layers}: widths must be positive and the first '

@@ -48,7 +48,7 @@ KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resum
 # other values of them. `target_hr`, like `num_epochs`, decides only when training stops
 # (epoch k computes the same with any target), so raising it continues a run.
 NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
-                        'eval_users_per_block', 'num_devices', 'target_hr')
+                        'eval_users_per_block', 'num_devices', 'target_hr', 'sampler')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
