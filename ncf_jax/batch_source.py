@@ -135,7 +135,8 @@ class HostBatches(_Plan):
       self._next = None if self.last_epoch is not None and epoch > self.last_epoch else (epoch,
                                                                                           chunk)
 
-  def chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
+  def local_chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
+    """(this process's NumPy arrays, number of steps) of each chunk of `epoch`, in order."""
     if not self._pending or self._pending[0][:2] != (epoch, 0):
       self._discard()
       self._next = (epoch, 0)
@@ -147,7 +148,11 @@ class HostBatches(_Plan):
         f.result()
       self.wait_seconds += time.perf_counter() - t0
       self._submit_ahead()
-      yield self.put(local), self.steps_in(chunk)
+      yield local, self.steps_in(chunk)
+
+  def chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
+    for local, num_steps in self.local_chunks(epoch):
+      yield self.put(local), num_steps
 
   def put(self, local: dict) -> dict:
     shape = (self.steps_per_chunk, self.batch_size)

@@ -135,6 +135,21 @@ def state_bytes(arrays: dict[str, np.ndarray]) -> int:
   return sum(a.nbytes for a in arrays.values())
 
 
+def planned_state_bytes(num_users: int, num_items: int, num_positives: int,
+                        num_known: int | None = None, use_bitmap: bool | None = None) -> dict:
+  """Bytes of `build_arrays`' output for a dataset of these sizes, by part (without building
+  it): positives 8 per positive; CSR 4 per user + 8 per known pair; the bitmap 1 bit per
+  (user, item) cell when used."""
+  num_known = num_positives if num_known is None else num_known
+  if use_bitmap is None:
+    use_bitmap = num_users * num_items <= MAX_BITMAP_CELLS
+  parts = dict(positives=8 * num_positives, csr=4 * (num_users + 1) + 8 * (num_known + 1),
+               bitmap=4 * max(1, -(-num_users * num_items // 32)) if use_bitmap else 4)
+  parts['total'] = sum(parts.values())
+  parts['use_bitmap'] = use_bitmap
+  return parts
+
+
 # --- the definition, in array operations common to NumPy and jax.numpy ---------------------
 
 def _mask(xp, bits: int):

@@ -195,3 +195,12 @@ def test_a_user_who_knows_every_item_is_a_clear_error():
   items = np.arange(5, dtype=np.int32)
   with pytest.raises(Exception, match='user 0 has interacted with all 5 items'):
     ep.build_arrays(users, items, users, items, 1, 5, 4, True)
+
+
+@pytest.mark.parametrize('use_bitmap', [True, False])
+def test_planned_state_bytes_match_the_built_arrays(dataset, use_bitmap):
+  _, arrays = _arrays(dataset, use_bitmap=use_bitmap)
+  planned = ep.planned_state_bytes(dataset.num_users, dataset.num_items, dataset.num_train,
+                                   use_bitmap=use_bitmap)
+  assert planned['total'] == ep.state_bytes(arrays)
+  assert planned['use_bitmap'] == use_bitmap
