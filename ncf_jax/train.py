@@ -36,16 +36,15 @@ from ncf_jax.errors import DamagedCheckpointError, NonFiniteError
 class Evaluators:
   """The evaluations after each epoch: test; validation and full ranking if configured."""
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, model,
-               layout: sharding.Layout):
-    self.top_k = config.top_k
-    blocks = config.eval_users_per_block
+  def __init__(self, dataset: Dataset, model, layout: sharding.Layout, top_k: int,
+               blocks: int, full_ranking: bool):
+    self.top_k = top_k
     self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout)
     self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation',
                                               layout=layout)
                   if dataset.valid is not None else None)
     self.full = (evaluation.full_ranking_evaluator(model, dataset, layout)
-                 if config.full_ranking else None)
+                 if full_ranking else None)
     for evaluator in (self.test, self.valid, self.full):
       if evaluator is not None:  # before anything trains or is written
         evaluation.check_top_k(self.top_k, evaluator.num_candidates, evaluator.what)
@@ -132,7 +131,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       float(config.l2_embeddings), float(config.l2_layers),
       bool(config.get('l2_embeddings_per_example', False)))
   return Experiment(config, dataset, model, optimizers.create_optimizer(config, total_steps),
-                    Evaluators(config, dataset, model, layout), total_steps, layout, settings,
+                    Evaluators(dataset, model, layout, settings.top_k,
+                               int(config.eval_users_per_block), bool(config.full_ranking)),
+                    total_steps, layout, settings,
                     regularization, spec, arrays)
 
 
