@@ -293,6 +293,9 @@ def device_examples(spec: EpochSpec, arrays, keys, g):
   _, drawn, done = jax.lax.while_loop(
       lambda c: (c[0] < NEGATIVE_ROUNDS // 2) & ~jnp.all(c[2]), draw,
       (jnp.uint32(0), jnp.zeros(g.shape, jnp.int32), positive))
-  drawn = jnp.where(done, drawn, rank_select(jnp, spec, arrays, users, keys, t))
+  # The fallback is rare: computed only when some entry of the batch needs it.
+  drawn = jax.lax.cond(
+      jnp.all(done), lambda: drawn,
+      lambda: jnp.where(done, drawn, rank_select(jnp, spec, arrays, users, keys, t)))
   items = jnp.where(positive, arrays['pos_items'][jnp.where(positive, j, 0)], drawn)
   return users, items, positive.astype(jnp.float32)
