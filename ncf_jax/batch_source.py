@@ -40,6 +40,9 @@ class BatchSource(Protocol):
   steps_per_chunk: int
   wait_seconds: float  # time the loop waited for input, in total
 
+  def start(self, epoch: int) -> None:
+    """Begins making epoch `epoch`'s batches (e.g. while the step compiles)."""
+
   def chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
     """(inputs, number of steps) of each compiled call of epoch `epoch`."""
 
@@ -135,11 +138,15 @@ class HostBatches(_Plan):
       self._next = None if self.last_epoch is not None and epoch > self.last_epoch else (epoch,
                                                                                           chunk)
 
-  def local_chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
-    """(this process's NumPy arrays, number of steps) of each chunk of `epoch`, in order."""
+  def start(self, epoch: int) -> None:
     if not self._pending or self._pending[0][:2] != (epoch, 0):
       self._discard()
       self._next = (epoch, 0)
+    self._submit_ahead()
+
+  def local_chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
+    """(this process's NumPy arrays, number of steps) of each chunk of `epoch`, in order."""
+    self.start(epoch)
     for chunk in range(self.num_chunks):
       self._submit_ahead()
       _, _, local, futures = self._pending.popleft()
@@ -188,6 +195,9 @@ class DeviceBatches(_Plan):
     self.wait_seconds = 0.0
     self.arrays = {k: layout.put_global(v, P()) for k, v in arrays.items()}
     self._batch = NamedSharding(layout.mesh, P(sharding.DATA))
+
+  def start(self, epoch: int) -> None:
+    pass
 
   def chunks(self, epoch: int) -> Iterator[tuple[dict, int]]:
     keys = self.layout.put_global(epoch_lib.epoch_keys(self.seed, epoch), P())

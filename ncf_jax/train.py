@@ -343,6 +343,7 @@ def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: 
     return state  # the run is finished: resuming it trains nothing
   num_epochs = experiment.settings.num_epochs
   source = experiment.batch_source(last_epoch=num_epochs)
+  source.start(done_epoch + 1)  # the first batches are made while the step compiles
   try:
     train_chunk = train_step_lib.make_train_chunk(
         experiment.model, experiment.optimizer, experiment.regularization, experiment.layout,
