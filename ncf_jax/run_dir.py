@@ -53,7 +53,7 @@ LEGACY_BEST = 'best'  # checkpoints/best/: the best epoch's copy in run folders 
 # other values of them. `target_hr`, like `num_epochs`, decides only when training stops
 # (epoch k computes the same with any target), so raising it continues a run.
 NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
-                        'eval_users_per_block', 'num_devices', 'target_hr')
+                        'eval_users_per_block', 'num_devices', 'target_hr', 'sampler')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
