@@ -24,9 +24,9 @@ import scipy.sparse
 
 from ncf_jax import cli
 from ncf_jax import models
+from ncf_jax import provenance
 from ncf_jax import run_dir
 from ncf_jax.data import id_maps as id_maps_lib
-from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError, NcfError
 
 
@@ -72,7 +72,7 @@ class Recommender:
   def from_workdir(cls, workdir: str, batch_size: int = 4096) -> 'Recommender':
     """Loads `<workdir>/config.json`, its dataset (for the training matrix and id maps) and
     the best params."""
-    dataset = registry.load_dataset(run_dir.RunDir(workdir).read_config())
+    dataset = provenance.load_run_dataset(workdir)  # the run's own data, checked
     trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
     return cls(trained.model, trained.params, dataset.train_matrix, batch_size,
                id_maps_lib.id_maps_for(dataset))

@@ -24,6 +24,7 @@ from ncf_jax import feeder
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
+from ncf_jax import provenance
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
 from ncf_jax import train_step as train_step_lib
@@ -111,6 +112,7 @@ def initial_state(experiment: Experiment):
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
+    provenance.check_sources(config, experiment.dataset)
     params = pretrain.merged_params(config, jax.eval_shape(init_params))
   elif experiment.layout.num_devices == 1:
     params = init_params()
@@ -215,19 +217,20 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
   (then evaluated and saved as epoch 0)."""
   config = experiment.config
+  trained_on = provenance.describe(config, experiment.dataset)
+  provenance.check_same_run(progress.run, config, trained_on['data_dir'],
+                            trained_on['data_fingerprint'])  # never mix two runs
   resumed = _restore_latest(progress, experiment.abstract_state())
   if resumed is not None:
     state, epoch = resumed
     progress.keep_through(epoch)
     progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
-    changed = progress.run.changed_fields(config)
-    if changed:
-      progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
     progress.keep_through(-1)
     state, epoch = initial_state(experiment), 0
   if progress.primary:
     progress.run.write_config(config)
+    provenance.record(progress.run, trained_on)
   if resumed is None:
     record = evaluate(experiment, state, 0, loss=None)
     record_epoch(progress, dict(record, train_seconds=None, samples_per_second=None,
