@@ -27,6 +27,7 @@ from ncf_jax import pretrain
 from ncf_jax import provenance
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
+from ncf_jax import summaries as summaries_lib
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -152,6 +153,7 @@ class Progress:
   history: list
   target_hr: float = 0.0  # 0: no target
   primary: bool = True
+  summaries: summaries_lib.RunSummaries | None = None  # TensorBoard (process 0)
 
   def say(self, line: str) -> None:
     if self.primary:
@@ -192,6 +194,8 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
             else run_dir_lib.json_safe(record))
   progress.history.append(record)
   progress.say(format_record(record))
+  if progress.summaries is not None:
+    progress.summaries.write(record)
   progress.latest.save(record['epoch'], state)
   if is_best:
     progress.best.save(record['epoch'], state)
@@ -335,7 +339,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     dataset, layout = experiment.dataset, experiment.layout
     progress = Progress(run, run.checkpoints('latest', create=True),
                         run.checkpoints('best', create=True), start_time, [],
-                        config.get('target_hr', 0.0), primary)
+                        config.get('target_hr', 0.0), primary,
+                        summaries_lib.RunSummaries(run.path, run_dir_lib.config_to_dict(config))
+                        if primary else None)
     progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
@@ -346,6 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     finally:
       progress.latest.close()  # an interrupted save is finished, not left half-written
       progress.best.close()
+      if progress.summaries is not None:
+        progress.summaries.close()
   history = progress.history
   best = run_dir_lib.best_record(history)
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'
