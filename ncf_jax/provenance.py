@@ -11,7 +11,7 @@ config.json holds, next to the config fields, a `provenance` object:
 Readers (`recommend`, `ensemble`, reports) load the data from `data_dir` when it is there,
 whatever the shell's `$NCF_DATA_DIR`, and refuse data with another fingerprint. A resume
 (or a finished pipeline stage run again) is refused when its data or a computing field
-differs from the run's, and so is a config.json whose computing fields were edited by hand:
+differs from the run's (except the learning rate, which a diverged run lowers), and so is a config.json whose computing fields were edited by hand:
 `--restart` starts over. Every refusal is one line naming both sides.
 
 Files are hashed once per process and (path, size, mtime) — a changed file is hashed again.
@@ -39,6 +39,8 @@ _DATA_SUFFIXES = ('train.rating', 'test.rating', 'test.negative', 'test.negative
 _SHARED_FILES = (id_maps.USERS, id_maps.ITEMS)
 # Not compared on resume: the folder may move (its fingerprint is what must agree).
 _LOCATION_FIELDS = ('data_dir',)
+# May change on resume, with a note: a diverged run resumes with a smaller learning rate.
+RESUMABLE_CHANGES = ('learning_rate',)
 _CHUNK = 1 << 22
 _file_digests: dict[tuple[str, int, int], str] = {}
 
@@ -171,15 +173,17 @@ def _data_mismatch(where: str, trained: dict, directory: str | None, fingerprint
 
 
 def check_same_run(run: run_dir_lib.RunDir, config, directory: str | None,
-                   fingerprint: str) -> None:
+                   fingerprint: str) -> list[str]:
   """Before resuming (or skipping as finished) the run in `run` with `config` on data of
-  `fingerprint`: ConfigError/DataError, one line, if it would mix two runs."""
+  `fingerprint`: ConfigError/DataError, one line, if it would mix two runs. Returns the
+  fields of RESUMABLE_CHANGES that differ (for a note)."""
   saved = _read_json(run)
   if saved is None:
-    return
+    return []
   check_not_edited(run)
   ours, theirs = computing_fields(config), computing_fields(saved)
-  changed = [k for k in _differences(ours, theirs, only_theirs=True) if k not in _LOCATION_FIELDS]
+  differ = [k for k in _differences(ours, theirs, only_theirs=True) if k not in _LOCATION_FIELDS]
+  changed = [k for k in differ if k not in RESUMABLE_CHANGES]
   ours, theirs = _flat(ours), _flat(theirs)
   if changed:
     k = changed[0]
@@ -191,6 +195,7 @@ def check_same_run(run: run_dir_lib.RunDir, config, directory: str | None,
   if trained is not None and trained.get('data_fingerprint') != fingerprint:
     raise DataError(_data_mismatch(run.path, trained, directory, fingerprint)
                     + '; --restart to start over on this data, or another --workdir')
+  return [k for k in differ if k in RESUMABLE_CHANGES]
 
 
 def config_data(config) -> tuple[str | None, str]:

@@ -113,8 +113,8 @@ def initial_state(experiment: Experiment):
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
-    provenance.check_sources(config, experiment.dataset)
     params = pretrain.merged_params(config, jax.eval_shape(init_params))
+    provenance.check_sources(config, experiment.dataset)
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
@@ -222,13 +222,15 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   (then evaluated and saved as epoch 0)."""
   config = experiment.config
   trained_on = provenance.describe(config, experiment.dataset)
-  provenance.check_same_run(progress.run, config, trained_on['data_dir'],
-                            trained_on['data_fingerprint'])  # never mix two runs
+  changed = provenance.check_same_run(progress.run, config, trained_on['data_dir'],
+                                      trained_on['data_fingerprint'])  # never mix two runs
   resumed = _restore_latest(progress, experiment.abstract_state())
   if resumed is not None:
     state, epoch = resumed
     progress.keep_through(epoch)
     progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
+    if changed:
+      progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
     progress.keep_through(-1)
     state, epoch = initial_state(experiment), 0
