@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ncf_jax import help_text
 from ncf_jax.data import files
 from ncf_jax.errors import NcfError
 
@@ -169,6 +170,7 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | 
   """
   if define_flags is not None:
     define_flags()
+  help_text.exit_if_help_requested(sys.argv, sys.modules[main.__module__].__doc__)
 
   def wrapped(argv: list[str]) -> None:
     if len(argv) - 1 > max_args:
