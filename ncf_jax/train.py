@@ -123,9 +123,31 @@ def initial_state(experiment: Experiment):
   return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
-def format_record(record: dict) -> str:
-  """The console line of one evaluation."""
-  parts = [f"epoch {record['epoch']:3d}"]
+def format_duration(seconds: float) -> str:
+  """`42s`, `3m05s`, `2h07m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+def run_seconds_left(history: list[dict], num_epochs: int) -> float | None:
+  """The rest of the run at the time (training and evaluation) of its latest trained epoch,
+  which, after the first, includes no compilation; None before the first. An upper bound
+  when a target_hr stops the run early."""
+  if not history or not history[-1].get('train_seconds'):
+    return None
+  last = history[-1]
+  seconds = last['train_seconds'] + (last.get('eval_seconds') or 0.0)
+  return seconds * max(0, num_epochs - last['epoch'])
+
+
+def format_record(record: dict, num_epochs: int = 0, seconds_left: float | None = None) -> str:
+  """The console line of one evaluation: `epoch k/N ...`, and the run's time left."""
+  parts = [f"epoch {record['epoch']}/{num_epochs}" if num_epochs
+           else f"epoch {record['epoch']:3d}"]
   if record.get('loss') is not None:
     parts.append(f"loss {record['loss']:.4f}")
   parts.append(f"HR@{record['top_k']} {record['hr']:.4f}  NDCG@{record['top_k']} "
@@ -138,6 +160,8 @@ def format_record(record: dict) -> str:
     parts.append(f"train {record['train_seconds']:.1f}s "
                  f"({record['samples_per_second'] / 1e6:.2f}M/s)")
   parts.append(f"eval {record['eval_seconds']:.2f}s")
+  if seconds_left:
+    parts.append(f'run ETA {format_duration(seconds_left)}')
   return '  '.join(parts)
 
 
@@ -154,6 +178,7 @@ class Progress:
   target_hr: float = 0.0  # 0: no target
   primary: bool = True
   summaries: summaries_lib.RunSummaries | None = None  # TensorBoard (process 0)
+  num_epochs: int = 0  # for `epoch k/N` (0: unknown)
 
   def say(self, line: str) -> None:
     if self.primary:
@@ -193,7 +218,8 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
   record = (progress.run.append_metrics(record) if progress.primary
             else run_dir_lib.json_safe(record))
   progress.history.append(record)
-  progress.say(format_record(record))
+  progress.say(format_record(record, progress.num_epochs,
+                            run_seconds_left(progress.history, progress.num_epochs)))
   if progress.summaries is not None:
     progress.summaries.write(record)
   progress.latest.save(record['epoch'], state)
@@ -276,9 +302,12 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
       done = (start_batch + num_steps) / num_batches
       elapsed = time.time() - t0
       if jax.process_index() == 0:
-        print(f'  epoch {epoch}: {100 * done:4.1f}%  '
+        epoch_left = elapsed * (1 - done) / done
+        run_left = epoch_left + (config.num_epochs - epoch) * elapsed / done
+        print(f'  epoch {epoch}/{config.num_epochs}: {100 * done:4.1f}%  '
               f'{done * batches.num_examples / elapsed / 1e6:.2f}M samples/s  '
-              f'ETA {elapsed * (1 - done) / done:.0f}s', flush=True)
+              f'ETA epoch {format_duration(epoch_left)}, run {format_duration(run_left)}',
+              flush=True)
       last_log = time.time()
   totals = jax.device_get(totals)
   _check_finite(totals, epoch, config)
@@ -343,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                         run.checkpoints('best', create=True), start_time, [],
                         config.get('target_hr', 0.0), primary,
                         summaries_lib.RunSummaries(run.path, run_dir_lib.config_to_dict(config))
-                        if primary else None)
+                        if primary else None, config.num_epochs)
     progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
