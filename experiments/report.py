@@ -13,8 +13,8 @@ import statistics
 
 from ncf_jax import cli
 from ncf_jax import evaluation
-from ncf_jax import run_dir
 from ncf_jax import provenance
+from ncf_jax import run_dir
 from ncf_jax.data.files import atomic_write_text
 
 FULL_RANKING_FILE = 'full_ranking.json'
