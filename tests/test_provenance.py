@@ -113,6 +113,11 @@ def test_resume_on_other_data_is_refused(env_run, monkeypatch, tmp_path):
   assert '--restart' in message and '\n' not in message
   assert run_dir.RunDir(workdir).read_metrics() == records  # nothing trained or rewritten
   assert _saved(workdir)['provenance']['data_dir'] == os.path.abspath(folder)
+  # --restart's way: the old run moved aside, a new one on the other data.
+  moved = run_dir.RunDir(workdir).move_aside()
+  train_quietly(_folder_config(data_dir=other), workdir)
+  assert _saved(workdir)['provenance']['data_fingerprint'] == _reference_fingerprint(other)
+  assert _saved(moved)['provenance']['data_fingerprint'] == _reference_fingerprint(folder)
 
 
 def test_resume_on_a_copy_of_the_same_data_elsewhere_continues(env_run, tmp_path):
