@@ -87,3 +87,12 @@ def test_export_again_replaces_the_earlier_one(exported):
   assert sorted(os.listdir(out)) == ['export.json', 'items.tsv', 'params.npz',
                                      'score.jaxexport', 'users.tsv']
   assert not [n for n in os.listdir(out.parent) if n.startswith('.')]
+
+
+def test_default_export_is_lowered_for_cpu_cuda_and_tpu(exported):
+  root = exported[0]
+  rec = Recommender.from_workdir(str(root / 'run'))
+  exp, leaves = export.export_scoring(rec.model, rec.params)
+  assert exp.platforms == ('cpu', 'cuda', 'tpu')
+  assert len(exp.in_avals) == len(leaves) + 2
+  assert str(exp.in_avals[-1].shape) == '(b,)'  # the batch dimension is symbolic
