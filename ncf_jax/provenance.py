@@ -73,11 +73,15 @@ def folder_fingerprint(directory: str, name: str) -> str:
 
 
 def arrays_fingerprint(dataset: Dataset) -> str:
-  """sha256 of a dataset made in memory (synthetic): its training pairs and held-out rows."""
-  digest = hashlib.sha256()
-  held = [h for h in (dataset.test, dataset.valid) if h is not None]
-  for array in [dataset.train_users, dataset.train_items,
-                *[a for h in held for a in (h.users, h.items, h.negatives)]]:
+  """sha256 of a dataset made in memory (synthetic): its interactions (training pairs and a
+  carved validation holdout together, so runs whose seeds carve other holdouts from the
+  same data agree) and its test rows with their negatives."""
+  pairs = [dataset.train_users.astype(np.int64) * dataset.num_items + dataset.train_items]
+  if dataset.valid is not None:
+    pairs.append(dataset.valid.users.astype(np.int64) * dataset.num_items + dataset.valid.items)
+  digest = hashlib.sha256(f'{dataset.num_users} {dataset.num_items}\n'.encode())
+  for array in (np.sort(np.concatenate(pairs)), dataset.test.users, dataset.test.items,
+                dataset.test.negatives):
     array = np.ascontiguousarray(array)
     digest.update(f'{array.dtype.str}{array.shape}'.encode())
     digest.update(array.tobytes())

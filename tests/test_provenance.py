@@ -7,6 +7,7 @@ import json
 import os
 import urllib.request
 
+import numpy as np
 import pytest
 
 from conftest import make_config, train_quietly
@@ -194,3 +195,13 @@ def test_pretrained_towers_on_other_data_are_refused(tmp_path):
     config.gmf_workdir = fake.path
   with pytest.raises(DataError, match=r'sha256:0000 \(/elsewhere\).*config.gmf_workdir'):
     provenance.check_sources(config, dataset)
+
+
+def test_synthetic_fingerprint_is_the_data_not_the_validation_carve():
+  from ncf_jax.data.dataset import carve_validation  # pylint: disable=g-import-not-at-top
+  data = synthetic.generate(**SMALL, seed=0)
+  carved = [carve_validation(data, seed=s, num_negatives=20) for s in (0, 1)]
+  assert not np.array_equal(carved[0].valid.negatives, carved[1].valid.negatives)
+  fingerprints = {provenance.arrays_fingerprint(d) for d in [data, *carved]}
+  assert len(fingerprints) == 1
+  assert provenance.arrays_fingerprint(synthetic.generate(**SMALL, seed=1)) not in fingerprints
