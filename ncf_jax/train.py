@@ -28,8 +28,10 @@ from ncf_jax import interrupts
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
+from ncf_jax import provenance
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
+from ncf_jax import summaries as summaries_lib
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -170,6 +172,7 @@ def initial_state(experiment: Experiment):
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
     params = pretrain.merged_params(config, jax.eval_shape(init_params))
+    provenance.check_sources(config, experiment.dataset)
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
@@ -178,9 +181,31 @@ def initial_state(experiment: Experiment):
   return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
-def format_record(record: dict) -> str:
-  """The console line of one evaluation."""
-  parts = [f"epoch {record['epoch']:3d}"]
+def format_duration(seconds: float) -> str:
+  """`42s`, `3m05s`, `2h07m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+def run_seconds_left(history: list[dict], num_epochs: int) -> float | None:
+  """The rest of the run at the time (training and evaluation) of its latest trained epoch,
+  which, after the first, includes no compilation; None before the first. An upper bound
+  when a target_hr stops the run early."""
+  if not history or not history[-1].get('train_seconds'):
+    return None
+  last = history[-1]
+  seconds = last['train_seconds'] + (last.get('eval_seconds') or 0.0)
+  return seconds * max(0, num_epochs - last['epoch'])
+
+
+def format_record(record: dict, num_epochs: int = 0, seconds_left: float | None = None) -> str:
+  """The console line of one evaluation: `epoch k/N ...`, and the run's time left."""
+  parts = [f"epoch {record['epoch']}/{num_epochs}" if num_epochs
+           else f"epoch {record['epoch']:3d}"]
   if record.get('loss') is not None:
     parts.append(f"loss {record['loss']:.4f}")
   parts.append(f"HR@{record['top_k']} {record['hr']:.4f}  NDCG@{record['top_k']} "
@@ -193,6 +218,8 @@ def format_record(record: dict) -> str:
     parts.append(f"train {record['train_seconds']:.1f}s "
                  f"({record['samples_per_second'] / 1e6:.2f}M/s)")
   parts.append(f"eval {record['eval_seconds']:.2f}s")
+  if seconds_left:
+    parts.append(f'run ETA {format_duration(seconds_left)}')
   return '  '.join(parts)
 
 
@@ -215,6 +242,8 @@ class Progress:
   primary: bool = True
   identity: str = ''  # run_dir.run_identity of the run: every checkpoint carries it
   pending: dict | None = None  # the record of the epoch whose save is under way
+  summaries: summaries_lib.RunSummaries | None = None  # TensorBoard (process 0)
+  num_epochs: int = 0  # for `epoch k/N` (0: unknown)
 
   def say(self, line: str) -> None:
     if self.primary:
@@ -230,6 +259,8 @@ class Progress:
     if self.primary:
       self.run.append_metrics(record)
     self.history.append(record)
+    if self.summaries is not None:
+      self.summaries.write(record)
     durable = self.latest.epochs()
     keep = set(durable[-run_dir_lib.KEEP_LATEST:])
     keep.add(run_dir_lib.best_record(self.history)['epoch'])
@@ -272,7 +303,8 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
   progress.commit()
   mark_target(progress, record)
   record = run_dir_lib.json_safe(record)
-  progress.say(format_record(record))
+  progress.say(format_record(record, progress.num_epochs,
+                            run_seconds_left([*progress.history, record], progress.num_epochs)))
   progress.latest.save(record['epoch'], state, dict(
       epoch=record['epoch'], step=record['step'], run_identity=progress.identity, record=record))
   progress.pending = record
@@ -343,6 +375,9 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
   (then evaluated and saved as epoch 0)."""
   config, run = experiment.config, progress.run
+  trained_on = provenance.describe(config, experiment.dataset)
+  changed = provenance.check_same_run(run, config, trained_on['data_dir'],
+                                      trained_on['data_fingerprint'])  # never mix two runs
   note = run.repair_metrics() if progress.primary else None
   if note:
     progress.say(note)
@@ -355,7 +390,6 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
     _reconcile_records(progress, epoch, meta)
     _check_best_checkpoint(progress)
     progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
-    changed = run.changed_fields(config)
     if changed:
       progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
@@ -373,6 +407,7 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
     state, epoch = initial_state(experiment), 0
   if progress.primary:
     run.write_config(config)
+    provenance.record(run, trained_on)
   if resumed is None:
     progress.identity = run_dir_lib.run_identity(config)
     record = evaluate(experiment, state, 0, loss=None)
@@ -431,9 +466,12 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
       done = done_steps / num_batches
       elapsed = time.time() - t0
       if jax.process_index() == 0:
-        print(f'  epoch {epoch}: {100 * done:4.1f}%  '
+        epoch_left = elapsed * (1 - done) / done
+        run_left = epoch_left + (settings.num_epochs - epoch) * elapsed / done
+        print(f'  epoch {epoch}/{settings.num_epochs}: {100 * done:4.1f}%  '
               f'{done * source.num_examples / elapsed / 1e6:.2f}M samples/s  '
-              f'ETA {elapsed * (1 - done) / done:.0f}s', flush=True)
+              f'ETA epoch {format_duration(epoch_left)}, run {format_duration(run_left)}',
+              flush=True)
       last_log = time.time()
   totals = jax.device_get(totals)
   _check_finite(totals, epoch, settings.learning_rate)
@@ -498,7 +536,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     experiment = build(config)
     dataset, layout = experiment.dataset, experiment.layout
     progress = Progress(run, run.checkpoints('latest', create=True), start_time, [],
-                        config.get('target_hr', 0.0), primary)
+                        config.get('target_hr', 0.0), primary,
+                        summaries=(summaries_lib.RunSummaries(run.path,
+                                                              run_dir_lib.config_to_dict(config))
+                                   if primary else None),
+                        num_epochs=config.num_epochs)
     progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
@@ -508,6 +550,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       state = train_epochs(experiment, progress, state, done_epoch)
     finally:
       progress.close()  # a pending save is finished (and recorded), not left half-written
+      if progress.summaries is not None:
+        progress.summaries.close()
   history = progress.history
   best = run_dir_lib.best_record(history)
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'
