@@ -15,22 +15,25 @@ PACKAGE = os.path.join(ROOT, 'ncf_jax')
 
 # Lowest first. Within a layer, imports may go either way (the cycle check still holds).
 LAYERS = [
-    ('errors', 'configs', 'config_fields', 'param_paths', 'data.spec', 'data.interactions'),
+    ('errors', 'configs', 'config_fields', 'param_paths', 'data.spec', 'data.interactions',
+     'interrupts', 'counter_random', 'summaries'),
     ('data.files',),
     ('data.delimited', 'data.ncf_format', 'data.dataset', 'data.id_maps', 'data.prepare',
      'data.download', 'data.synthetic', 'data.registry'),
+    ('help_text', 'launch'),  # --help's text; a run of several processes (JAX only inside)
     ('cli',),  # what every command shares: no JAX, no Orbax (the data tools use it)
     ('data.__main__',),
-    ('sharding',),
+    ('sharding', 'epoch'),  # epoch: the training examples' definition, NumPy and jax.numpy
     ('models',),
     ('optimizers',),
-    ('train_step', 'evaluation', 'feeder', 'checkpoints', 'shard_digests', 'config_checks'),
+    ('train_step', 'evaluation', 'batch_source', 'checkpoints', 'shard_digests',
+     'config_checks'),
     ('run_dir',),  # the run folder's files
-    ('trained_run',),  # reading a finished run: no optimizer
+    ('trained_run', 'provenance'),  # reading a finished run (no optimizer); what it trained on
     ('pretrain',),
     ('train',),
     ('workdir_flags',),
-    ('main', 'pipeline', 'recommend', 'ensemble', 'benchmark'),
+    ('main', 'pipeline', 'recommend', 'ensemble', 'benchmark', 'benchmark_input', 'export'),
 ]
 
 
