@@ -224,7 +224,6 @@ def bench_lookup(num_rows: int, dim: int, batch_size: int, repeats: int) -> list
 
 def bench_eval(dataset, repeats: int, full_ranking: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ncf_jax import evaluation, models  # pylint: disable=g-import-not-at-top
   config = _config('neumf', 256, 'adam')
   model = models.create_model(config, dataset.num_users, dataset.num_items)

@@ -106,7 +106,6 @@ def bench_input_overlap(dataset, batch_size: int = 65536, steps: int = 4) -> dic
   """One NeuMF-8 epoch with the host feeder: epoch, generation alone, training alone, and
   how long the loop waited for input."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ncf_jax import models, optimizers, train, train_step  # pylint: disable=g-import-not-at-top
   from ncf_jax import batch_source, sharding  # pylint: disable=g-import-not-at-top
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
@@ -118,10 +117,8 @@ def bench_input_overlap(dataset, batch_size: int = 65536, steps: int = 4) -> dic
   optimizer = optimizers.create_optimizer(config)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer),
                                      model.embedding_tables())
-  ids = jnp.zeros((1,), jnp.int32)
-  fresh = lambda: jax.jit(lambda: train_step.init_state(
-      model.init(jax.random.key(0), ids, ids)['params'], optimizer, model),
-                          out_shardings=shardings)()
+  fresh = lambda: jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer,
+                                                        model), out_shardings=shardings)()
 
   def host_source():
     return batch_source.HostBatches(spec, arrays, 0, batch_size, steps, layout)

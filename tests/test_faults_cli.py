@@ -185,7 +185,8 @@ def test_ensemble_refuses_top_k_zero():
 
 
 def test_benchmark_flag_mistakes_are_one_line_and_make_no_folder(tmp_path):
-  # benchmark.py defines its flags at import: a process of its own keeps them from others'.
+  # benchmark's flags (--data_dir, --out) share names with other commands' flags: a process
+  # of its own keeps them apart.
   cases = {
       ('--sections=bogus,train',): '--sections=bogus,train: unknown bogus; choose from sampler, '
                                    'train, eval, epoch, accuracy, ml-20m, devices, lookup',

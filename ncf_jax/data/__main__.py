@@ -27,7 +27,6 @@ if __name__ == '__main__':  # before the imports below: a signal meanwhile is ke
 
 import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
-import os
 import sys
 import time
 
