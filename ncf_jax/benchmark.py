@@ -115,7 +115,7 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   optimizer_ = optimizers.create_optimizer(config)
   layout = _layout(num_devices, embedding_sharding)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
-                                     model.embedding_tables())
+                                     model.table_specs())
   ids = jnp.zeros((1,), jnp.int32)
   state = jax.jit(lambda: train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'],
                                                 optimizer_, model), out_shardings=shardings)()
@@ -139,7 +139,7 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   seconds = _median_seconds(run, repeats)
   n = chunks * steps * batch_size
   epoch = dataset.num_train * 5
-  table_bytes = layout.table_bytes_per_device(holder[0]['params'], model.embedding_tables())
+  table_bytes = layout.table_bytes_per_device(holder[0]['params'], model.table_specs())
   return dict(model=model_name, batch_size=batch_size, optimizer=optimizer,
               num_factors=num_factors, devices=num_devices, embedding_sharding=embedding_sharding,
               samples_per_second=n / seconds, epoch_seconds=epoch / (n / seconds),

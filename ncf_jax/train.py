@@ -26,6 +26,7 @@ from ncf_jax import optimizers
 from ncf_jax import pretrain
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
+from ncf_jax import tables
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -80,7 +81,7 @@ class Experiment:
   def abstract_state(self):
     """Shapes, dtypes and shardings of the train state (nothing allocated)."""
     abstract = train_step_lib.abstract_state(self.model, self.optimizer)
-    shardings = self.layout.state_shardings(abstract, self.model.embedding_tables())
+    shardings = self.layout.state_shardings(abstract, self.model.table_specs())
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
@@ -90,7 +91,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   config)."""
   layout = sharding.create_layout(config)
   dataset = registry.load_dataset(config)
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  model = models.create_model(config, dataset.num_users, dataset.num_items, layout.num_devices)
   total_steps = config.num_epochs * feeder.num_batches_per_epoch(
       dataset.num_train, config.num_negatives, config.batch_size)
   return Experiment(config, dataset, model, optimizers.create_optimizer(config, total_steps),
@@ -111,7 +112,7 @@ def initial_state(experiment: Experiment):
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
-    params = pretrain.merged_params(config, jax.eval_shape(init_params))
+    params = pretrain.merged_params(config, jax.eval_shape(init_params), model.table_specs())
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
@@ -337,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
                  f'workdir {run.path}')
+    progress.say(f'embedding_sharding={config.get("embedding_sharding", "replicated")}: '
+                 + tables.describe(experiment.model.table_specs(), layout.num_devices))
     try:
       state, done_epoch = start(experiment, progress)
       state = train_epochs(experiment, progress, state, done_epoch)
