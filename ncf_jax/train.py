@@ -24,6 +24,7 @@ from ncf_jax import feeder
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
+from ncf_jax import row_sharded
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
 from ncf_jax import tables
@@ -287,7 +288,10 @@ def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: 
   config = experiment.config
   if run_dir_lib.target_record(progress.history, progress.target_hr):
     return state  # the run is finished: resuming it trains nothing
-  train_chunk = train_step_lib.make_train_chunk(
+  make_chunk = (row_sharded.make_train_chunk
+                if row_sharded.has_row_sharded(experiment.model.table_specs())
+                else train_step_lib.make_train_chunk)
+  train_chunk = make_chunk(
       experiment.model, experiment.optimizer, train_step_lib.Regularization.from_config(config),
       experiment.layout,
       jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()))
