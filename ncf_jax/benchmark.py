@@ -14,6 +14,13 @@ backend and the device. Sections:
   accuracy    seconds from process start of `python -m ncf_jax.main` with
               `configs/neumf_fast.py` until test HR@10 >= 0.69 (ML-1M only)
   ml-20m      the same sampler/train/eval numbers on synthetic ML-20M-shaped data
+  communication  compile only, no data: the collectives of one compiled train step and the
+              table bytes per device, for --num_devices forced CPU devices (the section sets
+              XLA_FLAGS itself, before JAX starts), --embedding_sharding, --batch_size,
+              --num_users, --num_items, --num_factors, --optimizer, --compute_dtype:
+    python -m ncf_jax.benchmark --sections=communication --num_devices=4 \
+      --embedding_sharding=rows --batch_size=65536 --num_users=1000000 --num_items=500000 \
+      --num_factors=64 --out=comm.json
 """
 
 import json
@@ -53,6 +60,19 @@ flags.DEFINE_bool('ml20m_full_ranking', False,
 flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
 flags.DEFINE_float('target_hr', 0.69, 'HR@10 the accuracy section waits for.')
 flags.DEFINE_integer('accuracy_timeout', 600, 'Seconds before the accuracy run is abandoned.')
+flags.DEFINE_integer('num_devices', 8, 'Forced CPU devices of the communication section.')
+flags.DEFINE_enum('embedding_sharding', 'rows', ['auto', 'replicated', 'rows'],
+                  'Table placement of the communication section.')
+flags.DEFINE_integer('batch_size', 65536, 'Global batch of the communication section.')
+flags.DEFINE_integer('num_users', 1_000_000, 'Users (table rows) of the communication section.')
+flags.DEFINE_integer('num_items', 500_000, 'Items (table rows) of the communication section.')
+flags.DEFINE_integer('num_factors', 64, 'Predictive factors of the communication section '
+                     '(NeuMF: GMF tables this wide, MLP tables 4x, the original\'s tower).')
+flags.DEFINE_string('model', 'neumf', 'Model of the communication section.')
+flags.DEFINE_string('optimizer', 'lazy_adam', 'Optimizer of the communication section.')
+flags.DEFINE_string('compute_dtype', 'float32', 'Compute dtype of the communication section.')
+flags.DEFINE_bool('init_memory', False, 'Communication section: also compile the sharded '
+                  'initialisation and report its temporary bytes per device.')
 FLAGS = flags.FLAGS
 
 
@@ -327,13 +347,49 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
     _print_table(f'{name}: evaluation (seconds for all test users)', [r], list(r))
 
 
+def bench_communication() -> dict:
+  """Compile-only: the collectives of one train step and the bytes each device holds."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ncf_jax import communication, sharding  # pylint: disable=g-import-not-at-top
+  from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
+                num_factors=FLAGS.num_factors, embedding_sharding=FLAGS.embedding_sharding,
+                compute_dtype=FLAGS.compute_dtype, num_devices=FLAGS.num_devices)
+  devices = jax.devices('cpu')
+  sharding.num_devices_for(FLAGS.num_devices, FLAGS.batch_size, len(devices))
+  t0 = time.perf_counter()
+  step = communication.measure_train_step(config, FLAGS.num_users, FLAGS.num_items,
+                                          FLAGS.num_devices, devices, FLAGS.init_memory)
+  return dict(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
+              num_users=FLAGS.num_users, num_items=FLAGS.num_items,
+              num_factors=FLAGS.num_factors, compute_dtype=FLAGS.compute_dtype,
+              num_devices=FLAGS.num_devices, embedding_sharding=FLAGS.embedding_sharding,
+              **step, compile_seconds=time.perf_counter() - t0)
+
+
+def _force_cpu_devices(count: int) -> None:
+  """XLA_FLAGS asking for `count` host devices; only effective before JAX starts."""
+  flag = '--xla_force_host_platform_device_count'
+  current = os.environ.get('XLA_FLAGS', '')
+  if flag not in current:
+    os.environ['XLA_FLAGS'] = f'{current} {flag}={count}'.strip()
+
+
 def main(argv):
   del argv
+  sections = set(FLAGS.sections)
+  if 'communication' in sections:
+    _force_cpu_devices(FLAGS.num_devices)  # before the first import of jax below
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
   results = dict(environment=_environment())
   print(json.dumps(results['environment']))
-  sections = set(FLAGS.sections)
+  if 'communication' in sections:
+    results['communication'] = r = bench_communication()
+    print(json.dumps({k: v for k, v in r.items() if k != 'collectives'}, indent=1))
+    if sections == {'communication'}:  # the JSON object the section is run for, alone
+      results = dict(r, environment=results['environment'])
   config = default.get_config()
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir

@@ -243,3 +243,22 @@ def make_train_chunk(model, optimizer: optimizers.Optimizer, regularization, lay
   return jax.jit(mapped, donate_argnums=0,
                  in_shardings=(state_shardings, layout.chunk, layout.replicated),
                  out_shardings=(state_shardings, layout.replicated))
+
+
+def make_step(model, optimizer: optimizers.Optimizer, regularization, layout,
+              state_shardings) -> Callable:
+  """One jitted step `(state, batch) -> (state, metrics)` for (B,) batches split over `data`
+  (what the communication benchmark compiles; training runs `make_train_chunk`)."""
+  specs, num_devices = model.table_specs(), layout.num_devices
+  state_specs = jax.tree_util.tree_map(lambda s: s.spec, state_shardings)
+
+  def one_step(state, batch):
+    step = make_local_step(model, optimizer, regularization, specs, num_devices,
+                           batch['users'].shape[0])
+    return step(state, batch)
+
+  mapped = jax.shard_map(one_step, mesh=layout.mesh, in_specs=(state_specs, P(DATA)),
+                         out_specs=(state_specs, P()))
+  batch = jax.sharding.NamedSharding(layout.mesh, P(DATA))
+  return jax.jit(mapped, in_shardings=(state_shardings, batch),
+                 out_shardings=(state_shardings, layout.replicated))
