@@ -68,6 +68,8 @@ flags.DEFINE_integer('num_users', 1_000_000, 'Users (table rows) of the communic
 flags.DEFINE_integer('num_items', 500_000, 'Items (table rows) of the communication section.')
 flags.DEFINE_integer('num_factors', 64, 'Predictive factors of the communication section '
                      '(NeuMF: GMF tables this wide, MLP tables 4x, the original\'s tower).')
+flags.DEFINE_list('layers', [], 'MLP layers of the communication section (MLPerf: '
+                  '256,256,128,64; empty: the original\'s tower for --num_factors).')
 flags.DEFINE_string('model', 'neumf', 'Model of the communication section.')
 flags.DEFINE_string('optimizer', 'lazy_adam', 'Optimizer of the communication section.')
 flags.DEFINE_string('compute_dtype', 'float32', 'Compute dtype of the communication section.')
@@ -355,7 +357,8 @@ def bench_communication() -> dict:
   config = default.get_config()
   config.update(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
                 num_factors=FLAGS.num_factors, embedding_sharding=FLAGS.embedding_sharding,
-                compute_dtype=FLAGS.compute_dtype, num_devices=FLAGS.num_devices)
+                compute_dtype=FLAGS.compute_dtype, num_devices=FLAGS.num_devices,
+                layers=tuple(int(w) for w in FLAGS.layers))
   devices = jax.devices('cpu')
   sharding.num_devices_for(FLAGS.num_devices, FLAGS.batch_size, len(devices))
   t0 = time.perf_counter()
@@ -363,7 +366,8 @@ def bench_communication() -> dict:
                                           FLAGS.num_devices, devices, FLAGS.init_memory)
   return dict(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
               num_users=FLAGS.num_users, num_items=FLAGS.num_items,
-              num_factors=FLAGS.num_factors, compute_dtype=FLAGS.compute_dtype,
+              num_factors=FLAGS.num_factors, layers=[int(w) for w in FLAGS.layers],
+              compute_dtype=FLAGS.compute_dtype,
               num_devices=FLAGS.num_devices, embedding_sharding=FLAGS.embedding_sharding,
               **step, compile_seconds=time.perf_counter() - t0)
 
