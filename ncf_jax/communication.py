@@ -58,6 +58,12 @@ def collectives(hlo: str) -> list[dict]:
   return out
 
 
+def program_all_to_all_types(stablehlo: str) -> list[str]:
+  """Element types of the all-to-alls the program asks for (lowered StableHLO, before XLA's
+  passes: the CPU compiler widens bfloat16 collectives to float32, accelerators need not)."""
+  return re.findall(r'stablehlo\.all_to_all.*->\s*tensor<[\dx]*x(\w+)>', stablehlo)
+
+
 def summarize(listed: list[dict]) -> dict:
   """Per-step bytes per device on the path a step takes: without overflow (`fast` and
   `always`), and on the exact fallback."""
@@ -95,7 +101,8 @@ def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
                    out_shardings=(shardings, layout.replicated))
   state = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  listed = collectives(step.lower(state, batch).compile().as_text())
+  lowered = step.lower(state, batch)
+  listed = collectives(lowered.compile().as_text())
   table_paths = [spec.path for spec in specs]
 
   def local_bytes(tree, shardings_tree, tables_only):
@@ -111,6 +118,7 @@ def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
     return total
 
   out = dict(summarize(listed), collectives=listed,
+             program_all_to_all_types=program_all_to_all_types(lowered.as_text()),
              table_bytes_per_device=local_bytes(abstract['params'], shardings['params'], True),
              padded_table_bytes=sum(spec.nbytes for spec in specs),
              table_and_optimizer_bytes_per_device=local_bytes(abstract, shardings, True),

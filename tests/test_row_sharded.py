@@ -92,3 +92,10 @@ def test_a_row_sharded_step_on_one_device_equals_the_plain_step():
     results.append(jax.tree_util.tree_leaves(state['params']))
   for plain, routed in zip(*results):
     np.testing.assert_allclose(np.asarray(routed), np.asarray(plain), rtol=1e-6, atol=1e-9)
+
+
+def test_the_program_reader_finds_all_to_all_element_types():
+  text = ('%1 = "stablehlo.all_to_all"(%0) <{split_count = 8 : i64}> : (tensor<8x32xi32>) -> '
+          'tensor<8x32xi32>\n%2 = "stablehlo.all_to_all"(%1) <{}> : (tensor<8x32x16xbf16>) -> '
+          'tensor<8x32x16xbf16>\n%3 = stablehlo.add %1, %1 : tensor<8x32xi32>')
+  assert communication.program_all_to_all_types(text) == ['i32', 'bf16']
