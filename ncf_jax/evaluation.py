@@ -26,6 +26,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from ncf_jax import row_sharded
 from ncf_jax import sharding
 from ncf_jax.data.dataset import Dataset, HeldOut
 from ncf_jax.errors import ConfigError, NonFiniteError
@@ -139,10 +140,44 @@ class SampledEvaluator:
       return ranks.reshape(-1), nonfinite.sum()
 
     self._ranks = jax.jit(all_ranks, out_shardings=layout.replicated)
+    if row_sharded.has_row_sharded(getattr(model, 'table_specs', tuple)()):
+      self._ranks = _routed_sampled_ranks(model, layout)
 
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._users, self._candidates, self._counted, self._real)
+
+
+def _routed_sampled_ranks(model, layout: sharding.Layout):
+  """`SampledEvaluator`'s ranks with row-sharded tables: each device scores its users'
+  candidates with rows fetched from their owners (`row_sharded.score`), no table gathered."""
+  ids = jnp.zeros((1,), jnp.int32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids)['params'])
+  param_specs = jax.tree_util.tree_map(
+      lambda s: s.spec, layout.state_shardings(abstract, model.table_specs()))
+  by_user = P(None, sharding.DATA)
+
+  def local_ranks(params, users, candidates, counted, real):
+    def block_ranks(block):
+      users, candidates, counted, real = block
+      scores = row_sharded.score(model, params, jnp.repeat(users, candidates.shape[1]),
+                                 candidates.reshape(-1), layout.num_devices)
+      scores = scores.reshape(candidates.shape)
+      return (ranks_from_scores(scores[:, 0], scores[:, 1:], counted),
+              _count_nonfinite(scores, real))
+
+    ranks, nonfinite = lax.map(block_ranks, (users, candidates, counted, real))
+    return ranks, lax.psum(nonfinite.sum(), sharding.DATA)
+
+  mapped = jax.shard_map(local_ranks, mesh=layout.mesh,
+                         in_specs=(param_specs, by_user, by_user, by_user, by_user),
+                         out_specs=(by_user, P()))
+
+  def all_ranks(params, *blocks):
+    ranks, nonfinite = mapped(params, *blocks)
+    return ranks.reshape(-1), nonfinite
+
+  return jax.jit(all_ranks, out_shardings=layout.replicated)
 
   def __call__(self, params, top_k: int) -> dict:
     return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,

@@ -195,19 +195,34 @@ def make_local_step(model, optimizer: optimizers.Optimizer, regularization,
   return step
 
 
-def lookup(model, params: dict, users: jax.Array, items: jax.Array, num_devices: int) -> dict:
-  """`model.embed` inside `shard_map` with row-sharded tables: the (b,) ids' rows, each
-  routed to its owner (exact capacity; evaluation is forward only)."""
+def fetch(table: jax.Array, ids: jax.Array, num_devices: int, dtype) -> jax.Array:
+  """The rows of (b,) global `ids` from a row-sharded table's local shard, forward only
+  (evaluation): the fast capacity unless some bucket would overflow, then the exact one."""
+  local_batch = ids.shape[0]
+  fast = capacity(local_batch, num_devices)
+  exact = lambda: gather_owned(table, ids, num_devices, local_batch, dtype)[0]
+  if fast >= local_batch:
+    return exact()
+  _, _, counts = route(ids, table.shape[0], num_devices)
+  return lax.cond(lax.pmax(counts.max(), DATA) > fast, exact,
+                  lambda: gather_owned(table, ids, num_devices, fast, dtype)[0])
+
+
+def score(model, params: dict, users: jax.Array, items: jax.Array, num_devices: int):
+  """`model`'s logits (b,) for (b,) ids inside `shard_map`, row-sharded tables' rows fetched
+  from their owners (replicated tables looked up in place)."""
   dtype = getattr(model, 'dtype', jnp.float32)
-  flat = flax.traverse_util.flatten_dict(params)
+  specs = tables_lib.by_path(model.table_specs())
+  table_params, rest = optimizers.split_tables(params, specs)
   rows = {}
-  for spec in model.table_specs():
+  for path, spec in specs.items():
     ids = users if spec.ids == 'users' else items
     if spec.placement == 'rows':
-      rows[spec.path], _ = gather_owned(flat[spec.path], ids, num_devices, ids.shape[0], dtype)
+      rows[path] = fetch(table_params[path], ids, num_devices, dtype)
     else:
-      rows[spec.path] = jnp.take(flat[spec.path], ids, axis=0)
-  return flax.traverse_util.unflatten_dict(rows)
+      rows[path] = jnp.take(table_params[path], ids, axis=0)
+  return model.apply({'params': with_placeholders(rest, specs)},
+                     flax.traverse_util.unflatten_dict(rows), method=model.score)
 
 
 def has_row_sharded(specs: Sequence[TableSpec]) -> bool:

@@ -71,12 +71,18 @@ class TableSpec:
 
   def create(self, module: nn.Module) -> jax.Array:
     """The parameter in `module` (named by the path's last key): the real rows drawn as an
-    unpadded table's would be, then zero rows up to `padded_rows`."""
+    unpadded table's would be, then zero rows up to `padded_rows`.
+
+    The padded table is drawn whole and its padding rows zeroed, an element-wise step that
+    XLA shards like the table (no whole-table temporary on any device). Its real rows equal
+    an unpadded draw's because JAX's partitionable threefry (the default) keys each value by
+    its row-major index, which the padding rows (at the end) do not shift.
+    """
     init, rows = self.initializer(), self.rows
 
     def padded_init(key, shape, dtype=jnp.float32):
-      real = init(key, (rows, *shape[1:]), dtype)
-      return jnp.pad(real, ((0, shape[0] - rows),) + ((0, 0),) * (len(shape) - 1))
+      real = jnp.arange(shape[0])[:, None] < rows
+      return jnp.where(real, init(key, shape, dtype), jnp.zeros((), dtype))
 
     shape = self.shape
     return module.param(self.path[-1], init if shape[0] == rows else padded_init, shape)

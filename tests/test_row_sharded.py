@@ -99,3 +99,21 @@ def test_the_program_reader_finds_all_to_all_element_types():
           'tensor<8x32xi32>\n%2 = "stablehlo.all_to_all"(%1) <{}> : (tensor<8x32x16xbf16>) -> '
           'tensor<8x32x16xbf16>\n%3 = stablehlo.add %1, %1 : tensor<8x32xi32>')
   assert communication.program_all_to_all_types(text) == ['i32', 'bf16']
+
+
+def test_a_padded_table_starts_with_the_rows_an_unpadded_one_draws_and_zeros():
+  config = make_config(model='gmf', num_factors=3)
+  ids = jnp.zeros((1,), jnp.int32)
+  draw = lambda sharding_: models.create_model(
+      _with(config, sharding_),
+      1000, 7).init(jax.random.key(5), ids, ids)['params']['gmf']['user_embedding']
+  plain, padded = np.asarray(draw('replicated')), np.asarray(draw('rows'))
+  assert plain.shape == (1000, 3) and padded.shape == (1024, 3)
+  np.testing.assert_array_equal(padded[:1000], plain)
+  assert not padded[1000:].any()
+
+
+def _with(config, embedding_sharding):
+  config = config.copy_and_resolve_references()
+  config.embedding_sharding = embedding_sharding
+  return config
