@@ -147,6 +147,10 @@ class SampledEvaluator:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._users, self._candidates, self._counted, self._real)
 
+  def __call__(self, params, top_k: int) -> dict:
+    return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,
+                    self.what)
+
 
 def _routed_sampled_ranks(model, layout: sharding.Layout):
   """`SampledEvaluator`'s ranks with row-sharded tables: each device scores its users'
@@ -178,10 +182,6 @@ def _routed_sampled_ranks(model, layout: sharding.Layout):
     return ranks.reshape(-1), nonfinite
 
   return jax.jit(all_ranks, out_shardings=layout.replicated)
-
-  def __call__(self, params, top_k: int) -> dict:
-    return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,
-                    self.what)
 
 
 @dataclasses.dataclass

@@ -117,3 +117,18 @@ def _with(config, embedding_sharding):
   config = config.copy_and_resolve_references()
   config.embedding_sharding = embedding_sharding
   return config
+
+
+def test_a_run_under_auto_records_the_setting_and_names_each_tables_placement(tmp_path):
+  import contextlib
+  import io
+  import json
+  from ncf_jax import train
+  config = make_config(embedding_sharding='auto', num_epochs=1)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert json.loads((tmp_path / 'config.json').read_text())['embedding_sharding'] == 'auto'
+  line = out.getvalue().splitlines()[1]
+  assert line.startswith('embedding_sharding=auto: tables: gmf/user_embedding ')
+  assert 'replicated' in line and 'rows' not in line.replace('embedding_sharding', '')
