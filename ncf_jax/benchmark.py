@@ -131,9 +131,9 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder, models, optimizers, train_step  # pylint: disable=g-import-not-at-top
+  from ncf_jax import feeder, models, optimizers, row_sharded, train_step  # pylint: disable=g-import-not-at-top
   config = _config(model_name, batch_size, optimizer, num_factors, layers, embedding_sharding)
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  model = models.create_model(config, dataset.num_users, dataset.num_items, num_devices)
   optimizer_ = optimizers.create_optimizer(config)
   layout = _layout(num_devices, embedding_sharding)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
@@ -141,9 +141,10 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   ids = jnp.zeros((1,), jnp.int32)
   state = jax.jit(lambda: train_step.init_state(model.init(jax.random.key(0), ids, ids)['params'],
                                                 optimizer_, model), out_shardings=shardings)()
-  chunk_fn = train_step.make_train_chunk(model, optimizer_,
-                                         train_step.Regularization.from_config(config), layout,
-                                         shardings)
+  make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
+                else train_step.make_train_chunk)
+  chunk_fn = make_chunk(model, optimizer_, train_step.Regularization.from_config(config), layout,
+                        shardings)
   steps = config.steps_per_dispatch
   batches = feeder.epoch_batches(dataset, 4, batch_size, 0, 1, batch_multiple=steps)
   chunks = min(max(1, samples // (batch_size * steps)), batches.num_batches // steps)

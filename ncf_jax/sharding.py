@@ -15,7 +15,7 @@ process hands over its own slice of every global batch.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

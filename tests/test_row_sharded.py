@@ -4,7 +4,6 @@ of row sharding are in multi_device_checks.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from conftest import make_config
 from ncf_jax import communication
