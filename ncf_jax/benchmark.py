@@ -41,8 +41,10 @@ from ncf_jax.data import files
 flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
 flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
+SECTIONS = ('sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m', 'devices', 'lookup',
+            'communication')
 flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m'],
-                  'Which sections to run (also: devices, lookup).')
+                  'Which sections to run (also: devices, lookup, communication).')
 flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
 flags.DEFINE_list('models', ['gmf', 'mlp', 'neumf'], 'Models for the training section.')
 flags.DEFINE_list('ml20m_batch_sizes', ['4096', '16384'],
@@ -381,8 +383,31 @@ def _force_cpu_devices(count: int) -> None:
     os.environ['XLA_FLAGS'] = f'{current} {flag}={count}'.strip()
 
 
+def check_flags() -> None:
+  """Flag mistakes, before anything is measured (a usage error: one line)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  unknown = [s for s in FLAGS.sections if s not in SECTIONS]
+  if unknown or not FLAGS.sections:
+    raise app.UsageError(f'--sections={",".join(FLAGS.sections)}: '
+                         + (f'unknown {", ".join(unknown)}; ' if unknown else 'empty; ')
+                         + f'choose from {", ".join(SECTIONS)}')
+  for name in ('repeats', 'train_samples', 'devices_batch_size', 'accuracy_timeout',
+               'ml20m_factors'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name}={FLAGS[name].value}: must be at least 1')
+  for name in ('batch_sizes', 'ml20m_batch_sizes', 'ml20m_layers'):
+    if not all(v.isdigit() and int(v) > 0 for v in FLAGS[name].value):
+      raise app.UsageError(f'--{name}={",".join(FLAGS[name].value)}: must be positive integers')
+  if not 0 < FLAGS.ml20m_scale <= 1:
+    raise app.UsageError(f'--ml20m_scale={FLAGS.ml20m_scale}: must be in (0, 1]')
+  folder = os.path.dirname(os.path.abspath(FLAGS.out))
+  if not os.path.isdir(folder):  # a typo should not become a tree of new folders
+    raise app.UsageError(f'--out={FLAGS.out}: {folder}: no such directory')
+
+
 def main(argv):
   del argv
+  check_flags()
   sections = set(FLAGS.sections)
   if 'communication' in sections:
     _force_cpu_devices(FLAGS.num_devices)  # before the first import of jax below

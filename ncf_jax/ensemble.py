@@ -66,8 +66,12 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
 
 def evaluate_ensemble(workdirs: Sequence[str], top_k: int = 10) -> dict:
   """Test HR/NDCG@top_k of the ensemble: sampled negatives and full ranking."""
+  if top_k < 1:  # HR@0 is 0 whatever the model: a question without an answer
+    raise ConfigError(f'--top_k={top_k}: must be at least 1')
   model, params, dataset = load_ensemble(workdirs)
-  test = evaluation.SampledEvaluator(model, dataset.test)(params, top_k)
+  sampled = evaluation.SampledEvaluator(model, dataset.test)
+  evaluation.check_top_k(top_k, sampled.num_candidates, sampled.what)
+  test = sampled(params, top_k)
   full = evaluation.full_ranking_evaluator(model, dataset)(params, top_k)
   return dict(members=list(workdirs), top_k=top_k, hr=test['hr'], ndcg=test['ndcg'],
               full_hr=full['hr'], full_ndcg=full['ndcg'])

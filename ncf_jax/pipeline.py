@@ -27,7 +27,11 @@ latest checkpoint (train_and_evaluate does that). A finished NeuMF stage is
 not redone when an earlier stage is extended (e.g. more epochs): use a new DIR.
 """
 
-import os
+if __name__ == '__main__':  # before the imports below (seconds): a signal meanwhile is kept
+  from ncf_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags
 import ml_collections
@@ -97,6 +101,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
 
 def main(argv: list[str]) -> None:
   del argv
+  for _, stage_config, _ in stage_configs(FLAGS.config, '.'):  # before --restart moves anything
+    config_checks.validate(stage_config)
   run_pipeline(FLAGS.config, cli.resolve_workdir(prefix='pipeline-'))
 
 
@@ -113,4 +119,4 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, interrupted_note=cli.RESUMES_NOTE)

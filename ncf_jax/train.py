@@ -11,6 +11,7 @@ notebook.
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 
@@ -22,6 +23,7 @@ import numpy as np
 from ncf_jax import config_checks
 from ncf_jax import evaluation
 from ncf_jax import feeder
+from ncf_jax import interrupts
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
@@ -197,6 +199,7 @@ def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> d
   record = dict(epoch=epoch, step=int(state['step']), top_k=experiment.config.top_k, loss=loss,
                 **experiment.evaluators(state['params']))
   record['eval_seconds'] = time.time() - t0
+  interrupts.check()  # before anything of this evaluation is recorded
   return record
 
 
@@ -326,14 +329,31 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   return state, epoch
 
 
+# A run has diverged when its mean training log loss passes this, 100 x the loss of a model
+# that scores every pair 0.5 (log 2 = 0.693, what the untrained model scores at the project's
+# initialisations). Each example's log loss is at most |logit| + log 2, so a mean of 69.3
+# needs the true label put at odds below e^-68 on average: no model that learns is there.
+# Published runs' epochs stay below log 2 (0.2-0.6); a finite blow-up (Adam at
+# learning_rate=1e6: ~1e33) is far above.
+DIVERGED_LOSS = 100 * math.log(2)
+
+
 def _check_finite(metrics: dict, epoch: int, config) -> None:
-  """NonFiniteError if a chunk's loss or parameters went NaN or infinite."""
+  """NonFiniteError if a chunk's loss or parameters went NaN or infinite, or the mean loss is
+  far above the untrained model's (`DIVERGED_LOSS`)."""
+  loss = float(metrics['loss_sum']) / max(float(metrics['weight_sum']), 1.0)
   if metrics['nonfinite']:
-    raise NonFiniteError(
-        f'epoch {epoch}: training diverged (the loss or parameters became NaN or infinite); '
-        f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
-        f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
-        f'one to resume after epoch {epoch - 1}')
+    what = 'the loss or parameters became NaN or infinite'
+  elif loss > DIVERGED_LOSS:
+    what = (f'mean training loss {loss:.3g}, above {DIVERGED_LOSS:.1f} = 100 x the untrained '
+            'model\'s log 2')
+  else:
+    return
+  raise NonFiniteError(
+      f'epoch {epoch}: training diverged ({what}); '
+      f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
+      f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
+      f'one to resume after epoch {epoch - 1}')
 
 
 def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
@@ -348,6 +368,7 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
   t0 = last_log = time.time()
   totals = None
   for start_batch in range(0, num_batches, chunk_size):
+    interrupts.check()  # SIGTERM / Ctrl-C stop here, between compiled chunks
     num_steps = min(chunk_size, num_batches - start_batch)
     chunk = experiment.layout.put_chunk(batches.chunk(start_batch, chunk_size))
     state, metrics = train_chunk(state, chunk, np.int32(num_steps))

@@ -21,9 +21,14 @@ Usage: python -m ncf_jax.data <command> [flags]
       else ~/.cache/ncf_jax/NAME).
 """
 
-import dataclasses
+if __name__ == '__main__':  # before the imports below: a signal meanwhile is kept
+  from ncf_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
+import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -169,6 +174,19 @@ def _download() -> None:
   _summary(data, directory, time.perf_counter() - start, 'download')
 
 
+# What an interrupt's line adds, per command.
+_INTERRUPTED_NOTES = {
+    'prepare': 'nothing was written; the same command starts again',
+    'download': 'files already downloaded whole are kept; the same command fetches the rest',
+}
+
+
+def _interrupted_note() -> str:
+  """The note of the command on the command line (a signal may come before it is parsed)."""
+  command = next((arg for arg in sys.argv[1:] if arg in _COMMANDS), None)
+  return _INTERRUPTED_NOTES.get(command, '')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in _COMMANDS:
     got = ' '.join(argv[1:]) or 'nothing'
@@ -186,4 +204,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, max_args=1)
+  cli.run(main, max_args=1, interrupted_note=_interrupted_note)
