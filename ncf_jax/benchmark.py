@@ -5,7 +5,9 @@
 Every timing is the median over `--repeats` runs after a warm-up (compilation
 excluded). Runs unchanged on CPU and GPU; the JSON records jax's version, the
 backend and the device. Sections:
-  sampler     one epoch of negatives (rejection and uniform) and of shuffled batches
+  sampler     one epoch of examples (the epoch definition on one host thread)
+  input       host and device executors' examples/s at --shape (ncf_jax/benchmark_input.py)
+  input_overlap  one NeuMF-8 epoch at batch 65,536 with the host feeder: does the device wait?
   train       samples/s per model x batch size x dense/lazy Adam (the fast path:
               `lax.fori_loop` over `steps_per_dispatch` batches per call)
   eval        99-negative and full-ranking evaluation of all test users
@@ -77,6 +79,8 @@ flags.DEFINE_string('optimizer', 'lazy_adam', 'Optimizer of the communication se
 flags.DEFINE_string('compute_dtype', 'float32', 'Compute dtype of the communication section.')
 flags.DEFINE_bool('init_memory', False, 'Communication section: also compile the sharded '
                   'initialisation and report its temporary bytes per device.')
+flags.DEFINE_enum('shape', 'ml-20m', ['ml-1m', 'ml-20m'], 'Synthetic data shape of the input '
+                  'sections (scaled by --ml20m_scale).')
 FLAGS = flags.FLAGS
 
 
@@ -102,20 +106,22 @@ def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8,
 
 
 def bench_sampler(dataset, repeats: int) -> dict:
+  """Seconds for one epoch's examples on one host thread, with rejection and uniform."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder  # pylint: disable=g-import-not-at-top
-  from ncf_jax.data.interactions import sample_negatives  # pylint: disable=g-import-not-at-top
-  users = np.repeat(dataset.train_users, 4)
-  dataset.train_set  # pylint: disable=pointless-statement
-  rng = np.random.default_rng(0)
-  return dict(
-      num_negatives=len(users),
-      negatives_rejection_s=_median_seconds(
-          lambda: sample_negatives(rng, users, dataset.train_set, dataset.num_items), repeats),
-      negatives_uniform_s=_median_seconds(
-          lambda: sample_negatives(rng, users, None, dataset.num_items), repeats),
-      epoch_batches_s=_median_seconds(
-          lambda: feeder.epoch_batches(dataset, 4, 256, 0, 1), max(1, repeats // 2)))
+  from ncf_jax import epoch, train  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name, reject in (('rejection', True), ('uniform', False)):
+    spec, arrays = train.epoch_definition(dataset, 4, reject, False)
+    keys = epoch.epoch_keys(0, 1)
+
+    def one_epoch():
+      for start in range(0, spec.num_examples, 1 << 16):
+        epoch.host_examples(spec, arrays, keys,
+                            np.arange(start, min(start + (1 << 16), spec.num_examples)))
+
+    out['examples'] = spec.num_examples
+    out[f'epoch_{name}_s'] = _median_seconds(one_epoch, max(1, repeats // 2))
+  return out
 
 
 def _layout(num_devices: int, embedding_sharding: str):
@@ -133,7 +139,7 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder, models, optimizers, row_sharded, train_step  # pylint: disable=g-import-not-at-top
+  from ncf_jax import batch_source, models, optimizers, row_sharded, train, train_step  # pylint: disable=g-import-not-at-top
   config = _config(model_name, batch_size, optimizer, num_factors, layers, embedding_sharding)
   model = models.create_model(config, dataset.num_users, dataset.num_items, num_devices)
   optimizer_ = optimizers.create_optimizer(config)
@@ -148,10 +154,16 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   chunk_fn = make_chunk(model, optimizer_, train_step.Regularization.from_config(config), layout,
                         shardings)
   steps = config.steps_per_dispatch
-  batches = feeder.epoch_batches(dataset, 4, batch_size, 0, 1, batch_multiple=steps)
-  chunks = min(max(1, samples // (batch_size * steps)), batches.num_batches // steps)
+  source = batch_source.HostBatches(*train.epoch_definition(dataset, 4, True, False), 0,
+                                    batch_size, steps, layout)
+  chunks = min(max(1, samples // (batch_size * steps)), source.num_steps // steps)
   # Device-resident batches: this section times the train step, not host transfers.
-  device_chunks = [layout.put_chunk(batches.chunk(c * steps, steps)) for c in range(chunks)]
+  device_chunks = []
+  for inputs, _ in source.chunks(1):
+    device_chunks.append(inputs)
+    if len(device_chunks) == chunks:
+      break
+  source.close()
   holder = [state]
 
   def run():
@@ -433,6 +445,22 @@ def main(argv):
     results['ml-1m/accuracy'] = r = bench_accuracy(FLAGS.data_dir, FLAGS.target_hr,
                                                    FLAGS.accuracy_timeout)
     _print_table('ml-1m: neumf_fast time to accuracy', [r], list(r))
+  if sections & {'input', 'input_overlap'}:
+    from ncf_jax import benchmark_input  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    shaped = benchmark_input.shaped_dataset(FLAGS.shape, FLAGS.ml20m_scale)
+    print(f'\nsynthetic {FLAGS.shape} shape ({time.perf_counter() - t0:.0f} s): '
+          f'{shaped.stats()}', flush=True)
+    if 'input' in sections:
+      results[f'{FLAGS.shape}/input'] = r = benchmark_input.bench_input(shaped, FLAGS.repeats)
+      results.update({k: v for k, v in r.items() if k != 'planned_state_bytes'})
+      _print_table(f'{FLAGS.shape}: input executors (examples/s)', [r],
+                   [k for k in r if k != 'planned_state_bytes'])
+      print(json.dumps(r['planned_state_bytes']))
+    if 'input_overlap' in sections:
+      results[f'{FLAGS.shape}/input_overlap'] = r = benchmark_input.bench_input_overlap(shaped)
+      results.update(r)
+      _print_table(f'{FLAGS.shape}: one NeuMF-8 epoch with the host feeder', [r], list(r))
   if 'ml-20m' in sections:
     t0 = time.perf_counter()
     big = synthetic.generate(num_users=int(138_493 * FLAGS.ml20m_scale), num_items=26_744,

@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ncf_jax import help_text
 from ncf_jax import interrupts
 from ncf_jax.data import files
 from ncf_jax.errors import ConfigError, NcfError
@@ -252,6 +253,7 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | 
   interrupts.install()
   if define_flags is not None:
     define_flags()
+  help_text.exit_if_help_requested(sys.argv, sys.modules[main.__module__].__doc__)
 
   def wrapped(argv: list[str]) -> None:
     code, line = outcome(lambda: _call_main(main, argv, max_args), interrupted_note)

@@ -111,6 +111,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'{chunk:,} examples is above {MAX_CHUNK_EXAMPLES:,} (16 bytes each, on '
                       'the host and every device); lower steps_per_dispatch')
   _check_synthetic(config)
+  if 'sampler' in config:
+    _choice(config, 'sampler', ('host', 'device'))
   layers = _check_layers(config)
   if layers[0] % 2 or any(w <= 0 for w in layers):
     raise ConfigError(f'config.layers={layers}: widths must be positive and the first '

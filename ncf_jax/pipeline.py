@@ -40,6 +40,7 @@ from ml_collections import config_flags
 
 from ncf_jax import cli
 from ncf_jax import config_checks
+from ncf_jax import provenance
 from ncf_jax import run_dir
 from ncf_jax import train
 from ncf_jax.configs import gmf as gmf_config
@@ -92,6 +93,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
     config_checks.validate(stage_config)
   for name, stage_config, stage_dir in stages:
     if run_dir.RunDir(stage_dir).is_finished(stage_config.num_epochs, stage_config.target_hr):
+      provenance.check_same_run(run_dir.RunDir(stage_dir), stage_config,
+                                *provenance.config_data(stage_config))  # not other data
       print(f'[{name}] finished earlier: {stage_dir}', flush=True)
       continue
     print(f'[{name}] {stage_dir}', flush=True)

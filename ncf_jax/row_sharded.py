@@ -231,39 +231,34 @@ def has_row_sharded(specs: Sequence[TableSpec]) -> bool:
 
 
 def make_train_chunk(model, optimizer: optimizers.Optimizer, regularization, layout,
-                     state_shardings) -> Callable:
+                     state_shardings, select_batch=None, inputs_sharding=None) -> Callable:
   """`train_step.make_train_chunk` for a model with row-sharded tables: the same jitted
-  `train_chunk(state, batches, num_steps)`, its steps run under `shard_map` (see the
-  module doc); the state's shardings are `layout.state_shardings`'s."""
-  specs, num_devices = model.table_specs(), layout.num_devices
-  state_specs = jax.tree_util.tree_map(lambda s: s.spec, state_shardings)
+  `train_chunk(state, inputs, num_steps)` (a batch source's `select_batch(inputs, i)` picks
+  step i's global batch, by default row i of (S, B) batches), each step run under
+  `shard_map` (see the module doc); the state's shardings are `layout.state_shardings`'s."""
+  step = _mapped_step(model, optimizer, regularization, layout, state_shardings)
+  select_batch = select_batch or (lambda batches, i: jax.tree_util.tree_map(lambda x: x[i],
+                                                                            batches))
 
-  def train_chunk(state, batches, num_steps):
-    step = make_local_step(model, optimizer, regularization, specs, num_devices,
-                           batches['users'].shape[1])
-
+  def train_chunk(state, inputs, num_steps):
     def body(i, carry):
       state, totals = carry
-      state, metrics = step(state, jax.tree_util.tree_map(lambda x: x[i], batches))
+      state, metrics = step(state, select_batch(inputs, i))
       return state, jax.tree_util.tree_map(jnp.add, totals, metrics)
 
     zeros = dict(loss_sum=jnp.zeros(()), weight_sum=jnp.zeros(()))
     state, totals = lax.fori_loop(0, num_steps, body, (state, zeros))
-    nonfinite = lax.pmax(train_step_lib.count_nonfinite(totals['loss_sum'], state['params']),
-                         DATA)
-    return state, dict(totals, nonfinite=nonfinite)
+    return state, dict(totals, nonfinite=train_step_lib.count_nonfinite(totals['loss_sum'],
+                                                                        state['params']))
 
-  mapped = jax.shard_map(train_chunk, mesh=layout.mesh,
-                         in_specs=(state_specs, P(None, DATA), P()), out_specs=(state_specs, P()))
-  return jax.jit(mapped, donate_argnums=0,
-                 in_shardings=(state_shardings, layout.chunk, layout.replicated),
+  return jax.jit(train_chunk, donate_argnums=0,
+                 in_shardings=(state_shardings, inputs_sharding or layout.chunk,
+                               layout.replicated),
                  out_shardings=(state_shardings, layout.replicated))
 
 
-def make_step(model, optimizer: optimizers.Optimizer, regularization, layout,
-              state_shardings) -> Callable:
-  """One jitted step `(state, batch) -> (state, metrics)` for (B,) batches split over `data`
-  (what the communication benchmark compiles; training runs `make_train_chunk`)."""
+def _mapped_step(model, optimizer, regularization, layout, state_shardings) -> Callable:
+  """One step over (B,) global batches, run under `shard_map` over `data`."""
   specs, num_devices = model.table_specs(), layout.num_devices
   state_specs = jax.tree_util.tree_map(lambda s: s.spec, state_shardings)
 
@@ -272,8 +267,15 @@ def make_step(model, optimizer: optimizers.Optimizer, regularization, layout,
                            batch['users'].shape[0])
     return step(state, batch)
 
-  mapped = jax.shard_map(one_step, mesh=layout.mesh, in_specs=(state_specs, P(DATA)),
-                         out_specs=(state_specs, P()))
+  return jax.shard_map(one_step, mesh=layout.mesh, in_specs=(state_specs, P(DATA)),
+                       out_specs=(state_specs, P()))
+
+
+def make_step(model, optimizer: optimizers.Optimizer, regularization, layout,
+              state_shardings) -> Callable:
+  """One jitted step `(state, batch) -> (state, metrics)` for (B,) batches split over `data`
+  (what the communication benchmark compiles; training runs `make_train_chunk`)."""
   batch = jax.sharding.NamedSharding(layout.mesh, P(DATA))
-  return jax.jit(mapped, in_shardings=(state_shardings, batch),
+  return jax.jit(_mapped_step(model, optimizer, regularization, layout, state_shardings),
+                 in_shardings=(state_shardings, batch),
                  out_shardings=(state_shardings, layout.replicated))

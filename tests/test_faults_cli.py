@@ -221,12 +221,12 @@ def test_reproduce_with_a_bad_data_dir_leaves_no_runs_folder(tmp_path):
 def test_the_divergence_rule_against_hand_numbers():
   assert train.DIVERGED_LOSS == pytest.approx(69.3147, abs=1e-4)  # 100 x log 2
   ok = dict(loss_sum=0.69 * 1000, weight_sum=1000.0, nonfinite=0)
-  train._check_finite(ok, 3, make_config())  # pylint: disable=protected-access
+  train._check_finite(ok, 3, learning_rate=0.001)  # pylint: disable=protected-access
   for metrics, reason in (
       (dict(ok, loss_sum=70.0 * 1000), 'mean training loss 70, above 69.3'),
       (dict(ok, nonfinite=1), 'NaN or infinite')):
     with pytest.raises(NonFiniteError, match=reason):
-      train._check_finite(metrics, 3, make_config())  # pylint: disable=protected-access
+      train._check_finite(metrics, 3, learning_rate=0.001)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('optimizer', ['adam', 'sgd'])

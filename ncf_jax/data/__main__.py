@@ -40,7 +40,6 @@ from ncf_jax.data import download
 from ncf_jax.data import id_maps
 from ncf_jax.data import prepare as prepare_lib
 from ncf_jax.data import registry
-from ncf_jax.errors import DataError
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Directory of NCF files.')
 _RAW = flags.DEFINE_string('raw', None, 'Raw interactions file (CSV/TSV with a header row, '
@@ -164,10 +163,7 @@ def _prepare() -> None:
 
 def _download() -> None:
   spec = registry.REGISTRY[_DATASET.value]
-  directory = _DATA_DIR.value or download.cache_dir(spec.name)
-  parent = os.path.dirname(os.path.abspath(directory))
-  if not os.path.isdir(parent):  # a typo should not become a tree of new folders
-    raise DataError(f'--data_dir={directory}: {parent}: no such directory')
+  directory = download.download_directory(spec.name, _DATA_DIR.value)
   start = time.perf_counter()
   download.fetch(spec, directory)
   data = dataset_lib.load_ncf_dir(directory, spec.name)  # checks what was fetched
