@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ncf_jax import als_fit
 from ncf_jax import config_checks
 from ncf_jax import evaluation
 from ncf_jax import feeder
@@ -39,9 +40,10 @@ class Evaluators:
                layout: sharding.Layout):
     self.top_k = config.top_k
     blocks = config.eval_users_per_block
-    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout)
+    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout,
+                                            num_items=dataset.num_items)
     self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation',
-                                              layout=layout)
+                                              layout=layout, num_items=dataset.num_items)
                   if dataset.valid is not None else None)
     self.full = (evaluation.full_ranking_evaluator(model, dataset, layout)
                  if config.full_ranking else None)
@@ -51,7 +53,7 @@ class Evaluators:
 
   def __call__(self, params) -> dict:
     test = self.test(params, self.top_k)
-    out = dict(hr=test['hr'], ndcg=test['ndcg'], test=test)
+    out = dict(hr=test['hr'], ndcg=test['ndcg'], corrected_hr=test['corrected_hr'], test=test)
     if self.valid is not None:
       valid = self.valid(params, self.top_k)
       out.update(valid_hr=valid['hr'], valid_ndcg=valid['ndcg'], valid=valid)
@@ -286,6 +288,8 @@ def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: 
   config = experiment.config
   if run_dir_lib.target_record(progress.history, progress.target_hr):
     return state  # the run is finished: resuming it trains nothing
+  if config.model in als_fit.FITTED_MODELS:  # fit by solving least squares, not by SGD
+    return als_fit.train_epochs(experiment, progress, state, done_epoch, evaluate, record_epoch)
   train_chunk = train_step_lib.make_train_chunk(
       experiment.model, experiment.optimizer, train_step_lib.Regularization.from_config(config),
       experiment.layout,
