@@ -37,8 +37,10 @@ class IALSFitter:
     self.settings = ials_settings(config)
     users, items = dataset.train_users, dataset.train_items
     self.num_users, self.num_items = dataset.num_users, dataset.num_items
-    self.by_user = ials.Pairs.build(users, items, self.num_users, self.settings.block)
-    self.by_item = ials.Pairs.build(items, users, self.num_items, self.settings.block)
+    self.by_user = ials.Pairs.build(users, items, self.num_users, self.settings.block,
+                                    self.num_items)
+    self.by_item = ials.Pairs.build(items, users, self.num_items, self.settings.block,
+                                    self.num_users)
     self.num_pairs = len(users)
 
   def __call__(self, params: dict) -> tuple[dict, float]:

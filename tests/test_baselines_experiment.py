@@ -54,3 +54,22 @@ def test_smoke_run_writes_baselines_with_intervals(tmp_path):
   assert len(details['seeds']['ials']['runs']) == 2
   assert details['paired'] and all(0 < p['hr']['p_value'] <= 1 for p in details['paired'])
   assert 'Paired bootstrap' in (tmp_path / 'results' / 'baselines.md').read_text()
+
+
+def test_wald_intervals_are_added_to_stored_entries():
+  summary = {'table2': [dict(hr=0.7, ndcg=0.4)], 'best': dict(hr=0.73, single_runs=[dict(hr=0.72)])}
+  out = baselines.add_wald_intervals(summary)
+  assert out['table2'][0]['hr_ci95_wald'][0] < 0.7 < out['table2'][0]['hr_ci95_wald'][1]
+  assert 'hr_ci95_wald' in out['best'] and 'hr_ci95_wald' in out['best']['single_runs'][0]
+
+
+def test_table2_batch256_status_of_a_partial_run(tmp_path):
+  from conftest import make_config, train_quietly  # pylint: disable=g-import-not-at-top
+  from experiments import table2_batch256  # pylint: disable=g-import-not-at-top
+  train_quietly(make_config(num_epochs=2), tmp_path / 'run')
+  records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').open()]
+  status = table2_batch256.run_status(str(tmp_path / 'run'))
+  best = max(records, key=lambda r: r['hr'])
+  assert status['epochs_done'] == 2 and status['finished']
+  assert (status['best_epoch'], status['hr']) == (best['epoch'], best['hr'])
+  assert table2_batch256.run_status(str(tmp_path / 'absent'))['epochs_done'] == 0

@@ -54,13 +54,15 @@ def _normal_equations(x, fixed, a0, lam, nu):
   return np.array(out)
 
 
-def test_ials_user_solve_matches_the_normal_equations():
+@pytest.mark.parametrize('dense_limit', [0, 10**6], ids=['blocked', 'dense'])
+def test_ials_user_solve_matches_the_normal_equations(dense_limit):
   x, users, items = _pairs(7, 11, 0.3, 1)
   rng = np.random.default_rng(2)
   h = rng.normal(0, 0.5, (11, 4))
   settings = ials.Settings(unobserved_weight=0.3, regularization=0.05,
                            regularization_exponent=0.7, cg_steps=12, block=5)
-  pairs = ials.Pairs.build(users, items, 7, settings.block)
+  pairs = ials.Pairs.build(users, items, 7, settings.block, 11, dense_limit)
+  assert (pairs.dense is None) == (dense_limit == 0)
   got = ials.solve_side(pairs, jnp.asarray(h, jnp.float32),
                         jnp.asarray(rng.normal(0, 0.1, (7, 4)), jnp.float32), settings)
   np.testing.assert_allclose(np.asarray(got), _normal_equations(x, h, 0.3, 0.05, 0.7),
@@ -75,11 +77,12 @@ def _numpy_loss(x, w, h, a0, lam, nu):
           + np.sum(reg_u * (w ** 2).sum(1)) + np.sum(reg_i * (h ** 2).sum(1)))
 
 
-def test_ials_loss_is_the_papers_and_decreases_every_sweep():
+@pytest.mark.parametrize('dense_limit', [0, 10**6], ids=['blocked', 'dense'])
+def test_ials_loss_is_the_papers_and_decreases_every_sweep(dense_limit):
   x, users, items = _pairs(40, 25, 0.2, 3)
   settings = ials.Settings(unobserved_weight=0.2, regularization=0.01, cg_steps=3, block=16)
-  by_user = ials.Pairs.build(users, items, 40, settings.block)
-  by_item = ials.Pairs.build(items, users, 25, settings.block)
+  by_user = ials.Pairs.build(users, items, 40, settings.block, 25, dense_limit)
+  by_item = ials.Pairs.build(items, users, 25, settings.block, 40, dense_limit)
   rng = np.random.default_rng(0)
   w = jnp.asarray(rng.normal(0, 0.1, (40, 6)), jnp.float32)
   h = jnp.asarray(rng.normal(0, 0.1, (25, 6)), jnp.float32)
