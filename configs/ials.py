@@ -14,11 +14,11 @@ def get_config():
   config.model = 'ials'
   config.num_factors = 192
   config.embedding_stddev = 0.1
-  config.unobserved_weight = 0.1  # α0
+  config.unobserved_weight = 0.03  # α0
   config.regularization = 0.003  # λ
   config.regularization_exponent = 1.0  # ν
-  config.cg_steps = 8  # conjugate-gradient steps per side per epoch, warm-started
-  config.num_epochs = 16
+  config.cg_steps = 4  # conjugate-gradient steps per side per epoch, warm-started
+  config.num_epochs = 8
   config.optimizer = 'sgd'  # unused (nothing is a gradient step); keeps the state's layout
   config.eval_users_per_block = 512
   return config
