@@ -27,3 +27,8 @@ class WorkdirError(NcfError):
 
 class DamagedCheckpointError(CheckpointError):
   """A checkpoint cannot be read, or its contents differ from the digests saved with it."""
+
+
+class CheckpointSaveError(NcfError):
+  """A checkpoint could not be written (full disk, permissions): the message names the path
+  and the epoch; that epoch is not recorded."""

@@ -124,7 +124,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags; defined only when run, so importing this module defines none."""
-  flags.DEFINE_string('workdir', None, 'A training workdir (config.json and checkpoints/best).')
+  flags.DEFINE_string('workdir', None, 'A training workdir (config.json, metrics.jsonl and its '
+                      'best checkpoint).')
   config_flags.DEFINE_config_file(cli.CONFIG_FLAG, None, 'Instead of --workdir: the config (and '
                                   '--config.x=y overrides) of a run in its default workdir.',
                                   lock_config=True)

@@ -1,13 +1,17 @@
 """A run folder (workdir): the one module that knows its layout and reads or writes its files.
 
   WORKDIR/config.json          the run's configuration (valid JSON)
-  WORKDIR/metrics.jsonl        one JSON object per evaluation, appended as training goes
-  WORKDIR/checkpoints/latest/  the last few epochs, for resuming
-  WORKDIR/checkpoints/best/    the epoch that first reached the best selection metric
+  WORKDIR/metrics.jsonl        one JSON object per epoch, appended once its checkpoint is durable
+  WORKDIR/checkpoints/latest/  one checkpoint per kept epoch: the last two and the best
   WORKDIR/run.lock             held (flock) by the one process that trains into the folder
 
-Two checkpoint directories because Orbax's `best_fn` with `max_to_keep` may
-delete the newest checkpoint, which resuming needs. The best-epoch rule: the
+One write per epoch: the best is the epoch metrics.jsonl names as best, whose checkpoint
+the retention keeps (run folders of the first format also have `checkpoints/best/`, a
+copy, which readers still use). metrics.jsonl is append-only: a record is appended
+after its epoch's checkpoint is durable; a resume removes only records after the
+checkpoint it resumes from; a line a crash cut short (the last, without its newline) is
+the only repair. Each checkpoint holds its epoch's record too, so a record lost to a crash
+between the save and the append is restored from it. The best-epoch rule: the
 selection metric is validation HR when every record has it, else test HR (as
 the original code does); the first epoch to reach the maximum wins. The target
 rule (`target_record`): a run with `target_hr` set is finished at the first
@@ -35,7 +39,7 @@ from ncf_jax import checkpoints as checkpoints_lib
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import train_step
-from ncf_jax.data.files import atomic_write_text
+from ncf_jax.data.files import atomic_write_text, make_dirs, remove_empty_dirs
 from ncf_jax.errors import CheckpointError, WorkdirError
 
 WORKDIRS = 'workdirs'  # default workdirs go under this folder of the current directory
@@ -44,6 +48,7 @@ METRICS = 'metrics.jsonl'
 CHECKPOINTS = 'checkpoints'
 LOCK = 'run.lock'
 KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resume from
+LEGACY_BEST = 'best'  # checkpoints/best/: the best epoch's copy in run folders of format 1
 # Fields that do not change what a run computes: a run may be resumed or extended with
 # other values of them. `target_hr`, like `num_epochs`, decides only when training stops
 # (epoch k computes the same with any target), so raising it continues a run.
@@ -75,6 +80,15 @@ def config_differences(config: ml_collections.ConfigDict,
   ours, theirs = _flat(config_to_dict(config)), _flat(config_to_dict(reference))
   return {k: ours.get(k) for k in sorted(set(ours) | set(theirs))
           if k not in NON_COMPUTING_FIELDS and ours.get(k) != theirs.get(k)}
+
+
+def run_identity(config) -> str:
+  """A digest of what a run computes: its config (a ConfigDict or config.json's dict) without
+  NON_COMPUTING_FIELDS, so including any data fingerprint config.json records. Every
+  checkpoint carries it: one of another run is recognised as such."""
+  plain = config if isinstance(config, dict) else config_to_dict(config)
+  fields = {k: v for k, v in _flat(plain).items() if k not in NON_COMPUTING_FIELDS}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix: str = '',
@@ -139,6 +153,19 @@ def is_improvement(record: dict, earlier: list[dict]) -> bool:
   return not earlier or record[key] > max(r[key] for r in earlier)
 
 
+def _truncate(path: str, size: int) -> None:
+  with open(path, 'r+b') as f:
+    f.truncate(size)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
   """The files of one run folder. Reading takes no lock; `writer()` is for training."""
@@ -174,30 +201,69 @@ class RunDir:
                   if k not in NON_COMPUTING_FIELDS and saved.get(k) != current.get(k))
 
   # metrics.jsonl
-  def read_metrics(self) -> list[dict]:
-    """One record per epoch (a repeated epoch: the last one), by epoch; a line cut short by a
-    killed process, and anything after it, is dropped."""
+  def _scan_metrics(self) -> tuple[list[dict], list[int], tuple[int, int] | None]:
+    """(records, the byte offset after each record's line, (line number, offset) of a last
+    line a crash cut short or None). A bad line elsewhere is a WorkdirError naming it."""
     path = self.file(METRICS)
-    if not os.path.exists(path):
-      return []
-    by_epoch = {}
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          break
-        if isinstance(record, dict) and 'epoch' in record:
-          by_epoch[record['epoch']] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except FileNotFoundError:
+      return [], [], None
+    except OSError as e:
+      raise WorkdirError(f'{path}: unreadable ({e.strerror or type(e).__name__})') from None
+    records, ends, offset = [], [], 0
+    lines = data.split(b'\n')
+    for number, line in enumerate(lines, start=1):
+      start, offset = offset, offset + len(line) + 1
+      if not line.strip():
+        continue
+      last = number == len(lines)  # no newline after it
+      try:
+        record = json.loads(line)
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if last:
+          return records, ends, (number, start)  # cut short by a crash mid-write
+        raise WorkdirError(f'{path}:{number}: not a JSON record ({e})') from None
+      if not isinstance(record, dict) or not isinstance(record.get('epoch'), int):
+        raise WorkdirError(f'{path}:{number}: not a metrics record (no integer "epoch")')
+      if records and record['epoch'] <= records[-1]['epoch']:
+        raise WorkdirError(f'{path}:{number}: epoch {record["epoch"]} after epoch '
+                           f'{records[-1]["epoch"]} (records are appended in epoch order)')
+      records.append(record)
+      ends.append(min(offset, len(data)))
+    return records, ends, None
 
-  def keep_metrics_through(self, epoch: int) -> list[dict]:
-    """Rewrites metrics.jsonl to the records of epochs <= `epoch` and returns them."""
-    records = [r for r in self.read_metrics() if r['epoch'] <= epoch]
-    atomic_write_text(self.file(METRICS), ''.join(json.dumps(r) + '\n' for r in records))
-    return records
+  def read_metrics(self) -> list[dict]:
+    """The records, by epoch; a last line a crash cut short is left out. A bad line before
+    it is a WorkdirError naming the file and line."""
+    return self._scan_metrics()[0]
+
+  def repair_metrics(self) -> str | None:
+    """(The writer, before training.) Removes a last line a crash cut short, or ends a
+    complete last line with its newline; a note saying so, or None."""
+    path = self.file(METRICS)
+    _, ends, torn = self._scan_metrics()
+    if torn is not None:
+      number, offset = torn
+      size = os.path.getsize(path)
+      _truncate(path, offset)
+      return (f'note: {path}:{number}: removed a last line cut short by a crash '
+              f'({size - offset} bytes)')
+    if ends and ends[-1] == os.path.getsize(path) and not _ends_with_newline(path):
+      with open(path, 'a', encoding='utf-8') as f:
+        f.write('\n')
+    return None
+
+  def remove_metrics_after(self, epoch: int) -> list[int]:
+    """(The writer.) Cuts metrics.jsonl after the record of `epoch`: the records of later
+    epochs go (they are trained again), nothing before them changes. Their epochs."""
+    records, ends, _ = self._scan_metrics()
+    kept = [i for i, r in enumerate(records) if r['epoch'] <= epoch]
+    removed = [r['epoch'] for r in records if r['epoch'] > epoch]
+    if removed:
+      _truncate(self.file(METRICS), ends[kept[-1]] if kept else 0)
+    return removed
 
   def append_metrics(self, record: dict) -> dict:
     """Appends one record (made JSON-safe, which is also what is returned)."""
@@ -209,45 +275,67 @@ class RunDir:
     return record
 
   def is_finished(self, num_epochs: int, target_hr: float = 0.0) -> bool:
-    """Whether the run logged its last epoch and its latest checkpoint is that epoch: epoch
-    `num_epochs`, or the first to reach `target_hr` (0: no target) if that came sooner."""
+    """Whether the run logged its last epoch and its checkpoints hold that epoch and the
+    best: epoch `num_epochs`, or the first to reach `target_hr` (0: no target) if that came
+    sooner."""
     records = self.read_metrics()
     reached = target_record(records, target_hr)
     last = min(num_epochs, reached['epoch']) if reached else num_epochs
-    # Orbax renames a checkpoint into place when complete, so the directory means a whole one.
-    return last in [r['epoch'] for r in records] and os.path.isdir(
-        os.path.join(self.file(CHECKPOINTS), 'latest', str(last)))
+    if last not in [r['epoch'] for r in records]:
+      return False
+    latest = os.path.join(self.file(CHECKPOINTS), 'latest')
+    best = best_record(records)['epoch']
+    return os.path.isdir(os.path.join(latest, str(last))) and (
+        os.path.isdir(os.path.join(latest, str(best)))
+        or os.path.isdir(os.path.join(self.file(CHECKPOINTS), LEGACY_BEST, str(best))))
 
   # checkpoints
-  def checkpoints(self, which: str, create: bool = False) -> checkpoints_lib.CheckpointDir:
-    """The `latest` or `best` checkpoints; `create` only for the writer (the lock holder)."""
+  def checkpoints(self, which: str = 'latest',
+                  create: bool = False) -> checkpoints_lib.CheckpointDir:
+    """The run's checkpoints (`latest`; `best` only in a run folder of format 1); `create`
+    only for the writer (the lock holder)."""
     directory = os.path.join(self.file(CHECKPOINTS), which)
     if not create and not os.path.isdir(directory):
       raise CheckpointError(f'{directory}: no checkpoint')
-    return checkpoints_lib.CheckpointDir(directory, keep=KEEP_LATEST if which == 'latest' else 1,
-                                         writer=create)
+    return checkpoints_lib.CheckpointDir(directory, writer=create)
 
-  def restore_best(self, abstract_state) -> tuple[object, int]:
-    """(state, epoch) of the best checkpoint; CheckpointError naming it if damaged."""
-    best = self.checkpoints('best')
-    try:
-      epochs = best.epochs()
-      if not epochs:
-        raise CheckpointError(f'{best.directory}: no checkpoint')
-      return best.restore(epochs[-1], abstract_state), epochs[-1]
-    finally:
-      best.close()
+  def best_epoch(self) -> int:
+    """The best epoch by the records (CheckpointError if there are none)."""
+    records = self.read_metrics()
+    if not records:
+      raise CheckpointError(f'{self.file(METRICS)}: no record (the run has not saved an epoch)')
+    return best_record(records)['epoch']
+
+  @contextlib.contextmanager
+  def best_checkpoint(self) -> Iterator[tuple[checkpoints_lib.CheckpointDir, int]]:
+    """(checkpoint directory, epoch) of the best epoch, whose checkpoint must be there."""
+    epoch = self.best_epoch()
+    for which in ('latest', LEGACY_BEST):
+      directory = os.path.join(self.file(CHECKPOINTS), which)
+      if os.path.isdir(os.path.join(directory, str(epoch))):
+        found = checkpoints_lib.CheckpointDir(directory)
+        try:
+          if epoch in found.epochs():
+            yield found, epoch
+            return
+        finally:
+          found.close()
+    raise CheckpointError(
+        f'{os.path.join(self.file(CHECKPOINTS), "latest", str(epoch))}: missing: the checkpoint '
+        f'of the best epoch ({epoch}, by {self.file(METRICS)})')
+
+  def restore_best_params(self, abstract_params, shardings=None) -> tuple[object, int]:
+    """(params, epoch) of the best checkpoint, parameters only (no optimizer state), onto
+    one device or `shardings`; CheckpointError naming it if missing or damaged."""
+    identity = run_identity(self.read_config()) if os.path.isfile(self.file(CONFIG)) else None
+    with self.best_checkpoint() as (best, epoch):
+      params, _ = best.restore_params(epoch, abstract_params, shardings, identity=identity)
+      return params, epoch
 
   def stored_best_tree(self):
     """Shapes and dtypes of the best checkpoint's state (no arrays read)."""
-    best = self.checkpoints('best')
-    try:
-      epochs = best.epochs()
-      if not epochs:
-        raise CheckpointError(f'{best.directory}: no checkpoint')
-      return best.stored_tree(epochs[-1])
-    finally:
-      best.close()
+    with self.best_checkpoint() as (best, epoch):
+      return best.stored_tree(epoch)
 
   def move_aside(self) -> str | None:
     """Renames an existing run folder to `<path>.old-<time>` (never deletes it); its new
@@ -273,17 +361,21 @@ class RunDir:
     writing its first record.
     """
     created = not os.path.exists(self.path)
+    existed = {name: os.path.exists(self.file(name)) for name in (CONFIG, METRICS, CHECKPOINTS,
+                                                                   LOCK)}
     if not created and not os.path.isdir(self.path):
       raise WorkdirError(f'{self.path}: not a directory')
     try:
-      os.makedirs(self.path, exist_ok=True)
+      made = make_dirs(self.path)  # with the parents it needed, removed with it if unused
       lock = open(self.file(LOCK), 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
     except OSError as e:
       raise WorkdirError(f'{self.path}: cannot use as a workdir '
                          f'({e.strerror or type(e).__name__})') from None
+    locked = False
     try:
       try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
       except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
           raise
@@ -298,11 +390,33 @@ class RunDir:
       lock.flush()
       yield self
     except BaseException:
-      if created and not os.path.exists(self.file(METRICS)):
-        shutil.rmtree(self.path, ignore_errors=True)  # nothing of this run is worth keeping
+      if locked:  # (a refused second writer touches nothing of the run holding the lock)
+        self._remove_leftovers(created, existed)
+        if created and not os.path.exists(self.path):
+          remove_empty_dirs(made[:-1])
       raise
     finally:
       lock.close()
+
+  def _remove_leftovers(self, created: bool, existed: dict) -> None:
+    """After a run stopped before its first record: what it created goes (the folder, if it
+    made it; else its config.json, checkpoints and lock), so nothing empty is left."""
+    try:
+      if self.read_metrics():
+        return  # a record: the folder holds a run
+    except WorkdirError:
+      return
+    if created:
+      shutil.rmtree(self.path, ignore_errors=True)
+      return
+    for name, was_there in existed.items():
+      path = self.file(name)
+      if name == METRICS and os.path.isfile(path) and os.path.getsize(path) == 0:
+        was_there = False  # an empty log says nothing
+      if not was_there and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      elif not was_there and os.path.exists(path):
+        os.unlink(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,9 +459,6 @@ def load_best(workdir: str, num_users: int | None = None,
     num_users, num_items = rows['users'], rows['items']
   model = models.create_model(config, num_users, num_items)
   abstract = train_step.abstract_state(model, optimizers.create_optimizer(config))
-  # Onto one device, whatever mesh wrote it (a reader needs no mesh).
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-  state, epoch = run.restore_best(abstract)
-  return TrainedModel(config, model, state['params'], epoch, run.path)
+  # The parameters alone, onto one device, whatever mesh wrote them (a reader needs no mesh).
+  params, epoch = run.restore_best_params(abstract['params'])
+  return TrainedModel(config, model, params, epoch, run.path)

@@ -5,12 +5,13 @@ notebook.
   start         a fresh state evaluated at epoch 0, or the state of the last intact checkpoint
   train_epoch   one epoch of compiled chunks of steps; one host sync at its end
   evaluate      test (and validation, full ranking) metrics of the params
-  record_epoch  metrics.jsonl, the console line, the latest and best checkpoints
+  record_epoch  the console line and the checkpoint; metrics.jsonl once it is durable
   train_epochs  the loop over epochs, which ends early at `target_hr` (MLPerf's stopping rule)
 """
 
 import contextlib
 import dataclasses
+import os
 import time
 
 import jax
@@ -30,7 +31,7 @@ from ncf_jax import sharding
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
-from ncf_jax.errors import DamagedCheckpointError, NonFiniteError
+from ncf_jax.errors import CheckpointError, DamagedCheckpointError, NonFiniteError
 
 
 class Evaluators:
@@ -144,25 +145,50 @@ def format_record(record: dict) -> str:
 class Progress:
   """The run folder being written, and the run's clock and records so far. In a run of
   several processes only process 0 (`primary`) writes files other than checkpoints, holds
-  the lock and prints; every process keeps the same history and takes part in checkpoints."""
+  the lock and prints; every process keeps the same history and takes part in checkpoints.
+
+  Two-phase epochs: `record_epoch` starts the checkpoint save of an epoch and keeps its
+  record `pending`; the next `commit` (before the next epoch's save, or at the end) waits
+  until the checkpoint is durable, then appends the record, then drops the checkpoints
+  no longer kept. So the save overlaps the next epoch's training, and metrics.jsonl never
+  names an epoch without its checkpoint."""
   run: run_dir_lib.RunDir
   latest: object  # checkpoints.CheckpointDir
-  best: object
   start_time: float
   history: list
   target_hr: float = 0.0  # 0: no target
   primary: bool = True
+  identity: str = ''  # run_dir.run_identity of the run: every checkpoint carries it
+  pending: dict | None = None  # the record of the epoch whose save is under way
 
   def say(self, line: str) -> None:
     if self.primary:
       print(line, flush=True)
 
-  def keep_through(self, epoch: int) -> None:
-    """The history up to `epoch`, trimming metrics.jsonl to it (process 0)."""
+  def commit(self) -> None:
+    """The pending epoch: checkpoint durable, record appended, old checkpoints dropped (the
+    last KEEP_LATEST and the best are kept). CheckpointSaveError if the save failed."""
+    record, self.pending = self.pending, None
+    if record is None:
+      return
+    self.latest.finish_save()
     if self.primary:
-      self.history[:] = self.run.keep_metrics_through(epoch)
-    else:
-      self.history[:] = [r for r in self.run.read_metrics() if r['epoch'] <= epoch]
+      self.run.append_metrics(record)
+    self.history.append(record)
+    durable = self.latest.epochs()
+    keep = set(durable[-run_dir_lib.KEEP_LATEST:])
+    keep.add(run_dir_lib.best_record(self.history)['epoch'])
+    for epoch in durable:
+      if epoch not in keep:
+        self.latest.delete(epoch)
+
+  def close(self) -> None:
+    """Commits a pending epoch (its save may have finished while a later epoch failed or
+    was interrupted), then closes the checkpoints."""
+    try:
+      self.commit()
+    finally:
+      self.latest.close()
 
 
 def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> dict:
@@ -184,53 +210,115 @@ def mark_target(progress: Progress, record: dict) -> None:
 
 
 def record_epoch(progress: Progress, record: dict, state) -> None:
-  """Appends `record`, prints it, and checkpoints `state` (as best, if it is)."""
+  """Commits the previous epoch, prints `record` and starts saving `state` with it; the
+  record is appended to metrics.jsonl once the checkpoint is durable (`Progress.commit`)."""
   record['elapsed_seconds'] = time.time() - progress.start_time
+  progress.commit()
   mark_target(progress, record)
-  is_best = run_dir_lib.is_improvement(record, progress.history)
-  record = (progress.run.append_metrics(record) if progress.primary
-            else run_dir_lib.json_safe(record))
-  progress.history.append(record)
+  record = run_dir_lib.json_safe(record)
   progress.say(format_record(record))
-  progress.latest.save(record['epoch'], state)
-  if is_best:
-    progress.best.save(record['epoch'], state)
+  progress.latest.save(record['epoch'], state, dict(
+      epoch=record['epoch'], step=record['step'], run_identity=progress.identity, record=record))
+  progress.pending = record
 
 
-def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int] | None:
-  """(state, epoch) of the newest intact latest checkpoint; None when there is none.
+def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int, dict] | None:
+  """(state, epoch, meta) of the newest intact checkpoint the records reach (its epoch at
+  most one past the last record); None when there is none.
 
-  A damaged newest checkpoint is passed over for the one before it, with a note.
+  A damaged newest checkpoint (unreadable, contents differing from its digests, or not the
+  epoch or run its folder says) is passed over for the one before it, with a note.
   """
+  recorded = [r['epoch'] for r in progress.history]
   epochs = progress.latest.epochs()
-  for i, epoch in enumerate(reversed(epochs)):
+  reachable = [e for e in epochs if e <= (recorded[-1] if recorded else -1) + 1]
+  for epoch in sorted(set(epochs) - set(reachable)):
+    progress.say(f'note: {progress.latest.where(epoch)}: passed over: '
+                 f'{progress.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
+  for i, epoch in enumerate(reversed(reachable)):
     try:
-      return progress.latest.restore(epoch, abstract_state), epoch
+      state, meta = progress.latest.restore(epoch, abstract_state, identity=progress.identity)
+      return state, epoch, meta
     except DamagedCheckpointError as e:
-      if i == len(epochs) - 1:
+      if i == len(reachable) - 1:
         raise
       progress.say(f'note: {e}; resuming from the checkpoint before it')
   return None
 
 
+def _reconcile_records(progress: Progress, epoch: int, meta: dict) -> None:
+  """Makes the records end at `epoch`, the checkpoint resumed from: a record lost between
+  its durable checkpoint and the append (a crash, a torn last line) is restored from the
+  checkpoint; records of later epochs (whose checkpoints are gone) are removed."""
+  run, metrics = progress.run, progress.run.file(run_dir_lib.METRICS)
+  recorded = [r['epoch'] for r in progress.history]
+  if epoch not in recorded:
+    record = meta.get('record')
+    if record is None or record.get('epoch') != epoch:
+      raise CheckpointError(f'{metrics}: no record of epoch {epoch}, and its checkpoint '
+                            f'{progress.latest.where(epoch)} holds none')
+    if progress.primary:
+      run.append_metrics(record)
+    progress.history.append(record)
+    progress.say(f'note: {metrics}: the record of epoch {epoch} was missing (the run stopped '
+                 'after its checkpoint was saved); restored from the checkpoint')
+  removed = [e for e in recorded if e > epoch]
+  if removed:
+    if progress.primary:
+      run.remove_metrics_after(epoch)
+    progress.history[:] = [r for r in progress.history if r['epoch'] <= epoch]
+    progress.say(f'note: {metrics}: records of epoch(s) {", ".join(map(str, removed))} removed: '
+                 'their checkpoints are missing or damaged, so they are trained again')
+
+
+def _check_best_checkpoint(progress: Progress) -> None:
+  """CheckpointError when the best recorded epoch's checkpoint is gone: the run's product
+  cannot be recreated by resuming."""
+  best = run_dir_lib.best_record(progress.history)['epoch']
+  legacy = os.path.join(progress.run.file(run_dir_lib.CHECKPOINTS), run_dir_lib.LEGACY_BEST,
+                        str(best))
+  if best not in progress.latest.epochs() and not os.path.isdir(legacy):
+    raise CheckpointError(
+        f'{progress.latest.where(best)}: missing: the checkpoint of the best epoch ({best}, by '
+        f'{progress.run.file(run_dir_lib.METRICS)}); put it back, or start over with --restart')
+
+
 def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
   (then evaluated and saved as epoch 0)."""
-  config = experiment.config
+  config, run = experiment.config, progress.run
+  note = run.repair_metrics() if progress.primary else None
+  if note:
+    progress.say(note)
+  progress.history[:] = run.read_metrics()
+  saved_config = os.path.isfile(run.file(run_dir_lib.CONFIG))
+  progress.identity = run_dir_lib.run_identity(run.read_config() if saved_config else config)
   resumed = _restore_latest(progress, experiment.abstract_state())
   if resumed is not None:
-    state, epoch = resumed
-    progress.keep_through(epoch)
+    state, epoch, meta = resumed
+    _reconcile_records(progress, epoch, meta)
+    _check_best_checkpoint(progress)
     progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
-    changed = progress.run.changed_fields(config)
+    changed = run.changed_fields(config)
     if changed:
       progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
-    progress.keep_through(-1)
+    metrics = run.file(run_dir_lib.METRICS)
+    if progress.history:
+      epochs = [r['epoch'] for r in progress.history]
+      raise CheckpointError(
+          f'{progress.latest.directory}: no checkpoint, but {metrics} records epochs '
+          f'{epochs[0]}..{epochs[-1]}; put the checkpoints back, or start over with --restart')
+    if progress.latest.epochs():
+      raise CheckpointError(
+          f'{metrics}: no records, but {progress.latest.directory} holds epochs '
+          f'{", ".join(map(str, progress.latest.epochs()))}; put metrics.jsonl back, or start '
+          'over with --restart')
     state, epoch = initial_state(experiment), 0
   if progress.primary:
-    progress.run.write_config(config)
+    run.write_config(config)
   if resumed is None:
+    progress.identity = run_dir_lib.run_identity(config)
     record = evaluate(experiment, state, 0, loss=None)
     record_epoch(progress, dict(record, train_seconds=None, samples_per_second=None,
                                 devices=experiment.layout.num_devices,
@@ -334,8 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   with run.writer() if primary else contextlib.nullcontext():  # one writer: process 0
     experiment = build(config)
     dataset, layout = experiment.dataset, experiment.layout
-    progress = Progress(run, run.checkpoints('latest', create=True),
-                        run.checkpoints('best', create=True), start_time, [],
+    progress = Progress(run, run.checkpoints('latest', create=True), start_time, [],
                         config.get('target_hr', 0.0), primary)
     progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
                  f'{dataset.num_train} training positives; model {config.model} on '
@@ -345,8 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       state, done_epoch = start(experiment, progress)
       state = train_epochs(experiment, progress, state, done_epoch)
     finally:
-      progress.latest.close()  # an interrupted save is finished, not left half-written
-      progress.best.close()
+      progress.close()  # a pending save is finished (and recorded), not left half-written
   history = progress.history
   best = run_dir_lib.best_record(history)
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'

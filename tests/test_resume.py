@@ -92,7 +92,7 @@ def _start_and_wait_for_epoch_1(workdir, *extra):
 
 
 def _no_half_written_checkpoints(workdir):
-  for which in ('latest', 'best'):
+  for which in ('latest',):
     leftovers = [n for n in os.listdir(workdir / 'checkpoints' / which) if 'tmp' in n]
     assert not leftovers, leftovers
 
@@ -210,12 +210,12 @@ def test_damaged_best_checkpoint_is_a_one_line_error_naming_it(trained, tmp_path
   run, _ = trained
   workdir = tmp_path / 'run'
   shutil.copytree(run, workdir)
-  best = run_dir.RunDir(str(workdir)).checkpoints('best').epochs()[-1]
-  _damage(workdir / 'checkpoints' / 'best' / str(best), how)
-  with pytest.raises(CheckpointError, match=f'^{workdir}/checkpoints/best/{best}: '):
+  best = run_dir.RunDir(str(workdir)).best_epoch()
+  _damage(workdir / 'checkpoints' / 'latest' / str(best), how)
+  with pytest.raises(CheckpointError, match=f'^{workdir}/checkpoints/latest/{best}: '):
     run_dir.load_best(str(workdir))
   errors = error_lines(run_module('ncf_jax.recommend', f'--workdir={workdir}', '--user=1'))
-  assert len(errors) == 1 and f'checkpoints/best/{best}: ' in errors[0]
+  assert len(errors) == 1 and f'checkpoints/latest/{best}: ' in errors[0]
 
 
 def test_diverged_run_stops_saves_nothing_nonfinite_and_resumes_with_a_smaller_rate(tmp_path):

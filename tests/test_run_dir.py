@@ -11,6 +11,7 @@ import pytest
 from conftest import make_config
 from ncf_jax import checkpoints
 from ncf_jax import run_dir
+from ncf_jax import shard_digests
 from ncf_jax.errors import DamagedCheckpointError, WorkdirError
 from ncf_jax.data.interactions import InteractionSet
 from ncf_jax.data import interactions
@@ -20,17 +21,16 @@ def _write_lines(path, lines):
   path.write_text(''.join(line + '\n' for line in lines))
 
 
-def test_metrics_keep_the_last_record_of_an_epoch_and_drop_a_truncated_line(tmp_path):
+def test_metrics_drop_a_truncated_last_line_and_cut_only_after_an_epoch(tmp_path):
   run = run_dir.RunDir(str(tmp_path))
-  _write_lines(tmp_path / run_dir.METRICS, [
-      json.dumps(dict(epoch=0, hr=0.1)), json.dumps(dict(epoch=1, hr=0.2)),
-      json.dumps(dict(epoch=1, hr=0.3)), '', json.dumps(dict(epoch=2, hr=0.4)),
-      '{"epoch": 3, "hr": 0.'])  # a line a killed process cut short
+  lines = [json.dumps(dict(epoch=0, hr=0.1)), json.dumps(dict(epoch=1, hr=0.3)), '',
+           json.dumps(dict(epoch=2, hr=0.4))]
+  (tmp_path / run_dir.METRICS).write_text(
+      ''.join(line + '\n' for line in lines) + '{"epoch": 3, "hr": 0.')  # cut short
   assert run.read_metrics() == [dict(epoch=0, hr=0.1), dict(epoch=1, hr=0.3),
                                 dict(epoch=2, hr=0.4)]
-  assert run.keep_metrics_through(1) == [dict(epoch=0, hr=0.1), dict(epoch=1, hr=0.3)]
-  assert (tmp_path / run_dir.METRICS).read_text().splitlines() == [
-      json.dumps(dict(epoch=0, hr=0.1)), json.dumps(dict(epoch=1, hr=0.3))]
+  assert run.remove_metrics_after(1) == [2]
+  assert (tmp_path / run_dir.METRICS).read_text() == ''.join(line + '\n' for line in lines[:2])
   appended = run.append_metrics(dict(epoch=2, hr=np.float32(0.5), loss=float('nan')))
   assert appended == dict(epoch=2, hr=0.5, loss=None)  # strict JSON: NaN becomes null
   assert run.read_metrics()[-1] == appended
@@ -89,24 +89,29 @@ def _state(seed=0, rows=2500):
                           bias=jnp.zeros((1,), jnp.float32)))
 
 
+def _digests(state):
+  return shard_digests.digest(shard_digests.host_copies(state, writer=True))
+
+
 def test_digests_are_per_block_of_rows_and_catch_changed_contents(tmp_path):
-  digests = checkpoints.content_digests(_state())
-  assert sorted(digests['params/table'], key=int) == ['0', '1024', '2048']  # 2,500 rows
+  digests = _digests(_state())
+  assert sorted(digests['params/table']) == ['0:1024', '1024:2048', '2048:2500']  # 2,500 rows
   changed = _state()
   changed['params']['table'] = changed['params']['table'].at[1500, 2].add(1e-6)
-  other = checkpoints.content_digests(changed)
+  other = _digests(changed)
   assert [k for k in digests['params/table']
-          if digests['params/table'][k] != other['params/table'][k]] == ['1024']
+          if digests['params/table'][k] != other['params/table'][k]] == ['1024:2048']
   assert other['params/bias'] == digests['params/bias']
 
 
 def test_restoring_a_checkpoint_whose_contents_differ_from_its_digests_fails(tmp_path):
   directory = checkpoints.CheckpointDir(str(tmp_path / 'ckpt'), writer=True)
-  directory.save(1, _state(seed=1))
+  directory.save(1, _state(seed=1), dict(epoch=1, step=3))
+  directory.finish_save()
   directory.close()
   # Replace the recorded digests by those of other contents: what damaged data would show.
-  record = tmp_path / 'ckpt' / '1' / 'digests' / 'metadata'
-  record.write_text(json.dumps(checkpoints.content_digests(_state(seed=2))))
+  record = tmp_path / 'ckpt' / '1' / checkpoints.DIGESTS.format(0)
+  record.write_text(json.dumps(dict(format=checkpoints.FORMAT, arrays=_digests(_state(seed=2)))))
   reader = checkpoints.CheckpointDir(str(tmp_path / 'ckpt'))
   with pytest.raises(DamagedCheckpointError, match=r'/ckpt/1: damaged checkpoint \(the contents '
                                                    r'of params/table rows 0\.\.1023'):
