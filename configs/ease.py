@@ -10,7 +10,7 @@ from ncf_jax.configs import default
 def get_config():
   config = default.get_config()
   config.model = 'ease'
-  config.regularization = 500.0  # λ
+  config.regularization = 1000.0  # λ: the largest of the grid (a wider one may pick more)
   config.num_epochs = 1
   config.optimizer = 'sgd'  # unused (nothing is a gradient step); keeps the state's layout
   # A user's row has one entry per item: small blocks keep sampled evaluation's gathers small.
