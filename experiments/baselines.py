@@ -42,7 +42,7 @@ from ncf_jax.ials import Pairs, Settings, sweep
 EASE_GRID = (200.0, 500.0, 1000.0)
 # (α0, λ) with ν = 1 (frequency-scaled λ), as Rendle et al. tune them. The CPU is shared, so
 # the grids are small: three points each, around the best of a validation-only scan.
-IALS_GRID = ((0.01, 0.003), (0.03, 0.003), (0.1, 0.001))
+IALS_GRID = ((0.01, 0.003), (0.03, 0.003), (0.1, 0.001), (0.3, 0.007))
 IMPLICIT_GRID = ((3.0, 10.0), (10.0, 10.0), (3.0, 30.0))  # (α, λ)
 IMPLICIT_ITERATIONS = 16
 # A seconds-long smoke run of the whole experiment (tests, --baselines_grid=smoke).
