@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   # user's training negatives either; False: they may be drawn, as in the original.
   # Needs reject_positives (uniform negatives reject nothing).
   c.exclude_heldout_from_negatives = False
+  # Which executor computes each epoch's batches (the same integers either way, see
+  # ncf_jax/epoch.py): host (NumPy threads, prefetched) | device (inside the compiled step).
+  c.sampler = 'host'
   c.optimizer = 'adam'  # adam | lazy_adam | sgd | lazy_sgd | adagrad | rmsprop
   c.learning_rate = 0.001
   c.learning_rate_schedule = 'constant'  # constant | cosine (to 0 at the last step)

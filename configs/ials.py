@@ -14,8 +14,8 @@ def get_config():
   config.model = 'ials'
   config.num_factors = 192
   config.embedding_stddev = 0.1
-  config.unobserved_weight = 0.01  # α0
-  config.regularization = 0.003  # λ
+  config.unobserved_weight = 0.3  # α0
+  config.regularization = 0.007  # λ
   config.regularization_exponent = 1.0  # ν
   config.cg_steps = 4  # conjugate-gradient steps per side per epoch, warm-started
   config.num_epochs = 8

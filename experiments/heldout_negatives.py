@@ -7,14 +7,15 @@ This is what `--config.exclude_heldout_from_negatives` prevents. With the origin
 num_items - n_u items u has not trained on, the test item among them. So each of u's
 num_negatives * n_u draws per epoch hits it with probability 1 / (num_items - n_u).
 Prints that expectation per user per epoch and over the whole epoch, then counts the hits
-in one real epoch of the feeder (seed 0, epoch 1) as a check.
+in one real epoch of the epoch definition (seed 0, epoch 1) as a check.
 """
 
 from absl import flags
 import numpy as np
 
 from ncf_jax import cli
-from ncf_jax import feeder
+from ncf_jax import epoch
+from ncf_jax import train
 from ncf_jax.data.dataset import load_ncf_dir, ncf_name_in
 
 flags.DEFINE_string('data_dir', None, 'Directory of NCF files (e.g. the NCF split of ML-1M).',
@@ -34,7 +35,9 @@ def main(argv: list[str]) -> None:
   print(f'expected hits of the test item per user per epoch: {expected.mean():.3f} '
         f'(median {np.median(expected):.3f}); {expected.sum():.0f} of {k * dataset.num_train} '
         'negatives per epoch')
-  users, items, labels = feeder.epoch_examples(dataset, k, feeder.epoch_rng(0, 1))
+  spec, arrays = train.epoch_definition(dataset, k, reject_positives=True, exclude_heldout=False)
+  users, items, labels = epoch.host_examples(spec, arrays, epoch.epoch_keys(0, 1),
+                                             np.arange(spec.num_examples))
   test_item = np.full(dataset.num_users, -1)
   test_item[dataset.test.users] = dataset.test.items
   negative = labels == 0

@@ -13,8 +13,8 @@ import statistics
 
 from ncf_jax import cli
 from ncf_jax import evaluation
+from ncf_jax import provenance
 from ncf_jax import run_dir
-from ncf_jax.data import registry
 from ncf_jax.data.files import atomic_write_text
 
 FULL_RANKING_FILE = 'full_ranking.json'
@@ -33,7 +33,7 @@ def full_ranking_at_best(workdir: str, epoch: int | None = None) -> dict:
       cached = json.load(f)
     if epoch is None or cached.get('epoch') == epoch:
       return cached
-  dataset = registry.load_dataset(run_dir.RunDir(workdir).read_config())
+  dataset = provenance.load_run_dataset(workdir)
   trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
   result = evaluation.full_ranking_evaluator(trained.model, dataset)(trained.params,
                                                                       trained.config.top_k)

@@ -51,6 +51,7 @@ import numpy as np
 
 from experiments import report
 from ncf_jax import cli
+from ncf_jax import config_checks
 from ncf_jax import ensemble
 from ncf_jax import evaluation
 from ncf_jax import pipeline
@@ -220,6 +221,15 @@ def plan(experiment: str) -> list[Run]:
                       os.path.join(root, f'mf-192-seed{seed}'),
                       labels=dict(model='mf', factors=192, seed=seed)))
   return runs
+
+
+def check_before_training(runs: list[Run]) -> None:
+  """Every run's config, and the data, before any folder is made: a bad --data_dir or value is
+  one line that leaves no runs/<experiment>/ behind."""
+  for run in runs:
+    config_checks.validate(run.config())
+  if runs:
+    registry.load_dataset(runs[0].config())
 
 
 def execute(run: Run) -> None:
@@ -402,10 +412,11 @@ def main(argv):
       print(run.command())
     return
   if not FLAGS.write_only:
+    check_before_training(runs)
     for run in runs:
       execute(run)
   write_results(FLAGS.experiment, runs)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, interrupted_note=cli.RESUMES_NOTE)

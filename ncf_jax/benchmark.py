@@ -5,7 +5,9 @@
 Every timing is the median over `--repeats` runs after a warm-up (compilation
 excluded). Runs unchanged on CPU and GPU; the JSON records jax's version, the
 backend and the device. Sections:
-  sampler     one epoch of negatives (rejection and uniform) and of shuffled batches
+  sampler     one epoch of examples (the epoch definition on one host thread)
+  input       host and device executors' examples/s at --shape (ncf_jax/benchmark_input.py)
+  input_overlap  one NeuMF-8 epoch at batch 65,536 with the host feeder: does the device wait?
   train       samples/s per model x batch size x dense/lazy Adam (the fast path:
               `lax.fori_loop` over `steps_per_dispatch` batches per call)
   eval        99-negative and full-ranking evaluation of all test users
@@ -34,6 +36,7 @@ from ncf_jax.data import files
 flags.DEFINE_string('data_dir', None, 'NCF-format ML-1M directory (default: the registry\'s).')
 flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
+SECTIONS = ('sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m', 'devices', 'lookup')
 flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m'],
                   'Which sections to run (also: devices, lookup).')
 flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
@@ -53,6 +56,8 @@ flags.DEFINE_bool('ml20m_full_ranking', False,
 flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
 flags.DEFINE_float('target_hr', 0.69, 'HR@10 the accuracy section waits for.')
 flags.DEFINE_integer('accuracy_timeout', 600, 'Seconds before the accuracy run is abandoned.')
+flags.DEFINE_enum('shape', 'ml-20m', ['ml-1m', 'ml-20m'], 'Synthetic data shape of the input '
+                  'sections (scaled by --ml20m_scale).')
 FLAGS = flags.FLAGS
 
 
@@ -78,20 +83,22 @@ def _config(model: str, batch_size: int, optimizer: str, num_factors: int = 8,
 
 
 def bench_sampler(dataset, repeats: int) -> dict:
+  """Seconds for one epoch's examples on one host thread, with rejection and uniform."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder  # pylint: disable=g-import-not-at-top
-  from ncf_jax.data.interactions import sample_negatives  # pylint: disable=g-import-not-at-top
-  users = np.repeat(dataset.train_users, 4)
-  dataset.train_set  # pylint: disable=pointless-statement
-  rng = np.random.default_rng(0)
-  return dict(
-      num_negatives=len(users),
-      negatives_rejection_s=_median_seconds(
-          lambda: sample_negatives(rng, users, dataset.train_set, dataset.num_items), repeats),
-      negatives_uniform_s=_median_seconds(
-          lambda: sample_negatives(rng, users, None, dataset.num_items), repeats),
-      epoch_batches_s=_median_seconds(
-          lambda: feeder.epoch_batches(dataset, 4, 256, 0, 1), max(1, repeats // 2)))
+  from ncf_jax import epoch, train  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name, reject in (('rejection', True), ('uniform', False)):
+    spec, arrays = train.epoch_definition(dataset, 4, reject, False)
+    keys = epoch.epoch_keys(0, 1)
+
+    def one_epoch():
+      for start in range(0, spec.num_examples, 1 << 16):
+        epoch.host_examples(spec, arrays, keys,
+                            np.arange(start, min(start + (1 << 16), spec.num_examples)))
+
+    out['examples'] = spec.num_examples
+    out[f'epoch_{name}_s'] = _median_seconds(one_epoch, max(1, repeats // 2))
+  return out
 
 
 def _layout(num_devices: int, embedding_sharding: str):
@@ -109,7 +116,7 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncf_jax import feeder, models, optimizers, train_step  # pylint: disable=g-import-not-at-top
+  from ncf_jax import batch_source, models, optimizers, train, train_step  # pylint: disable=g-import-not-at-top
   config = _config(model_name, batch_size, optimizer, num_factors, layers, embedding_sharding)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   optimizer_ = optimizers.create_optimizer(config)
@@ -123,10 +130,16 @@ def bench_train(dataset, model_name: str, batch_size: int, optimizer: str, sampl
                                          train_step.Regularization.from_config(config), layout,
                                          shardings)
   steps = config.steps_per_dispatch
-  batches = feeder.epoch_batches(dataset, 4, batch_size, 0, 1, batch_multiple=steps)
-  chunks = min(max(1, samples // (batch_size * steps)), batches.num_batches // steps)
+  source = batch_source.HostBatches(*train.epoch_definition(dataset, 4, True, False), 0,
+                                    batch_size, steps, layout)
+  chunks = min(max(1, samples // (batch_size * steps)), source.num_steps // steps)
   # Device-resident batches: this section times the train step, not host transfers.
-  device_chunks = [layout.put_chunk(batches.chunk(c * steps, steps)) for c in range(chunks)]
+  device_chunks = []
+  for inputs, _ in source.chunks(1):
+    device_chunks.append(inputs)
+    if len(device_chunks) == chunks:
+      break
+  source.close()
   holder = [state]
 
   def run():
@@ -327,8 +340,31 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
     _print_table(f'{name}: evaluation (seconds for all test users)', [r], list(r))
 
 
+def check_flags() -> None:
+  """Flag mistakes, before anything is measured (a usage error: one line)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  unknown = [s for s in FLAGS.sections if s not in SECTIONS]
+  if unknown or not FLAGS.sections:
+    raise app.UsageError(f'--sections={",".join(FLAGS.sections)}: '
+                         + (f'unknown {", ".join(unknown)}; ' if unknown else 'empty; ')
+                         + f'choose from {", ".join(SECTIONS)}')
+  for name in ('repeats', 'train_samples', 'devices_batch_size', 'accuracy_timeout',
+               'ml20m_factors'):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f'--{name}={FLAGS[name].value}: must be at least 1')
+  for name in ('batch_sizes', 'ml20m_batch_sizes', 'ml20m_layers'):
+    if not all(v.isdigit() and int(v) > 0 for v in FLAGS[name].value):
+      raise app.UsageError(f'--{name}={",".join(FLAGS[name].value)}: must be positive integers')
+  if not 0 < FLAGS.ml20m_scale <= 1:
+    raise app.UsageError(f'--ml20m_scale={FLAGS.ml20m_scale}: must be in (0, 1]')
+  folder = os.path.dirname(os.path.abspath(FLAGS.out))
+  if not os.path.isdir(folder):  # a typo should not become a tree of new folders
+    raise app.UsageError(f'--out={FLAGS.out}: {folder}: no such directory')
+
+
 def main(argv):
   del argv
+  check_flags()
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
   results = dict(environment=_environment())
@@ -347,6 +383,22 @@ def main(argv):
     results['ml-1m/accuracy'] = r = bench_accuracy(FLAGS.data_dir, FLAGS.target_hr,
                                                    FLAGS.accuracy_timeout)
     _print_table('ml-1m: neumf_fast time to accuracy', [r], list(r))
+  if sections & {'input', 'input_overlap'}:
+    from ncf_jax import benchmark_input  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    shaped = benchmark_input.shaped_dataset(FLAGS.shape, FLAGS.ml20m_scale)
+    print(f'\nsynthetic {FLAGS.shape} shape ({time.perf_counter() - t0:.0f} s): '
+          f'{shaped.stats()}', flush=True)
+    if 'input' in sections:
+      results[f'{FLAGS.shape}/input'] = r = benchmark_input.bench_input(shaped, FLAGS.repeats)
+      results.update({k: v for k, v in r.items() if k != 'planned_state_bytes'})
+      _print_table(f'{FLAGS.shape}: input executors (examples/s)', [r],
+                   [k for k in r if k != 'planned_state_bytes'])
+      print(json.dumps(r['planned_state_bytes']))
+    if 'input_overlap' in sections:
+      results[f'{FLAGS.shape}/input_overlap'] = r = benchmark_input.bench_input_overlap(shaped)
+      results.update(r)
+      _print_table(f'{FLAGS.shape}: one NeuMF-8 epoch with the host feeder', [r], list(r))
   if 'ml-20m' in sections:
     t0 = time.perf_counter()
     big = synthetic.generate(num_users=int(138_493 * FLAGS.ml20m_scale), num_items=26_744,

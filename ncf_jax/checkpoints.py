@@ -33,6 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ncf_jax import interrupts
 from ncf_jax import shard_digests
 from ncf_jax.data.files import atomic_write_text
 from ncf_jax.errors import CheckpointError, CheckpointSaveError, DamagedCheckpointError
@@ -75,6 +76,7 @@ def _quiet_abandoned_reads():
   """Drops (only) that noise while a restore runs. A restore that fails leaves the filters in
   place: TensorStore may complete the abandoned reads, and their tasks may be collected,
   after the error has been raised."""
+  interrupts.check()  # a restore blocks for long: a recorded SIGTERM stops before it...
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -89,6 +91,7 @@ def _quiet_abandoned_reads():
   gc.collect()  # a successful restore abandons nothing; finalise before putting them back
   asyncio_log.removeFilter(task_filter)
   sys.unraisablehook = previous
+  interrupts.check()  # ...and after it, outside the finalisers gc.collect() ran
 
 
 @contextlib.contextmanager

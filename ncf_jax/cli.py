@@ -4,8 +4,9 @@ once, shipped configs found from any directory, and one way of reporting errors.
   if __name__ == '__main__':
     cli.run(main, define_flags)
 
-A user's error (`NcfError`), an OSError, Ctrl-C or SIGTERM ends the command with
-one line on stderr and a non-zero exit code, never a traceback.
+A user's error (`NcfError`), an OSError, a usage or flag mistake, Ctrl-C or SIGTERM ends the
+command with one line on stderr and a non-zero exit code (1, 2 for usage, 130 / 143), never a
+traceback. Signals are recorded and acted on at safe points (`interrupts.py`).
 """
 
 import os
@@ -18,14 +19,18 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ncf_jax import help_text
+from ncf_jax import interrupts
 from ncf_jax.data import files
-from ncf_jax.errors import NcfError
+from ncf_jax.errors import ConfigError, NcfError
 
 CONFIG_FLAG = 'config'
+USAGE_EXIT = 2
+SEE_HELP = 'see --help'
+# What a training command's interrupt line adds (readers and tools add nothing).
+RESUMES_NOTE = 'the same command resumes after the last saved epoch'
 
-
-class Interrupted(KeyboardInterrupt):
-  """SIGTERM (a preempted or cancelled job), raised in the main thread like Ctrl-C."""
+Interrupted = interrupts.Interrupted  # the name callers and tests know
 
 
 def config_key_error(error: Exception) -> str:
@@ -40,62 +45,166 @@ def config_key_error(error: Exception) -> str:
 def shipped_config(path: str) -> str:
   """`path`, or the config shipped with ncf_jax when `path` names `configs/<file>.py` and the
   current directory has no such file (so the README's commands work from anywhere)."""
+  path, colon, argument = path.partition(':')  # ml_collections' `file.py:argument`
   if os.path.exists(path):
-    return path
+    return path + colon + argument
   head, name = os.path.split(os.path.normpath(path))
   if os.path.basename(head) != 'configs' or not name.endswith('.py'):
-    return path
+    return path + colon + argument
   from ncf_jax import configs  # pylint: disable=g-import-not-at-top
   shipped = os.path.join(os.path.dirname(configs.__file__), name)
-  return shipped if os.path.isfile(shipped) else path
+  return (shipped if os.path.isfile(shipped) else path) + colon + argument
+
+
+def _check_config_file(value: str) -> None:
+  """ConfigError unless `value` (a path, or `path:argument` as ml_collections allows) names an
+  existing Python file: ml_collections would defer the failure into a traceback."""
+  path = value.split(':', 1)[0]
+  if not os.path.exists(path):
+    raise ConfigError(f'--{CONFIG_FLAG}={value}: no such file')
+  if not os.path.isfile(path):
+    raise ConfigError(f'--{CONFIG_FLAG}={value}: not a file')
 
 
 def _resolve_config_arg(argv: list[str]) -> list[str]:
+  """argv with the config file (`--config=F` or `--config F`) resolved to the shipped one where
+  the current directory has none, and checked to exist."""
   out = []
-  for arg in argv:
-    for prefix in (f'--{CONFIG_FLAG}=', f'-{CONFIG_FLAG}='):
+  names = (f'--{CONFIG_FLAG}', f'-{CONFIG_FLAG}')
+  for i, arg in enumerate(argv):
+    if i > 1 and argv[i - 1] in names:  # the space form: `--config configs/test.py`
+      arg = shipped_config(arg)
+      _check_config_file(arg)
+    for prefix in (f'{name}=' for name in names):
       if arg.startswith(prefix):
         arg = prefix + shipped_config(arg[len(prefix):])
+        _check_config_file(arg[len(prefix):])
     out.append(arg)
   return out
 
 
-def parse_flags_or_exit(argv: list[str]) -> list[str]:
-  """absl's parsing, but a bad flag or a misspelt config key exits with one line."""
+def _config_arg(argv: list[str]) -> str:
+  """The value of --config in argv (the last one given), or ''."""
+  value = ''
+  for i, arg in enumerate(argv):
+    if i > 1 and argv[i - 1] in (f'--{CONFIG_FLAG}', f'-{CONFIG_FLAG}'):
+      value = arg
+    elif arg.startswith((f'--{CONFIG_FLAG}=', f'-{CONFIG_FLAG}=')):
+      value = arg.split('=', 1)[1]
+  return value
+
+
+def _config_load_error(error: BaseException, argv: list[str]) -> str | None:
+  """One line for an error ml_collections raised while loading the config file, or None."""
+  value = f'--{CONFIG_FLAG}={_config_arg(argv)}'
+  if isinstance(error, SyntaxError):
+    return f'{value}: line {error.lineno}: {error.msg}'
+  text = str(error)
+  if isinstance(error, AttributeError) and "has no attribute 'get_config'" in text:
+    return f'{value}: the file defines no get_config()'
+  if 'Error whilst parsing config file' in text:  # get_config raised: its last line says why
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f'{value}: get_config failed: {lines[-1]}'
+  return None
+
+
+def _check_config_value() -> None:
+  if CONFIG_FLAG not in flags.FLAGS or flags.FLAGS[CONFIG_FLAG].value is None:
+    return
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  value = flags.FLAGS[CONFIG_FLAG].value
+  if not isinstance(value, ml_collections.ConfigDict):
+    raise ConfigError(f'--{CONFIG_FLAG}={flags.FLAGS[CONFIG_FLAG].config_filename}: '
+                      f'get_config() returned a {type(value).__name__}, not an '
+                      'ml_collections.ConfigDict')
+
+
+def usage_line(message: str) -> str:
+  """The one line of a command-line mistake."""
+  return f'error: {" ".join(message.split())}; {SEE_HELP}'
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing; a bad flag, a config file that cannot load or a misspelt config key is an
+  app.UsageError of one line."""
   try:
-    return flags.FLAGS(_resolve_config_arg(argv))
-  except flags.Error as e:
-    message = str(e)
-  except (AttributeError, KeyError) as e:  # ml_collections: a key the config does not have
-    message = config_key_error(e)
+    parsed = flags.FLAGS(_resolve_config_arg(argv))
+    _check_config_value()
+    return parsed
   except NcfError as e:
     message = str(e)
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  except (flags.Error, SyntaxError, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = _config_load_error(e, argv) if CONFIG_FLAG in flags.FLAGS else None
+    if message is None and CONFIG_FLAG in flags.FLAGS:
+      try:  # overrides of a config that is no ConfigDict fail first; say what is wrong
+        _check_config_value()
+      except NcfError as not_a_config:
+        message = str(not_a_config)
+      except Exception:  # pylint: disable=broad-except  (not loaded: the error below says why)
+        pass
+    if message is None:
+      if isinstance(e, flags.Error):
+        message = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        required = re.search(r'Flag --(\w+) must have a value other than None', message)
+        if required:
+          message = f'--{required.group(1)} is required'
+        unknown = re.match(rf"Unknown command line flag '{CONFIG_FLAG}\.([^']+)'", message)
+        if unknown:  # absl's name for a key the config does not have
+          message = f"no such config field '{unknown.group(1)}'"
+      elif isinstance(e, (AttributeError, KeyError)):  # ml_collections: an unknown key
+        message = config_key_error(e)
+      else:
+        message = f'{type(e).__name__}: {e}'
+  raise app.UsageError(message)
 
 
-def _raise_interrupted(signum, frame):
-  del frame
-  raise Interrupted(signal.Signals(signum).name)
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """`parse_flags`, exiting with its one line (absl's flags_parser)."""
+  try:
+    return parse_flags(argv)
+  except app.UsageError as e:
+    print(usage_line(str(e)), file=sys.stderr)
+    sys.exit(USAGE_EXIT)
 
 
 def _message(error: BaseException) -> str:
   """An error the user can act on, on one line (an OSError with the path it concerns)."""
+  if isinstance(error, MemoryError):
+    return 'out of memory' + (f' ({files.one_line(error)})' if str(error) else '')
   where = f'{error.filename}: ' if isinstance(error, OSError) and error.filename else ''
   return where + files.one_line(error)
 
 
-def _report(action: Callable[[], object]) -> int:
-  """Runs `action`; returns 0, or exits at once after one line for a user-facing failure."""
+def interrupted_line(signum: int, note: str = '', finished: bool = False) -> str:
+  name = 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
+  if finished:
+    return f'error: interrupted ({name}) as the command finished (its work is complete)'
+  return f'error: interrupted ({name})' + (f'; {note}' if note else '')
+
+
+def outcome(action: Callable[[], object], interrupted_note: str | Callable[[], str] = ''
+            ) -> tuple[int, str | None]:
+  """Runs `action`: (0, None), or (exit code, the one line) of a user-facing failure.
+  `interrupted_note`: what an interrupt's line adds (a callable: decided when it happens)."""
   try:
+    interrupts.check()  # a signal during the imports or the flag parsing
     action()
-  except (NcfError, OSError) as e:
-    _exit_with(f'error: {_message(e)}', 1)
+  except (NcfError, OSError, MemoryError) as e:
+    return 1, f'error: {_message(e)}'
+  except app.UsageError as e:
+    return USAGE_EXIT, usage_line(str(e))
+  except ValueError as e:
+    if type(e).__name__ != 'IndivisibleError':  # a bug: its traceback is wanted
+      raise
+    # A layout the device count cannot split (jax's sharding check): the config's to change.
+    return 1, f'error: {str(e).splitlines()[0]}; try another --config.num_devices'
   except KeyboardInterrupt as e:
-    name = str(e) if isinstance(e, Interrupted) else 'Ctrl-C'
-    _exit_with(f'error: interrupted ({name}); the same command resumes after the last saved '
-               'epoch', 128 + (signal.SIGTERM if isinstance(e, Interrupted) else signal.SIGINT))
-  return 0
+    signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+    note = interrupted_note() if callable(interrupted_note) else interrupted_note
+    return 128 + signum, interrupted_line(signum, note)
+  if interrupts.received() is not None:  # arrived after the last safe point: still obeyed
+    return 128 + interrupts.received(), interrupted_line(interrupts.received(), finished=True)
+  return 0, None
 
 
 def _exit_with(line: str, code: int) -> None:
@@ -133,50 +242,39 @@ def resolve_workdir(prefix: str = '') -> str:
   return workdir
 
 
-def define_distributed_flags() -> None:
-  """Flags of a run over several processes (hosts): jax.distributed.initialize's arguments."""
-  flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for a run of '
-                      'several processes (jax.distributed).')
-  flags.DEFINE_integer('num_processes', None, 'Processes in the run (with --coordinator_address).')
-  flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
-  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() with no arguments: '
-                    'where it finds its settings itself (Cloud TPU, Slurm, Open MPI).')
-
-
-def initialize_distributed() -> None:
-  """Joins a multi-process run if the flags ask for one (before any other JAX call)."""
-  values = flags.FLAGS
-  if values.coordinator_address is None and not values.distributed:
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-  # CPU devices of several processes talk through gloo; accelerators ignore this setting.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if values.coordinator_address is None:
-    jax.distributed.initialize()
-    return
-  if values.num_processes is None or values.process_id is None:
-    raise NcfError('--coordinator_address needs --num_processes and --process_id')
-  jax.distributed.initialize(values.coordinator_address, num_processes=values.num_processes,
-                             process_id=values.process_id)
-
-
 def run(main: Callable[[list[str]], object], define_flags: Callable[[], None] | None = None,
-        max_args: int = 0) -> None:
-  """Runs a command: defines its flags (only now: importing a module defines none),
-  parses them, sets logging, turns SIGTERM into an interrupt, reports errors in one line.
+        max_args: int = 0, interrupted_note: str | Callable[[], str] = '') -> None:
+  """Runs a command: records SIGTERM and Ctrl-C from now on, defines its flags (only now:
+  importing a module defines none), parses them, sets logging, reports errors in one line.
 
-  `max_args`: how many positional arguments the command takes.
+  `max_args`: how many positional arguments the command takes. `interrupted_note`: what the
+  interrupt line adds (training commands: `RESUMES_NOTE`).
   """
+  interrupts.install()
   if define_flags is not None:
     define_flags()
+  help_text.exit_if_help_requested(sys.argv, sys.modules[main.__module__].__doc__)
 
   def wrapped(argv: list[str]) -> None:
-    if len(argv) - 1 > max_args:
-      raise app.UsageError(f'unexpected arguments {argv[1 + max_args:]} '
-                           '(write --flag=value, with =)')
-    if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    sys.exit(_report(lambda: main(argv)))
+    code, line = outcome(lambda: _call_main(main, argv, max_args), interrupted_note)
+    if line is not None:
+      _exit_with(line, code)
+    sys.exit(code)
 
   app.run(wrapped, flags_parser=parse_flags_or_exit)
+
+
+def _call_main(main: Callable[[list[str]], object], argv: list[str], max_args: int) -> None:
+  if len(argv) - 1 > max_args:
+    raise app.UsageError(f'unexpected arguments {" ".join(argv[1 + max_args:])} '
+                         '(write --flag=value, with =)')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
+  main(argv)
+
+
+def run_in_process(main: Callable[[list[str]], object], argv: list[str], max_args: int = 0,
+                   interrupted_note: str | Callable[[], str] = '') -> tuple[int, str | None]:
+  """What `run` does with `argv` (flags already defined), without ending the process:
+  (exit code, its one line or None). For tests and scripts."""
+  return outcome(lambda: _call_main(main, parse_flags(argv), max_args), interrupted_note)

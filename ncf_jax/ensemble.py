@@ -5,7 +5,7 @@
 prints the ensemble's test HR/NDCG@k on the sampled negatives and in full ranking as
 one JSON object. Each member is its run's best checkpoint, i.e. the epoch that run
 chose on its own selection split, so nothing here looks at test to choose. Members
-must be trained on the same dataset (checked on their config.json). With a
+must be trained on the same data (checked on their config.json, fingerprint included). With a
 validation holdout carved per seed, members of different seeds hold out different
 interactions, so the ensemble has no clean validation split of its own and reports
 test only.
@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from ncf_jax import cli
 from ncf_jax import evaluation
+from ncf_jax import provenance
 from ncf_jax import run_dir
-from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError
 
 # Fields that must agree for members to rank the same test set against the same items.
@@ -55,7 +55,8 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
       if config.get(field) != configs[0].get(field):
         raise ConfigError(f'{workdir}: config.{field}={config.get(field)!r}, but '
                           f'{workdirs[0]} has {configs[0].get(field)!r}')
-  dataset = registry.load_dataset(configs[0])
+  provenance.check_same_data(workdirs)
+  dataset = provenance.load_run_dataset(workdirs[0])
   members, params = [], {}
   for i, workdir in enumerate(workdirs):
     trained = run_dir.load_best(workdir, dataset.num_users, dataset.num_items)
@@ -66,8 +67,12 @@ def load_ensemble(workdirs: Sequence[str]) -> tuple[Ensemble, dict, object]:
 
 def evaluate_ensemble(workdirs: Sequence[str], top_k: int = 10) -> dict:
   """Test HR/NDCG@top_k of the ensemble: sampled negatives and full ranking."""
+  if top_k < 1:  # HR@0 is 0 whatever the model: a question without an answer
+    raise ConfigError(f'--top_k={top_k}: must be at least 1')
   model, params, dataset = load_ensemble(workdirs)
-  test = evaluation.SampledEvaluator(model, dataset.test)(params, top_k)
+  sampled = evaluation.SampledEvaluator(model, dataset.test)
+  evaluation.check_top_k(top_k, sampled.num_candidates, sampled.what)
+  test = sampled(params, top_k)
   full = evaluation.full_ranking_evaluator(model, dataset)(params, top_k)
   return dict(members=list(workdirs), top_k=top_k, hr=test['hr'], ndcg=test['ndcg'],
               full_hr=full['hr'], full_ndcg=full['ndcg'])

@@ -4,11 +4,17 @@ Without --workdir the run goes to `workdirs/<config stem>[-<digest of the overri
 the current directory; the same command again resumes it.
 """
 
-from absl import flags
-from ml_collections import config_flags
+if __name__ == '__main__':  # before the imports below (seconds): a signal meanwhile is kept
+  from ncf_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
 
-from ncf_jax import cli
-from ncf_jax import train
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from ncf_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ncf_jax import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ncf_jax import launch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ncf_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -23,14 +29,15 @@ def define_flags() -> None:
   flags.DEFINE_bool('restart', False, 'Move an existing run in the workdir aside '
                     '(<workdir>.old-<time>) and start afresh.')
   flags.mark_flags_as_required([cli.CONFIG_FLAG])
-  cli.define_distributed_flags()
+  launch.define_flags()
 
 
 def main(argv: list[str]) -> None:
   del argv
-  cli.initialize_distributed()
+  config_checks.validate(FLAGS.config)  # every value, before any folder or process group
+  launch.initialize_from_flags()
   train.train_and_evaluate(FLAGS.config, cli.resolve_workdir())
 
 
 if __name__ == '__main__':
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, interrupted_note=cli.RESUMES_NOTE)

@@ -27,7 +27,11 @@ latest checkpoint (train_and_evaluate does that). A finished NeuMF stage is
 not redone when an earlier stage is extended (e.g. more epochs): use a new DIR.
 """
 
-import os
+if __name__ == '__main__':  # before the imports below (seconds): a signal meanwhile is kept
+  from ncf_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags
 import ml_collections
@@ -36,6 +40,7 @@ from ml_collections import config_flags
 
 from ncf_jax import cli
 from ncf_jax import config_checks
+from ncf_jax import provenance
 from ncf_jax import run_dir
 from ncf_jax import train
 from ncf_jax.configs import gmf as gmf_config
@@ -88,6 +93,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
     config_checks.validate(stage_config)
   for name, stage_config, stage_dir in stages:
     if run_dir.RunDir(stage_dir).is_finished(stage_config.num_epochs, stage_config.target_hr):
+      provenance.check_same_run(run_dir.RunDir(stage_dir), stage_config,
+                                *provenance.config_data(stage_config))  # not other data
       print(f'[{name}] finished earlier: {stage_dir}', flush=True)
       continue
     print(f'[{name}] {stage_dir}', flush=True)
@@ -97,6 +104,8 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
 
 def main(argv: list[str]) -> None:
   del argv
+  for _, stage_config, _ in stage_configs(FLAGS.config, '.'):  # before --restart moves anything
+    config_checks.validate(stage_config)
   run_pipeline(FLAGS.config, cli.resolve_workdir(prefix='pipeline-'))
 
 
@@ -113,4 +122,4 @@ def define_flags() -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, interrupted_note=cli.RESUMES_NOTE)

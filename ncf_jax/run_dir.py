@@ -47,13 +47,14 @@ CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 CHECKPOINTS = 'checkpoints'
 LOCK = 'run.lock'
+PROVENANCE = 'provenance'  # config.json's record of the data (ncf_jax/provenance.py)
 KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resume from
 LEGACY_BEST = 'best'  # checkpoints/best/: the best epoch's copy in run folders of format 1
 # Fields that do not change what a run computes: a run may be resumed or extended with
 # other values of them. `target_hr`, like `num_epochs`, decides only when training stops
 # (epoch k computes the same with any target), so raising it continues a run.
 NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
-                        'eval_users_per_block', 'num_devices', 'target_hr')
+                        'eval_users_per_block', 'num_devices', 'target_hr', 'sampler')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -84,9 +85,10 @@ def config_differences(config: ml_collections.ConfigDict,
 
 def run_identity(config) -> str:
   """A digest of what a run computes: its config (a ConfigDict or config.json's dict) without
-  NON_COMPUTING_FIELDS, so including any data fingerprint config.json records. Every
+  NON_COMPUTING_FIELDS and config.json's `provenance` (provenance.py checks the data). Every
   checkpoint carries it: one of another run is recognised as such."""
   plain = config if isinstance(config, dict) else config_to_dict(config)
+  plain = {k: v for k, v in plain.items() if k != PROVENANCE}  # its data: provenance.py
   fields = {k: v for k, v in _flat(plain).items() if k not in NON_COMPUTING_FIELDS}
   return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -197,6 +199,7 @@ class RunDir:
     if not os.path.isfile(self.file(CONFIG)):
       return []
     saved, current = config_to_dict(self.read_config()), config_to_dict(config)
+    saved.pop(PROVENANCE, None)
     return sorted(k for k in set(saved) | set(current)
                   if k not in NON_COMPUTING_FIELDS and saved.get(k) != current.get(k))
 

@@ -11,6 +11,7 @@ notebook.
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 
@@ -20,14 +21,18 @@ import ml_collections
 import numpy as np
 
 from ncf_jax import als_fit
+from ncf_jax import batch_source as batch_source_lib
 from ncf_jax import config_checks
+from ncf_jax import epoch as epoch_lib
 from ncf_jax import evaluation
-from ncf_jax import feeder
+from ncf_jax import interrupts
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
+from ncf_jax import provenance
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
+from ncf_jax import summaries as summaries_lib
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -37,17 +42,16 @@ from ncf_jax.errors import CheckpointError, DamagedCheckpointError, NonFiniteErr
 class Evaluators:
   """The evaluations after each epoch: test; validation and full ranking if configured."""
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, model,
-               layout: sharding.Layout):
-    self.top_k = config.top_k
-    blocks = config.eval_users_per_block
+  def __init__(self, dataset: Dataset, model, layout: sharding.Layout, top_k: int,
+               blocks: int, full_ranking: bool):
+    self.top_k = top_k
     self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout,
                                             num_items=dataset.num_items)
     self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation',
                                               layout=layout, num_items=dataset.num_items)
                   if dataset.valid is not None else None)
     self.full = (evaluation.full_ranking_evaluator(model, dataset, layout)
-                 if config.full_ranking else None)
+                 if full_ranking else None)
     for evaluator in (self.test, self.valid, self.full):
       if evaluator is not None:  # before anything trains or is written
         evaluation.check_top_k(self.top_k, evaluator.num_candidates, evaluator.what)
@@ -64,21 +68,46 @@ class Evaluators:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+  """The plain values the training loop reads, taken from the config once, in `build`."""
+  seed: int
+  num_epochs: int
+  batch_size: int
+  steps_per_dispatch: int
+  sampler: str  # host | device: which executor computes the epoch's batches
+  learning_rate: float  # named in the divergence message
+  log_every_seconds: float
+  top_k: int
+  target_hr: float
+
+
 @dataclasses.dataclass
 class Experiment:
   """What a run needs that does not change while it trains."""
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # written into the run folder; not read below `build`
   dataset: Dataset
   model: models.ScoringModel
   optimizer: optimizers.Optimizer
   evaluators: Evaluators
   total_steps: int  # the whole run's optimizer steps (the end of a decaying schedule)
   layout: sharding.Layout
+  settings: TrainingSettings
+  regularization: train_step_lib.Regularization
+  epoch_spec: epoch_lib.EpochSpec
+  epoch_arrays: dict  # the epoch definition's positives and membership structure (NumPy)
 
   @property
   def batches_per_epoch(self) -> int:
-    return feeder.num_batches_per_epoch(self.dataset.num_train, self.config.num_negatives,
-                                        self.config.batch_size)
+    return epoch_lib.num_batches_per_epoch(self.epoch_spec.num_positives,
+                                           self.epoch_spec.num_negatives,
+                                           self.settings.batch_size)
+
+  def batch_source(self, last_epoch: int | None = None) -> batch_source_lib.BatchSource:
+    """A new source of this run's batches (close it after use)."""
+    s = self.settings
+    return batch_source_lib.create(s.sampler, self.epoch_spec, self.epoch_arrays, s.seed,
+                                   s.batch_size, s.steps_per_dispatch, self.layout, last_epoch)
 
   def abstract_state(self):
     """Shapes, dtypes and shardings of the train state (nothing allocated)."""
@@ -94,10 +123,39 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   layout = sharding.create_layout(config)
   dataset = registry.load_dataset(config)
   model = models.create_model(config, dataset.num_users, dataset.num_items)
-  total_steps = config.num_epochs * feeder.num_batches_per_epoch(
-      dataset.num_train, config.num_negatives, config.batch_size)
+  settings = TrainingSettings(
+      seed=int(config.seed), num_epochs=int(config.num_epochs),
+      batch_size=int(config.batch_size), steps_per_dispatch=int(config.steps_per_dispatch),
+      sampler=config.get('sampler', 'host'), learning_rate=float(config.learning_rate),
+      log_every_seconds=float(config.log_every_seconds), top_k=int(config.top_k),
+      target_hr=float(config.get('target_hr', 0.0)))
+  spec, arrays = epoch_definition(dataset, int(config.num_negatives),
+                                  bool(config.reject_positives),
+                                  bool(config.get('exclude_heldout_from_negatives', False)))
+  total_steps = settings.num_epochs * epoch_lib.num_batches_per_epoch(
+      dataset.num_train, spec.num_negatives, settings.batch_size)
+  regularization = train_step_lib.Regularization(
+      float(config.l2_embeddings), float(config.l2_layers),
+      bool(config.get('l2_embeddings_per_example', False)))
   return Experiment(config, dataset, model, optimizers.create_optimizer(config, total_steps),
-                    Evaluators(config, dataset, model, layout), total_steps, layout)
+                    Evaluators(dataset, model, layout, settings.top_k,
+                               int(config.eval_users_per_block), bool(config.full_ranking)),
+                    total_steps, layout, settings,
+                    regularization, spec, arrays)
+
+
+def epoch_definition(dataset: Dataset, num_negatives: int, reject_positives: bool,
+                     exclude_heldout: bool) -> tuple[epoch_lib.EpochSpec, dict]:
+  """The epoch definition's numbers and arrays for `dataset`: negatives avoid the training
+  pairs (and the held-out ones with `exclude_heldout`), or nothing without `reject_positives`."""
+  known_users, known_items = dataset.train_users, dataset.train_items
+  if exclude_heldout:
+    held = [h for h in (dataset.test, dataset.valid) if h is not None]
+    known_users = np.concatenate([known_users] + [h.users for h in held])
+    known_items = np.concatenate([known_items] + [h.items for h in held])
+  return epoch_lib.build_arrays(dataset.train_users, dataset.train_items, known_users,
+                                known_items, dataset.num_users, dataset.num_items,
+                                num_negatives, reject_positives)
 
 
 def initial_state(experiment: Experiment):
@@ -108,13 +166,15 @@ def initial_state(experiment: Experiment):
   table is ever whole on one device). The two differ in the last bit of a few draws.
   """
   config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
+  seed = experiment.settings.seed
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
   ids = jnp.zeros((1,), jnp.int32)
-  init_params = lambda: model.init(jax.random.key(config.seed), ids, ids)['params']
+  init_params = lambda: model.init(jax.random.key(seed), ids, ids)['params']
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
     params = pretrain.merged_params(config, jax.eval_shape(init_params))
+    provenance.check_sources(config, experiment.dataset)
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
@@ -123,9 +183,31 @@ def initial_state(experiment: Experiment):
   return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
-def format_record(record: dict) -> str:
-  """The console line of one evaluation."""
-  parts = [f"epoch {record['epoch']:3d}"]
+def format_duration(seconds: float) -> str:
+  """`42s`, `3m05s`, `2h07m`."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+def run_seconds_left(history: list[dict], num_epochs: int) -> float | None:
+  """The rest of the run at the time (training and evaluation) of its latest trained epoch,
+  which, after the first, includes no compilation; None before the first. An upper bound
+  when a target_hr stops the run early."""
+  if not history or not history[-1].get('train_seconds'):
+    return None
+  last = history[-1]
+  seconds = last['train_seconds'] + (last.get('eval_seconds') or 0.0)
+  return seconds * max(0, num_epochs - last['epoch'])
+
+
+def format_record(record: dict, num_epochs: int = 0, seconds_left: float | None = None) -> str:
+  """The console line of one evaluation: `epoch k/N ...`, and the run's time left."""
+  parts = [f"epoch {record['epoch']}/{num_epochs}" if num_epochs
+           else f"epoch {record['epoch']:3d}"]
   if record.get('loss') is not None:
     parts.append(f"loss {record['loss']:.4f}")
   parts.append(f"HR@{record['top_k']} {record['hr']:.4f}  NDCG@{record['top_k']} "
@@ -138,6 +220,8 @@ def format_record(record: dict) -> str:
     parts.append(f"train {record['train_seconds']:.1f}s "
                  f"({record['samples_per_second'] / 1e6:.2f}M/s)")
   parts.append(f"eval {record['eval_seconds']:.2f}s")
+  if seconds_left:
+    parts.append(f'run ETA {format_duration(seconds_left)}')
   return '  '.join(parts)
 
 
@@ -160,6 +244,8 @@ class Progress:
   primary: bool = True
   identity: str = ''  # run_dir.run_identity of the run: every checkpoint carries it
   pending: dict | None = None  # the record of the epoch whose save is under way
+  summaries: summaries_lib.RunSummaries | None = None  # TensorBoard (process 0)
+  num_epochs: int = 0  # for `epoch k/N` (0: unknown)
 
   def say(self, line: str) -> None:
     if self.primary:
@@ -175,6 +261,8 @@ class Progress:
     if self.primary:
       self.run.append_metrics(record)
     self.history.append(record)
+    if self.summaries is not None:
+      self.summaries.write(record)
     durable = self.latest.epochs()
     keep = set(durable[-run_dir_lib.KEEP_LATEST:])
     keep.add(run_dir_lib.best_record(self.history)['epoch'])
@@ -194,9 +282,10 @@ class Progress:
 def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> dict:
   """The metrics record of `state` after `epoch` (whose training loss was `loss`)."""
   t0 = time.time()
-  record = dict(epoch=epoch, step=int(state['step']), top_k=experiment.config.top_k, loss=loss,
+  record = dict(epoch=epoch, step=int(state['step']), top_k=experiment.settings.top_k, loss=loss,
                 **experiment.evaluators(state['params']))
   record['eval_seconds'] = time.time() - t0
+  interrupts.check()  # before anything of this evaluation is recorded
   return record
 
 
@@ -216,7 +305,8 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
   progress.commit()
   mark_target(progress, record)
   record = run_dir_lib.json_safe(record)
-  progress.say(format_record(record))
+  progress.say(format_record(record, progress.num_epochs,
+                            run_seconds_left([*progress.history, record], progress.num_epochs)))
   progress.latest.save(record['epoch'], state, dict(
       epoch=record['epoch'], step=record['step'], run_identity=progress.identity, record=record))
   progress.pending = record
@@ -287,6 +377,9 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
   (then evaluated and saved as epoch 0)."""
   config, run = experiment.config, progress.run
+  trained_on = provenance.describe(config, experiment.dataset)
+  changed = provenance.check_same_run(run, config, trained_on['data_dir'],
+                                      trained_on['data_fingerprint'])  # never mix two runs
   note = run.repair_metrics() if progress.primary else None
   if note:
     progress.say(note)
@@ -299,7 +392,6 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
     _reconcile_records(progress, epoch, meta)
     _check_best_checkpoint(progress)
     progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
-    changed = run.changed_fields(config)
     if changed:
       progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
@@ -317,6 +409,7 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
     state, epoch = initial_state(experiment), 0
   if progress.primary:
     run.write_config(config)
+    provenance.record(run, trained_on)
   if resumed is None:
     progress.identity = run_dir_lib.run_identity(config)
     record = evaluate(experiment, state, 0, loss=None)
@@ -326,71 +419,95 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   return state, epoch
 
 
-def _check_finite(metrics: dict, epoch: int, config) -> None:
-  """NonFiniteError if a chunk's loss or parameters went NaN or infinite."""
+# A run has diverged when its mean training log loss passes this, 100 x the loss of a model
+# that scores every pair 0.5 (log 2 = 0.693, what the untrained model scores at the project's
+# initialisations). Each example's log loss is at most |logit| + log 2, so a mean of 69.3
+# needs the true label put at odds below e^-68 on average: no model that learns is there.
+# Published runs' epochs stay below log 2 (0.2-0.6); a finite blow-up (Adam at
+# learning_rate=1e6: ~1e33) is far above.
+DIVERGED_LOSS = 100 * math.log(2)
+
+
+def _check_finite(metrics: dict, epoch: int, learning_rate: float) -> None:
+  """NonFiniteError if a chunk's loss or parameters went NaN or infinite, or the mean loss is
+  far above the untrained model's (`DIVERGED_LOSS`)."""
+  loss = float(metrics['loss_sum']) / max(float(metrics['weight_sum']), 1.0)
   if metrics['nonfinite']:
-    raise NonFiniteError(
-        f'epoch {epoch}: training diverged (the loss or parameters became NaN or infinite); '
-        f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
-        f'(config.learning_rate={config.learning_rate:g}): run the same command with a smaller '
-        f'one to resume after epoch {epoch - 1}')
+    what = 'the loss or parameters became NaN or infinite'
+  elif loss > DIVERGED_LOSS:
+    what = (f'mean training loss {loss:.3g}, above {DIVERGED_LOSS:.1f} = 100 x the untrained '
+            'model\'s log 2')
+  else:
+    return
+  raise NonFiniteError(
+      f'epoch {epoch}: training diverged ({what}); '
+      f'nothing of epoch {epoch} was saved. The likely cause is the learning rate '
+      f'(config.learning_rate={learning_rate:g}): run the same command with a smaller '
+      f'one to resume after epoch {epoch - 1}')
 
 
 def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
-                batches: feeder.EpochBatches) -> tuple[object, float, dict]:
+                source: batch_source_lib.BatchSource) -> tuple[object, float, dict]:
   """One epoch, `steps_per_dispatch` steps per call: (state, mean loss, timings).
 
   The host waits for the device once, at the end (and every `log_every_seconds`
   for a progress line); the non-finite check rides on those syncs.
   """
-  config = experiment.config
-  chunk_size, num_batches = config.steps_per_dispatch, experiment.batches_per_epoch
+  settings = experiment.settings
+  num_batches, done_steps = source.num_steps, 0
   t0 = last_log = time.time()
+  waited = source.wait_seconds
   totals = None
-  for start_batch in range(0, num_batches, chunk_size):
-    num_steps = min(chunk_size, num_batches - start_batch)
-    chunk = experiment.layout.put_chunk(batches.chunk(start_batch, chunk_size))
-    state, metrics = train_chunk(state, chunk, np.int32(num_steps))
+  for inputs, num_steps in source.chunks(epoch):
+    interrupts.check()  # SIGTERM / Ctrl-C stop here, between compiled chunks
+    state, metrics = train_chunk(state, inputs, np.int32(num_steps))
+    done_steps += num_steps
     totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
-    if config.log_every_seconds and time.time() - last_log > config.log_every_seconds:
-      _check_finite(jax.device_get(metrics), epoch, config)
-      done = (start_batch + num_steps) / num_batches
+    if settings.log_every_seconds and time.time() - last_log > settings.log_every_seconds:
+      _check_finite(jax.device_get(metrics), epoch, settings.learning_rate)
+      done = done_steps / num_batches
       elapsed = time.time() - t0
       if jax.process_index() == 0:
-        print(f'  epoch {epoch}: {100 * done:4.1f}%  '
-              f'{done * batches.num_examples / elapsed / 1e6:.2f}M samples/s  '
-              f'ETA {elapsed * (1 - done) / done:.0f}s', flush=True)
+        epoch_left = elapsed * (1 - done) / done
+        run_left = epoch_left + (settings.num_epochs - epoch) * elapsed / done
+        print(f'  epoch {epoch}/{settings.num_epochs}: {100 * done:4.1f}%  '
+              f'{done * source.num_examples / elapsed / 1e6:.2f}M samples/s  '
+              f'ETA epoch {format_duration(epoch_left)}, run {format_duration(run_left)}',
+              flush=True)
       last_log = time.time()
   totals = jax.device_get(totals)
-  _check_finite(totals, epoch, config)
+  _check_finite(totals, epoch, settings.learning_rate)
   seconds = time.time() - t0
   loss = float(totals['loss_sum'] / max(totals['weight_sum'], 1.0))
   return state, loss, dict(train_seconds=seconds,
-                           samples_per_second=batches.num_examples / seconds,
+                           samples_per_second=source.num_examples / seconds,
+                           input_wait_seconds=source.wait_seconds - waited,
                            devices=experiment.layout.num_devices, processes=jax.process_count())
 
 
 def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: int):
   """Trains, evaluates and records epochs after `done_epoch` up to `num_epochs`; stops
   after the epoch reaching the target, or at once if an earlier one did. Returns the state."""
-  config = experiment.config
   if run_dir_lib.target_record(progress.history, progress.target_hr):
     return state  # the run is finished: resuming it trains nothing
-  if config.model in als_fit.FITTED_MODELS:  # fit by solving least squares, not by SGD
+  if experiment.config.model in als_fit.FITTED_MODELS:  # fit by least squares, not by SGD
     return als_fit.train_epochs(experiment, progress, state, done_epoch, evaluate, record_epoch)
-  train_chunk = train_step_lib.make_train_chunk(
-      experiment.model, experiment.optimizer, train_step_lib.Regularization.from_config(config),
-      experiment.layout,
-      jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()))
-  for epoch, batches in feeder.iterate_epochs(
-      experiment.dataset, config.num_negatives, config.batch_size, config.seed, done_epoch + 1,
-      config.num_epochs, config.reject_positives, batch_multiple=config.steps_per_dispatch,
-      exclude_heldout=config.get('exclude_heldout_from_negatives', False)):
-    state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, batches)
-    record = dict(evaluate(experiment, state, epoch, loss), **timings)
-    record_epoch(progress, record, state)
-    if record.get('reached_target'):
-      break
+  num_epochs = experiment.settings.num_epochs
+  source = experiment.batch_source(last_epoch=num_epochs)
+  source.start(done_epoch + 1)  # the first batches are made while the step compiles
+  try:
+    train_chunk = train_step_lib.make_train_chunk(
+        experiment.model, experiment.optimizer, experiment.regularization, experiment.layout,
+        jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()),
+        select_batch=source.select, inputs_sharding=source.inputs_sharding())
+    for epoch in range(done_epoch + 1, num_epochs + 1):
+      state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, source)
+      record = dict(evaluate(experiment, state, epoch, loss), **timings)
+      record_epoch(progress, record, state)
+      if record.get('reached_target'):
+        break
+  finally:
+    source.close()
   return state
 
 
@@ -423,7 +540,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     experiment = build(config)
     dataset, layout = experiment.dataset, experiment.layout
     progress = Progress(run, run.checkpoints('latest', create=True), start_time, [],
-                        config.get('target_hr', 0.0), primary)
+                        config.get('target_hr', 0.0), primary,
+                        summaries=(summaries_lib.RunSummaries(run.path,
+                                                              run_dir_lib.config_to_dict(config))
+                                   if primary else None),
+                        num_epochs=config.num_epochs)
     progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
@@ -433,6 +554,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       state = train_epochs(experiment, progress, state, done_epoch)
     finally:
       progress.close()  # a pending save is finished (and recorded), not left half-written
+      if progress.summaries is not None:
+        progress.summaries.close()
   history = progress.history
   best = run_dir_lib.best_record(history)
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'

@@ -145,8 +145,8 @@ def count_nonfinite(*trees) -> jax.Array:
 
 def make_train_chunk(model: models.ScoringModel, optimizer: optimizers.Optimizer,
                      regularization: Regularization = Regularization(), layout=None,
-                     state_shardings=None
-                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+                     state_shardings=None, select_batch=None, inputs_sharding=None
+                     ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
   """Jitted `train_chunk(state, batches, num_steps)`: the first `num_steps` of the
   (S, B) batches, one `train_step` each, in one dispatch; returns summed metrics
   and `nonfinite`, the number of non-finite arrays among the loss and the params.
@@ -155,15 +155,19 @@ def make_train_chunk(model: models.ScoringModel, optimizer: optimizers.Optimizer
   with no recompilation and no padded step (an all-padding batch would still
   move Adam's parameters). The state is donated. With a `sharding.Layout` and the
   state's shardings, the step is compiled for them (batches split over the `data` axis);
-  the function is the same.
+  the function is the same. A batch source (`batch_source.py`) hands in its own
+  `select_batch(inputs, i)` (step i's batch of a chunk's inputs) and their sharding;
+  by default the inputs are the (S, B) batches themselves.
   """
   train_step = make_train_step(model, optimizer, regularization)
+  select_batch = select_batch or (lambda batches, i: jax.tree_util.tree_map(lambda x: x[i],
+                                                                            batches))
 
   def train_chunk(state: TrainState, batches: Batch, num_steps: jax.Array
                   ) -> tuple[TrainState, dict]:
     def body(i, carry):
       state, totals = carry
-      batch = jax.tree_util.tree_map(lambda x: x[i], batches)
+      batch = select_batch(batches, i)
       state, metrics = train_step(state, batch)
       return state, jax.tree_util.tree_map(jnp.add, totals, metrics)
 
@@ -175,5 +179,6 @@ def make_train_chunk(model: models.ScoringModel, optimizer: optimizers.Optimizer
   if layout is None:
     return jax.jit(train_chunk, donate_argnums=0)
   return jax.jit(train_chunk, donate_argnums=0,
-                 in_shardings=(state_shardings, layout.chunk, layout.replicated),
+                 in_shardings=(state_shardings, inputs_sharding or layout.chunk,
+                               layout.replicated),
                  out_shardings=(state_shardings, layout.replicated))

@@ -8,6 +8,7 @@ import tempfile
 import pytest
 
 from conftest import ROOT
+from experiments import notebook_digest
 
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'quickstart.ipynb')
 
@@ -86,3 +87,13 @@ def test_saved_notebook_has_outputs_of_a_kernel_run():
   assert 'best epoch' in printed
   assert 'skipped: set NCF_DATA_DIR=' in printed  # saved from the default path, no MovieLens
   assert os.path.getsize(NOTEBOOK) < 150_000  # a modest figure, no huge outputs
+
+
+def test_saved_outputs_are_not_older_than_the_code():
+  """The saved outputs came from the notebook's code and the console-line code as they are now
+  (a digest stored by execute_notebook); else they show a log format that no longer exists."""
+  with open(NOTEBOOK, encoding='utf-8') as f:
+    notebook = json.load(f)
+  assert notebook_digest.stored_digest(NOTEBOOK) == notebook_digest.outputs_digest(notebook), (
+      'the notebook\'s saved outputs are older than the code that prints them: run '
+      '`python -m experiments.execute_notebook` (pip install nbclient ipykernel) and commit')

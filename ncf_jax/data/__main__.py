@@ -21,9 +21,14 @@ Usage: python -m ncf_jax.data <command> [flags]
       else ~/.cache/ncf_jax/NAME).
 """
 
-import dataclasses
+if __name__ == '__main__':  # before the imports below: a signal meanwhile is kept
+  from ncf_jax import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install()
+
+import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -35,7 +40,6 @@ from ncf_jax.data import download
 from ncf_jax.data import id_maps
 from ncf_jax.data import prepare as prepare_lib
 from ncf_jax.data import registry
-from ncf_jax.errors import DataError
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Directory of NCF files.')
 _RAW = flags.DEFINE_string('raw', None, 'Raw interactions file (CSV/TSV with a header row, '
@@ -159,14 +163,24 @@ def _prepare() -> None:
 
 def _download() -> None:
   spec = registry.REGISTRY[_DATASET.value]
-  directory = _DATA_DIR.value or download.cache_dir(spec.name)
-  parent = os.path.dirname(os.path.abspath(directory))
-  if not os.path.isdir(parent):  # a typo should not become a tree of new folders
-    raise DataError(f'--data_dir={directory}: {parent}: no such directory')
+  directory = download.download_directory(spec.name, _DATA_DIR.value)
   start = time.perf_counter()
   download.fetch(spec, directory)
   data = dataset_lib.load_ncf_dir(directory, spec.name)  # checks what was fetched
   _summary(data, directory, time.perf_counter() - start, 'download')
+
+
+# What an interrupt's line adds, per command.
+_INTERRUPTED_NOTES = {
+    'prepare': 'nothing was written; the same command starts again',
+    'download': 'files already downloaded whole are kept; the same command fetches the rest',
+}
+
+
+def _interrupted_note() -> str:
+  """The note of the command on the command line (a signal may come before it is parsed)."""
+  command = next((arg for arg in sys.argv[1:] if arg in _COMMANDS), None)
+  return _INTERRUPTED_NOTES.get(command, '')
 
 
 def main(argv: list[str]) -> None:
@@ -186,4 +200,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, max_args=1)
+  cli.run(main, max_args=1, interrupted_note=_interrupted_note)

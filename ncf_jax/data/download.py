@@ -54,6 +54,18 @@ def cache_dir(name: str) -> str:
   return default_data_dir(name)
 
 
+def download_directory(name: str, data_dir: str | None = None) -> str:
+  """Where `data download` puts dataset `name`: `data_dir` if the user named one (its parent
+  must exist: a typo should not become a tree of new folders), else the cache folder, which
+  is created (with `~/.cache/ncf_jax` itself) on a fresh machine."""
+  if data_dir is None:
+    return cache_dir(name)
+  parent = os.path.dirname(os.path.abspath(data_dir))
+  if not os.path.isdir(parent):
+    raise DataError(f'--data_dir={data_dir}: {parent}: no such directory')
+  return data_dir
+
+
 def git_blob_sha1(data: bytes) -> str:
   """The id git gives a file with these bytes (`git hash-object`)."""
   return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()

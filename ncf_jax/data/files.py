@@ -10,6 +10,7 @@ import os
 import secrets
 from typing import Callable, IO
 
+from ncf_jax import interrupts
 from ncf_jax.errors import DataError
 
 
@@ -136,6 +137,7 @@ class StagedFiles:
 
   def commit(self) -> None:
     """Renames every staged file into place; on failure removes the ones it created."""
+    interrupts.check()  # a SIGTERM / Ctrl-C during the work: nothing is written
     for _, path in self._staged:
       if os.path.isdir(path):  # the one failure a rename cannot undo halfway
         raise IsADirectoryError(21, 'Is a directory', path)

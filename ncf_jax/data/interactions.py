@@ -1,4 +1,5 @@
-"""Set membership of (user, item) pairs and vectorised negative sampling."""
+"""Set membership of (user, item) pairs, queried for many pairs at once (data preparation and
+evaluation negatives; training negatives use `ncf_jax/epoch.py`'s own structure)."""
 
 import numpy as np
 
@@ -39,26 +40,3 @@ class InteractionSet:
     pos = np.searchsorted(self._keys, keys)
     pos = np.minimum(pos, len(self._keys) - 1)
     return self._keys[pos] == keys
-
-
-def sample_negatives(rng: np.random.Generator, users: np.ndarray,
-                     observed: InteractionSet | None, num_items: int,
-                     max_rounds: int = 1000) -> np.ndarray:
-  """One uniformly drawn item per entry of `users`, redrawn while it is observed.
-
-  With `observed=None` nothing is rejected (plain uniform items). Rejection
-  redraws only the rejected entries, so the cost shrinks geometrically.
-  """
-  items = rng.integers(0, num_items, size=users.shape, dtype=np.int32)
-  if observed is None:
-    return items
-  todo = np.flatnonzero(observed.contains(users, items))
-  for _ in range(max_rounds):
-    if todo.size == 0:
-      return items
-    redraw = rng.integers(0, num_items, size=todo.size, dtype=np.int32)
-    items[todo] = redraw
-    todo = todo[observed.contains(users[todo], redraw)]
-  raise ValueError(
-      f'negative sampling: {todo.size} users still have no negative after '
-      f'{max_rounds} rounds; do they interact with every item?')
