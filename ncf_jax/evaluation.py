@@ -28,6 +28,7 @@ import numpy as np
 
 from ncf_jax import row_sharded
 from ncf_jax import sharding
+from ncf_jax import statistics
 from ncf_jax.data.dataset import Dataset, HeldOut
 from ncf_jax.errors import ConfigError, NonFiniteError
 
@@ -65,15 +66,23 @@ def check_top_k(top_k: int, num_candidates: int, what: str) -> None:
                       f'score HR@{top_k} = 1)')
 
 
-def _summary(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, top_k: int,
-             num_candidates: int, what: str) -> dict:
-  """Host-side metrics of one evaluation; the one device-to-host transfer."""
-  check_top_k(top_k, num_candidates, what)
+def _host_ranks(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, what: str) -> np.ndarray:
+  """(num_rows,) ranks on the host; the one device-to-host transfer of an evaluation."""
   ranks, nonfinite = jax.device_get((ranks, nonfinite))
   if nonfinite:
     raise NonFiniteError(f'{what} evaluation: the model scored {int(nonfinite)} '
                          'candidates NaN or infinite (a diverged or damaged model)')
-  return summarize(ranks[:num_rows], top_k, [k for k in CURVE_KS if k < num_candidates])
+  return np.asarray(ranks[:num_rows])
+
+
+def _summary(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, top_k: int,
+             num_candidates: int, what: str) -> dict:
+  """Host-side metrics of one evaluation, with the 95% bootstrap intervals over users
+  (`statistics.interval_fields`) of HR and NDCG at `top_k`."""
+  check_top_k(top_k, num_candidates, what)
+  ranks = _host_ranks(ranks, nonfinite, num_rows, what)
+  return dict(summarize(ranks, top_k, [k for k in CURVE_KS if k < num_candidates]),
+              **statistics.interval_fields(ranks, top_k))
 
 
 def _blocks(values: np.ndarray, block: int, fill) -> np.ndarray:
@@ -112,6 +121,7 @@ class SampledEvaluator:
   users_per_block: int = 2048
   what: str = 'test'
   layout: sharding.Layout | None = None  # default: one device
+  num_items: int = 0  # > 0: also the corrected HR (`statistics.corrected_hr`) against them
 
   def __post_init__(self):
     layout = self.layout or sharding.single_device_layout()
@@ -147,9 +157,18 @@ class SampledEvaluator:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._users, self._candidates, self._counted, self._real)
 
+  def user_ranks(self, params) -> np.ndarray:
+    """(R,) each row's sampled rank on the host (NonFiniteError on a non-finite score)."""
+    return _host_ranks(*self.ranks(params), len(self.heldout), self.what)
+
   def __call__(self, params, top_k: int) -> dict:
-    return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,
-                    self.what)
+    ranks, nonfinite = self.ranks(params)
+    out = _summary(ranks, nonfinite, len(self.heldout), top_k, self.num_candidates, self.what)
+    if self.num_items:  # Krichene & Rendle's BV correction towards full-ranking HR
+      out['corrected_hr'] = statistics.corrected_hr(
+          _host_ranks(ranks, nonfinite, len(self.heldout), self.what),
+          self.heldout.negatives.shape[1], self.num_items - 1, top_k)
+    return out
 
 
 def _routed_sampled_ranks(model, layout: sharding.Layout):
@@ -267,6 +286,10 @@ class FullRankingEvaluator:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._pair_rows, self._pair_items, self._users, self._items,
                        self._block_start, self._block_count, self._real)
+
+  def user_ranks(self, params) -> np.ndarray:
+    """(R,) each row's full-ranking rank on the host (NonFiniteError on a non-finite score)."""
+    return _host_ranks(*self.ranks(params), len(self.heldout), self.what)
 
   def __call__(self, params, top_k: int) -> dict:
     return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,

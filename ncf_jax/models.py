@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncf_jax import dot_product
 from ncf_jax import tables
 from ncf_jax.tables import IdsKey, ParamPath, TableSpec
 
@@ -290,7 +291,8 @@ class _MFTower(nn.Module):
     return dot + rows['user_bias'][:, 0] + rows['item_bias'][:, 0]
 
 
-MODELS = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF}
+MODELS = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF,
+          'ials': dot_product.IALS, 'ease': dot_product.EASE}  # fit by als_fit.py
 
 
 def default_layers(num_factors: int) -> tuple[int, ...]:

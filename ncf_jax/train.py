@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ncf_jax import als_fit
 from ncf_jax import batch_source as batch_source_lib
 from ncf_jax import config_checks
 from ncf_jax import epoch as epoch_lib
@@ -46,9 +47,10 @@ class Evaluators:
   def __init__(self, dataset: Dataset, model, layout: sharding.Layout, top_k: int,
                blocks: int, full_ranking: bool):
     self.top_k = top_k
-    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout)
+    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout,
+                                            num_items=dataset.num_items)
     self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation',
-                                              layout=layout)
+                                              layout=layout, num_items=dataset.num_items)
                   if dataset.valid is not None else None)
     self.full = (evaluation.full_ranking_evaluator(model, dataset, layout)
                  if full_ranking else None)
@@ -58,7 +60,7 @@ class Evaluators:
 
   def __call__(self, params) -> dict:
     test = self.test(params, self.top_k)
-    out = dict(hr=test['hr'], ndcg=test['ndcg'], test=test)
+    out = dict(hr=test['hr'], ndcg=test['ndcg'], corrected_hr=test['corrected_hr'], test=test)
     if self.valid is not None:
       valid = self.valid(params, self.top_k)
       out.update(valid_hr=valid['hr'], valid_ndcg=valid['ndcg'], valid=valid)
@@ -490,6 +492,8 @@ def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: 
   after the epoch reaching the target, or at once if an earlier one did. Returns the state."""
   if run_dir_lib.target_record(progress.history, progress.target_hr):
     return state  # the run is finished: resuming it trains nothing
+  if experiment.config.model in als_fit.FITTED_MODELS:  # fit by least squares, not by SGD
+    return als_fit.train_epochs(experiment, progress, state, done_epoch, evaluate, record_epoch)
   num_epochs = experiment.settings.num_epochs
   source = experiment.batch_source(last_epoch=num_epochs)
   source.start(done_epoch + 1)  # the first batches are made while the step compiles
