@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Devices.
   c.num_devices = 0  # 0: every device that divides batch_size (all, usually)
   # replicated: tables copied on every device (data parallel); rows: each table's rows
-  # split over the devices, for tables larger than one device's memory.
+  # split over the devices, ids routed to the rows' owners (ncf_jax/row_sharded.py); auto:
+  # row-shard tables of >= 256 MiB, replicate the rest (ncf_jax/tables.py).
   c.embedding_sharding = 'replicated'
   c.compute_dtype = 'float32'  # float32 | bfloat16 (parameters and optimizer stay float32)
 

@@ -43,6 +43,7 @@ enter the results.
 import dataclasses
 import json
 import os
+import sys
 
 from absl import flags
 import ml_collections
@@ -73,7 +74,7 @@ TABLE2_BATCH_SIZE = {64: dict(batch_size=1024)}
 def define_flags() -> None:
   """The command's flags, defined when it runs (`cli.run`), not at import."""
   flags.DEFINE_enum('experiment', 'table2', ['table2', 'table3', 'negatives', 'factors', 'seeds',
-                                              'best'],
+                                              'best', 'baselines'],
                     'What to reproduce.')
   flags.DEFINE_string('data_dir', None, 'The NCF-format ML-1M directory.')
   flags.DEFINE_string('runs_dir', 'runs', 'Where the runs\' workdirs go.')
@@ -92,6 +93,10 @@ def define_flags() -> None:
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the `seeds` and `best` experiments '
                     '(best reports their ensemble).')
   flags.DEFINE_bool('full_ranking', True, 'Add full-ranking HR/NDCG of each best checkpoint.')
+  flags.DEFINE_list('mf_workdirs', [], 'baselines: MF-192 runs (validation holdout) to add to '
+                    'the ensembles, e.g. runs/best/mf-192-seed0,...')
+  flags.DEFINE_enum('baselines_grid', 'full', ['full', 'smoke'], 'baselines: the grids '
+                    '(smoke: two settings each, for a quick check).')
   flags.DEFINE_bool('dry_run', False, 'List the runs and their commands, train nothing.')
   flags.DEFINE_bool('write_only', False, 'Write the results of the finished runs, train nothing.')
 
@@ -391,6 +396,20 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
 
 def main(argv):
   del argv
+  if FLAGS.experiment == 'baselines':  # its own grids, peer and ensembles
+    from experiments import baselines  # pylint: disable=g-import-not-at-top
+    out = baselines.run(FLAGS, sys.modules[__name__])
+    os.makedirs(FLAGS.results_dir, exist_ok=True)
+    atomic_write_text(os.path.join(FLAGS.results_dir, 'baselines.md'), baselines.markdown(out))
+    baselines.write_json(os.path.join(FLAGS.results_dir, 'baselines.json'), out)
+    _update_summary(FLAGS.results_dir, 'baselines',
+                    json.loads(json.dumps(out['baselines'], default=baselines._json_default)))
+    path = os.path.join(FLAGS.results_dir, 'summary.json')
+    with open(path, encoding='utf-8') as f:
+      summary = baselines.add_wald_intervals(json.load(f))
+    atomic_write_text(path, json.dumps(summary, indent=2) + '\n')
+    print(baselines.markdown(out))
+    return
   runs = plan(FLAGS.experiment)
   if FLAGS.dry_run:
     for run in runs:

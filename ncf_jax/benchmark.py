@@ -16,6 +16,13 @@ backend and the device. Sections:
   accuracy    seconds from process start of `python -m ncf_jax.main` with
               `configs/neumf_fast.py` until test HR@10 >= 0.69 (ML-1M only)
   ml-20m      the same sampler/train/eval numbers on synthetic ML-20M-shaped data
+  communication  compile only, no data: the collectives of one compiled train step and the
+              table bytes per device, for --num_devices forced CPU devices (the section sets
+              XLA_FLAGS itself, before JAX starts), --embedding_sharding, --batch_size,
+              --num_users, --num_items, --num_factors, --optimizer, --compute_dtype:
+    python -m ncf_jax.benchmark --sections=communication --num_devices=4 \
+      --embedding_sharding=rows --batch_size=65536 --num_users=1000000 --num_items=500000 \
+      --num_factors=64 --out=comm.json
 """
 
 import json
@@ -33,7 +40,8 @@ from ncf_jax import cli
 from ncf_jax.data import files
 
 
-SECTIONS = ('sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m', 'devices', 'lookup')
+SECTIONS = ('sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m', 'devices', 'lookup',
+            'communication')
 
 
 def define_flags() -> None:
@@ -42,7 +50,7 @@ def define_flags() -> None:
   flags.DEFINE_string('out', 'benchmark.json', 'Where to write the JSON results.')
   flags.DEFINE_integer('repeats', 5, 'Timed repeats per measurement (the median is reported).')
   flags.DEFINE_list('sections', ['sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m'],
-                    'Which sections to run (also: devices, lookup).')
+                    'Which sections to run (also: devices, lookup, communication).')
   flags.DEFINE_list('batch_sizes', ['256', '1024', '4096', '16384'], 'Training batch sizes.')
   flags.DEFINE_list('models', ['gmf', 'mlp', 'neumf'], 'Models for the training section.')
   flags.DEFINE_list('ml20m_batch_sizes', ['4096', '16384'],
@@ -61,6 +69,21 @@ def define_flags() -> None:
   flags.DEFINE_integer('train_samples', 500_000, 'Examples per timed training repeat.')
   flags.DEFINE_float('target_hr', 0.69, 'HR@10 the accuracy section waits for.')
   flags.DEFINE_integer('accuracy_timeout', 600, 'Seconds before the accuracy run is abandoned.')
+  flags.DEFINE_integer('num_devices', 8, 'Forced CPU devices of the communication section.')
+  flags.DEFINE_enum('embedding_sharding', 'rows', ['auto', 'replicated', 'rows'],
+                    'Table placement of the communication section.')
+  flags.DEFINE_integer('batch_size', 65536, 'Global batch of the communication section.')
+  flags.DEFINE_integer('num_users', 1_000_000, 'Users (table rows) of the communication section.')
+  flags.DEFINE_integer('num_items', 500_000, 'Items (table rows) of the communication section.')
+  flags.DEFINE_integer('num_factors', 64, 'Predictive factors of the communication section '
+                       '(NeuMF: GMF tables this wide, MLP tables 4x, the original\'s tower).')
+  flags.DEFINE_list('layers', [], 'MLP layers of the communication section (MLPerf: '
+                    '256,256,128,64; empty: the original\'s tower for --num_factors).')
+  flags.DEFINE_string('model', 'neumf', 'Model of the communication section.')
+  flags.DEFINE_string('optimizer', 'lazy_adam', 'Optimizer of the communication section.')
+  flags.DEFINE_string('compute_dtype', 'float32', 'Compute dtype of the communication section.')
+  flags.DEFINE_bool('init_memory', False, 'Communication section: also compile the sharded '
+                    'initialisation and report its temporary bytes per device.')
   flags.DEFINE_enum('shape', 'ml-20m', ['ml-1m', 'ml-20m'], 'Synthetic data shape of the input '
                     'sections (scaled by --ml20m_scale).')
 
@@ -115,18 +138,19 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
-  from ncf_jax import batch_source, models, optimizers, sharding, train, train_step
+  from ncf_jax import batch_source, models, optimizers, row_sharded, sharding, train, train_step
   batch_size = config.batch_size
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
-  optimizer_ = optimizers.create_optimizer(config)
   layout = sharding.create_layout(config)
+  model = models.create_model(config, dataset.num_users, dataset.num_items, layout.num_devices)
+  optimizer_ = optimizers.create_optimizer(config)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
-                                     model.embedding_tables())
+                                     model.table_specs())
   state = jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer_, model),
                   out_shardings=shardings)()
-  chunk_fn = train_step.make_train_chunk(model, optimizer_,
-                                         train_step.Regularization.from_config(config), layout,
-                                         shardings)
+  make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
+                else train_step.make_train_chunk)
+  chunk_fn = make_chunk(model, optimizer_, train_step.Regularization.from_config(config), layout,
+                        shardings)
   steps = config.steps_per_dispatch
   source = batch_source.HostBatches(*train.epoch_definition(dataset, 4, True, False), 0,
                                     batch_size, steps, layout)
@@ -150,7 +174,7 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
   seconds = _median_seconds(run, repeats)
   n = chunks * steps * batch_size
   epoch = dataset.num_train * 5
-  table_bytes = layout.table_bytes_per_device(holder[0]['params'], model.embedding_tables())
+  table_bytes = layout.table_bytes_per_device(holder[0]['params'], model.table_specs())
   return dict(model=config.model, batch_size=batch_size, optimizer=config.optimizer,
               num_factors=config.num_factors, devices=layout.num_devices,
               embedding_sharding=config.embedding_sharding,
@@ -338,6 +362,37 @@ def _dataset_sections(name, dataset, sections, results, models, batch_sizes, ful
     _print_table(f'{name}: evaluation (seconds for all test users)', [r], list(r))
 
 
+def bench_communication() -> dict:
+  """Compile-only: the collectives of one train step and the bytes each device holds."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ncf_jax import communication, sharding  # pylint: disable=g-import-not-at-top
+  from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
+                num_factors=FLAGS.num_factors, embedding_sharding=FLAGS.embedding_sharding,
+                compute_dtype=FLAGS.compute_dtype, num_devices=FLAGS.num_devices,
+                layers=tuple(int(w) for w in FLAGS.layers))
+  devices = jax.devices('cpu')
+  sharding.num_devices_for(FLAGS.num_devices, FLAGS.batch_size, len(devices))
+  t0 = time.perf_counter()
+  step = communication.measure_train_step(config, FLAGS.num_users, FLAGS.num_items,
+                                          FLAGS.num_devices, devices, FLAGS.init_memory)
+  return dict(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
+              num_users=FLAGS.num_users, num_items=FLAGS.num_items,
+              num_factors=FLAGS.num_factors, layers=[int(w) for w in FLAGS.layers],
+              compute_dtype=FLAGS.compute_dtype,
+              num_devices=FLAGS.num_devices, embedding_sharding=FLAGS.embedding_sharding,
+              **step, compile_seconds=time.perf_counter() - t0)
+
+
+def _force_cpu_devices(count: int) -> None:
+  """XLA_FLAGS asking for `count` host devices; only effective before JAX starts."""
+  flag = '--xla_force_host_platform_device_count'
+  current = os.environ.get('XLA_FLAGS', '')
+  if flag not in current:
+    os.environ['XLA_FLAGS'] = f'{current} {flag}={count}'.strip()
+
+
 def check_flags() -> None:
   """Flag mistakes, before anything is measured (a usage error: one line)."""
   from absl import app  # pylint: disable=g-import-not-at-top
@@ -363,11 +418,18 @@ def check_flags() -> None:
 def main(argv):
   del argv
   check_flags()
+  sections = set(FLAGS.sections)
+  if 'communication' in sections:
+    _force_cpu_devices(FLAGS.num_devices)  # before the first import of jax below
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
   results = dict(environment=_environment())
   print(json.dumps(results['environment']))
-  sections = set(FLAGS.sections)
+  if 'communication' in sections:
+    results['communication'] = r = bench_communication()
+    print(json.dumps({k: v for k, v in r.items() if k != 'collectives'}, indent=1))
+    if sections == {'communication'}:  # the JSON object the section is run for, alone
+      results = dict(r, environment=results['environment'])
   config = default.get_config()
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir

@@ -26,7 +26,10 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from ncf_jax import models
+from ncf_jax import row_sharded
 from ncf_jax import sharding
+from ncf_jax import statistics
 from ncf_jax.data.dataset import Dataset, HeldOut
 from ncf_jax.errors import ConfigError, NonFiniteError
 
@@ -64,15 +67,23 @@ def check_top_k(top_k: int, num_candidates: int, what: str) -> None:
                       f'score HR@{top_k} = 1)')
 
 
-def _summary(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, top_k: int,
-             num_candidates: int, what: str) -> dict:
-  """Host-side metrics of one evaluation; the one device-to-host transfer."""
-  check_top_k(top_k, num_candidates, what)
+def _host_ranks(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, what: str) -> np.ndarray:
+  """(num_rows,) ranks on the host; the one device-to-host transfer of an evaluation."""
   ranks, nonfinite = jax.device_get((ranks, nonfinite))
   if nonfinite:
     raise NonFiniteError(f'{what} evaluation: the model scored {int(nonfinite)} '
                          'candidates NaN or infinite (a diverged or damaged model)')
-  return summarize(ranks[:num_rows], top_k, [k for k in CURVE_KS if k < num_candidates])
+  return np.asarray(ranks[:num_rows])
+
+
+def _summary(ranks: jax.Array, nonfinite: jax.Array, num_rows: int, top_k: int,
+             num_candidates: int, what: str) -> dict:
+  """Host-side metrics of one evaluation, with the 95% bootstrap intervals over users
+  (`statistics.interval_fields`) of HR and NDCG at `top_k`."""
+  check_top_k(top_k, num_candidates, what)
+  ranks = _host_ranks(ranks, nonfinite, num_rows, what)
+  return dict(summarize(ranks, top_k, [k for k in CURVE_KS if k < num_candidates]),
+              **statistics.interval_fields(ranks, top_k))
 
 
 def _blocks(values: np.ndarray, block: int, fill) -> np.ndarray:
@@ -111,6 +122,7 @@ class SampledEvaluator:
   users_per_block: int = 2048
   what: str = 'test'
   layout: sharding.Layout | None = None  # default: one device
+  num_items: int = 0  # > 0: also the corrected HR (`statistics.corrected_hr`) against them
 
   def __post_init__(self):
     layout = self.layout or sharding.single_device_layout()
@@ -139,14 +151,56 @@ class SampledEvaluator:
       return ranks.reshape(-1), nonfinite.sum()
 
     self._ranks = jax.jit(all_ranks, out_shardings=layout.replicated)
+    if row_sharded.has_row_sharded(getattr(model, 'table_specs', tuple)()):
+      self._ranks = _routed_sampled_ranks(model, layout)
 
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._users, self._candidates, self._counted, self._real)
 
+  def user_ranks(self, params) -> np.ndarray:
+    """(R,) each row's sampled rank on the host (NonFiniteError on a non-finite score)."""
+    return _host_ranks(*self.ranks(params), len(self.heldout), self.what)
+
   def __call__(self, params, top_k: int) -> dict:
-    return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,
-                    self.what)
+    ranks, nonfinite = self.ranks(params)
+    out = _summary(ranks, nonfinite, len(self.heldout), top_k, self.num_candidates, self.what)
+    if self.num_items:  # Krichene & Rendle's BV correction towards full-ranking HR
+      out['corrected_hr'] = statistics.corrected_hr(
+          _host_ranks(ranks, nonfinite, len(self.heldout), self.what),
+          self.heldout.negatives.shape[1], self.num_items - 1, top_k)
+    return out
+
+
+def _routed_sampled_ranks(model, layout: sharding.Layout):
+  """`SampledEvaluator`'s ranks with row-sharded tables: each device scores its users'
+  candidates with rows fetched from their owners (`row_sharded.score`), no table gathered."""
+  abstract = models.abstract_params(model)
+  param_specs = jax.tree_util.tree_map(
+      lambda s: s.spec, layout.state_shardings(abstract, model.table_specs()))
+  by_user = P(None, sharding.DATA)
+
+  def local_ranks(params, users, candidates, counted, real):
+    def block_ranks(block):
+      users, candidates, counted, real = block
+      scores = row_sharded.score(model, params, jnp.repeat(users, candidates.shape[1]),
+                                 candidates.reshape(-1), layout.num_devices)
+      scores = scores.reshape(candidates.shape)
+      return (ranks_from_scores(scores[:, 0], scores[:, 1:], counted),
+              _count_nonfinite(scores, real))
+
+    ranks, nonfinite = lax.map(block_ranks, (users, candidates, counted, real))
+    return ranks, lax.psum(nonfinite.sum(), sharding.DATA)
+
+  mapped = jax.shard_map(local_ranks, mesh=layout.mesh,
+                         in_specs=(param_specs, by_user, by_user, by_user, by_user),
+                         out_specs=(by_user, P()))
+
+  def all_ranks(params, *blocks):
+    ranks, nonfinite = mapped(params, *blocks)
+    return ranks.reshape(-1), nonfinite
+
+  return jax.jit(all_ranks, out_shardings=layout.replicated)
 
 
 def _full_ranking_program(model, num_items: int, block: int, window: int,
@@ -244,6 +298,10 @@ class FullRankingEvaluator:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
     return self._ranks(params, self._pair_rows, self._pair_items, self._users, self._items,
                        self._block_start, self._block_count, self._real)
+
+  def user_ranks(self, params) -> np.ndarray:
+    """(R,) each row's full-ranking rank on the host (NonFiniteError on a non-finite score)."""
+    return _host_ranks(*self.ranks(params), len(self.heldout), self.what)
 
   def __call__(self, params, top_k: int) -> dict:
     return _summary(*self.ranks(params), len(self.heldout), top_k, self.num_candidates,

@@ -3,9 +3,9 @@
 Every model satisfies `ScoringModel`: `embed` gathers a batch's embedding rows
 (a tree that mirrors the tables' parameter paths), `score` maps gathered rows
 to logits, `__call__` is the two together, `score_matrix` scores every
-(user, item) pair of two id lists, and `embedding_tables` says which
-parameters are per-user or per-item tables, so that a row-sparse optimizer can
-update only a batch's rows and regularisers and sharding can find them.
+(user, item) pair of two id lists, and `table_specs` describes each per-user or
+per-item table once (`tables.TableSpec`: rows, padding, width, initialiser,
+placement), read by the optimizers, the train step, sharding and pretraining.
 
 Parameter trees are laid out so that pretrained towers drop into NeuMF:
 
@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ncf_jax import sharding
-from ncf_jax.param_paths import IdsKey, ParamPath
+from ncf_jax import dot_product
+from ncf_jax import tables
+from ncf_jax.tables import IdsKey, ParamPath, TableSpec
 
 # The original code: embeddings N(0, 0.01) (`config.embedding_stddev`); hidden
 # layers Keras' default glorot-uniform; the prediction layer lecun-uniform; biases zero.
@@ -50,6 +51,9 @@ class ScoringModel(Protocol):
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
     """Logits (U, I) for every pair of (U,) users and (I,) items."""
 
+  def table_specs(self) -> tuple[TableSpec, ...]:
+    """Every per-user or per-item table, planned (placement, padded rows)."""
+
   def embedding_tables(self) -> dict[ParamPath, IdsKey]:
     """Parameter path of every per-user or per-item table -> the ids that index it."""
 
@@ -61,38 +65,14 @@ class ScoringModel(Protocol):
     """The widest activation `score_matrix` holds per (user, item) pair (sizes its blocks)."""
 
 
-def padded_rows(num_rows: int, multiple: int) -> int:
-  """`num_rows` rounded up to a multiple of `multiple`."""
-  return -(-num_rows // multiple) * multiple
-
-
-def _table(module: nn.Module, name: str, num_rows: int, width: int, init,
-           row_multiple: int) -> jax.Array:
-  """A (rows, width) table whose `num_rows` real rows are drawn as an unpadded table's would
-  be, followed by zero rows up to a multiple of `row_multiple` (never looked up: ids are
-  below `num_rows`; zero, they add nothing to a penalty and no optimizer moves them)."""
-  def padded_init(key, shape, dtype=jnp.float32):
-    real = init(key, (num_rows, *shape[1:]), dtype)
-    return jnp.pad(real, ((0, shape[0] - num_rows),) + ((0, 0),) * (len(shape) - 1))
-
-  rows = padded_rows(num_rows, row_multiple)
-  return module.param(name, init if rows == num_rows else padded_init, (rows, width))
-
-
 class GMFTower(nn.Module):
   """Generalized matrix factorisation: the element-wise product of two embeddings."""
-  num_users: int
-  num_items: int
-  num_factors: int
-  embedding_stddev: float = 0.01
-  row_multiple: int = 1
+  user_table: TableSpec
+  item_table: TableSpec
 
   def setup(self):
-    init = nn.initializers.normal(self.embedding_stddev)
-    self.user_embedding = _table(self, 'user_embedding', self.num_users, self.num_factors, init,
-                                 self.row_multiple)
-    self.item_embedding = _table(self, 'item_embedding', self.num_items, self.num_factors, init,
-                                 self.row_multiple)
+    self.user_embedding = self.user_table.create(self)
+    self.item_embedding = self.item_table.create(self)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
     return {'user_embedding': jnp.take(self.user_embedding, users, axis=0),
@@ -108,20 +88,14 @@ class MLPTower(nn.Module):
   `layers[0]` is the concatenated embedding width (so each embedding has
   `layers[0] // 2` entries); `layers[1:]` are the hidden widths.
   """
-  num_users: int
-  num_items: int
+  user_table: TableSpec
+  item_table: TableSpec
   layers: Sequence[int]
-  embedding_stddev: float = 0.01
-  row_multiple: int = 1
   dtype: Any = jnp.float32
 
   def setup(self):
-    width = self.layers[0] // 2
-    init = nn.initializers.normal(self.embedding_stddev)
-    self.user_embedding = _table(self, 'user_embedding', self.num_users, width, init,
-                                 self.row_multiple)
-    self.item_embedding = _table(self, 'item_embedding', self.num_items, width, init,
-                                 self.row_multiple)
+    self.user_embedding = self.user_table.create(self)
+    self.item_embedding = self.item_table.create(self)
     self.layer = [nn.Dense(w, kernel_init=hidden_init, dtype=self.dtype) for w in self.layers[1:]]
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
@@ -142,18 +116,28 @@ class NCF(nn.Module):
   num_factors: int = 8
   layers: Sequence[int] = (64, 32, 16, 8)
   embedding_stddev: float = 0.01
-  row_multiple: int = 1  # tables' rows padded to a multiple of this (row-sharded tables)
+  embedding_sharding: str = 'replicated'  # tables.EMBEDDING_SHARDINGS
+  num_devices: int = 1  # of the mesh the tables are planned for
   dtype: Any = jnp.float32  # computation dtype; parameters stay float32
   towers: ClassVar[tuple[str, ...]] = ()
 
   def setup(self):
+    specs = tables.by_path(self.table_specs())
     if 'gmf' in self.towers:
-      self.gmf = GMFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev,
-                          self.row_multiple)
+      self.gmf = GMFTower(specs['gmf', 'user_embedding'], specs['gmf', 'item_embedding'])
     if 'mlp' in self.towers:
-      self.mlp = MLPTower(self.num_users, self.num_items, tuple(self.layers),
-                          self.embedding_stddev, self.row_multiple, self.dtype)
+      self.mlp = MLPTower(specs['mlp', 'user_embedding'], specs['mlp', 'item_embedding'],
+                          tuple(self.layers), self.dtype)
     self.head = nn.Dense(1, kernel_init=head_init, dtype=self.dtype)
+
+  @nn.nowrap
+  def table_specs(self) -> tuple[TableSpec, ...]:
+    widths = {'gmf': int(self.num_factors), 'mlp': int(self.layers[0]) // 2}
+    sizes = {'user': ('users', self.num_users), 'item': ('items', self.num_items)}
+    declared = [TableSpec((tower, f'{side}_embedding'), ids, rows, widths[tower],
+                          self.embedding_stddev)
+                for tower in self.towers for side, (ids, rows) in sizes.items()]
+    return tables.plan(declared, self.embedding_sharding, self.num_devices)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """The batch's embedding rows, keyed like the embedding tables in the params."""
@@ -171,8 +155,7 @@ class NCF(nn.Module):
 
   @nn.nowrap
   def embedding_tables(self) -> dict[ParamPath, IdsKey]:
-    return {(tower, f'{side}_embedding'): f'{side}s' for tower in self.towers
-            for side in ('user', 'item')}
+    return tables.ids_by_path(self.table_specs())
 
   @nn.nowrap
   def hidden_kernels(self) -> tuple[ParamPath, ...]:
@@ -241,13 +224,22 @@ class MF(nn.Module):
   num_items: int
   num_factors: int = 8
   embedding_stddev: float = 0.01
-  row_multiple: int = 1
+  embedding_sharding: str = 'replicated'
+  num_devices: int = 1
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.mf = _MFTower(self.num_users, self.num_items, self.num_factors, self.embedding_stddev,
-                       self.row_multiple)
+    self.mf = _MFTower(self.table_specs())
     self.bias = self.param('bias', nn.initializers.zeros, ())
+
+  @nn.nowrap
+  def table_specs(self) -> tuple[TableSpec, ...]:
+    sizes = {'user': ('users', self.num_users), 'item': ('items', self.num_items)}
+    declared = [TableSpec(('mf', f'{side}_{kind}'), ids, rows, width, stddev)
+                for kind, width, stddev in (('embedding', int(self.num_factors),
+                                             self.embedding_stddev), ('bias', 1, 0.0))
+                for side, (ids, rows) in sizes.items()]
+    return tables.plan(declared, self.embedding_sharding, self.num_devices)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, dict[str, jax.Array]]:
     return {'mf': self.mf.embed(users, items)}
@@ -261,8 +253,7 @@ class MF(nn.Module):
 
   @nn.nowrap
   def embedding_tables(self) -> dict[ParamPath, IdsKey]:
-    return {('mf', f'{side}_{kind}'): f'{side}s' for kind in ('embedding', 'bias')
-            for side in ('user', 'item')}
+    return tables.ids_by_path(self.table_specs())
 
   @nn.nowrap
   def hidden_kernels(self) -> tuple[ParamPath, ...]:
@@ -279,19 +270,14 @@ class MF(nn.Module):
 
 
 class _MFTower(nn.Module):
-  num_users: int
-  num_items: int
-  num_factors: int
-  embedding_stddev: float
-  row_multiple: int = 1
+  specs: tuple[TableSpec, ...]
 
   def setup(self):
-    normal, zeros = nn.initializers.normal(self.embedding_stddev), nn.initializers.zeros
-    table = lambda name, n, width, init: _table(self, name, n, width, init, self.row_multiple)
-    self.user_embedding = table('user_embedding', self.num_users, self.num_factors, normal)
-    self.item_embedding = table('item_embedding', self.num_items, self.num_factors, normal)
-    self.user_bias = table('user_bias', self.num_users, 1, zeros)
-    self.item_bias = table('item_bias', self.num_items, 1, zeros)
+    specs = {spec.path[-1]: spec for spec in self.specs}
+    self.user_embedding = specs['user_embedding'].create(self)
+    self.item_embedding = specs['item_embedding'].create(self)
+    self.user_bias = specs['user_bias'].create(self)
+    self.item_bias = specs['item_bias'].create(self)
 
   def embed(self, users: jax.Array, items: jax.Array) -> dict[str, jax.Array]:
     take = lambda table, ids: jnp.take(table, ids, axis=0)
@@ -304,7 +290,8 @@ class _MFTower(nn.Module):
     return dot + rows['user_bias'][:, 0] + rows['item_bias'][:, 0]
 
 
-MODELS = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF}
+MODELS = {'gmf': GMF, 'mlp': MLP, 'neumf': NeuMF, 'mf': MF,
+          'ials': dot_product.IALS, 'ease': dot_product.EASE}  # fit by als_fit.py
 
 
 def default_layers(num_factors: int) -> tuple[int, ...]:
@@ -315,17 +302,19 @@ def default_layers(num_factors: int) -> tuple[int, ...]:
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def create_model(config, num_users: int, num_items: int) -> ScoringModel:
-  """The model `config.model` names, sized for the dataset (a validated config)."""
+def create_model(config, num_users: int, num_items: int, num_devices: int = 1) -> ScoringModel:
+  """The model `config.model` names, sized for the dataset, its tables planned for
+  `num_devices` devices (a validated config)."""
   layers = tuple(int(w) for w in config.layers) or default_layers(int(config.num_factors))
   # Workdirs written before these fields existed used the original's 0.01, float32 and
   # unpadded (replicated) tables.
   stddev = float(config.get('embedding_stddev', 0.01))
-  row_multiple = sharding.table_row_multiple(config.get('embedding_sharding', 'replicated'))
   model = MODELS[config.model]
   towers = dict(layers=layers) if 'layers' in model.__dataclass_fields__ else {}  # MF has none
   return model(num_users=num_users, num_items=num_items, num_factors=int(config.num_factors),
-               embedding_stddev=stddev, row_multiple=row_multiple,
+               embedding_stddev=stddev,
+               embedding_sharding=config.get('embedding_sharding', 'replicated'),
+               num_devices=int(num_devices),
                dtype=COMPUTE_DTYPES[config.get('compute_dtype', 'float32')], **towers)
 
 

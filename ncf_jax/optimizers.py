@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ncf_jax.param_paths import IdsKey, ParamPath
+from ncf_jax.tables import IdsKey, ParamPath
 
 Params = Any  # a nested dict of arrays
 SCHEDULES = ('constant', 'cosine')

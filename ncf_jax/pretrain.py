@@ -51,14 +51,30 @@ def _part(abstract: dict, tower: str, head_rows: slice) -> dict:
                    'bias': abstract['head']['bias']}}
 
 
+def _repad(params: dict, specs, tower: str) -> dict:
+  """`params` with `tower`'s tables cut to their specs' real rows and zero-padded to the
+  padded rows (the pretraining runs may have padded them for another placement)."""
+  params = {**params, tower: dict(params[tower])}
+  for spec in specs:
+    table = params[tower].get(spec.path[-1]) if spec.path[0] == tower else None
+    if table is not None and table.ndim == 2 and table.shape[0] >= spec.rows:
+      real = jnp.asarray(table)[:spec.rows]
+      params[tower][spec.path[-1]] = jnp.pad(real, ((0, spec.shape[0] - spec.rows), (0, 0)))
+  return params
+
+
 def merge_params(gmf_params: dict, mlp_params: dict, neumf_abstract_params: dict, alpha: float,
-                 gmf_where: str = 'GMF params', mlp_where: str = 'MLP params') -> dict:
+                 gmf_where: str = 'GMF params', mlp_where: str = 'MLP params',
+                 specs=()) -> dict:
   """NeuMF params from GMF and MLP params, in the original code's way.
 
   `neumf_abstract_params` (from `jax.eval_shape`) fixes the structure, shapes
   and dtypes; `gmf_where`/`mlp_where` (the runs' workdirs) name the source in
-  the CheckpointError a mismatch raises.
+  the CheckpointError a mismatch raises. With NeuMF's table `specs`, the towers'
+  tables are re-padded to them first (their real rows kept).
   """
+  if specs:
+    gmf_params, mlp_params = _repad(gmf_params, specs, 'gmf'), _repad(mlp_params, specs, 'mlp')
   if not 0.0 <= alpha <= 1.0:
     raise ConfigError(f'config.alpha={alpha}: must be in [0, 1]')
   for tower in ('gmf', 'mlp', 'head'):
@@ -100,8 +116,9 @@ def _check_same_data(config, source, workdir: str) -> None:
                             'config.seed differ)')
 
 
-def merged_params(config: ml_collections.ConfigDict, abstract_params: dict) -> dict:
-  """NeuMF params merged from `config.gmf_workdir` and `config.mlp_workdir` with `config.alpha`."""
+def merged_params(config: ml_collections.ConfigDict, abstract_params: dict, specs=()) -> dict:
+  """NeuMF params merged from `config.gmf_workdir` and `config.mlp_workdir` with `config.alpha`
+  (tables re-padded to NeuMF's table `specs`)."""
   gmf_dir, mlp_dir = config.get('gmf_workdir'), config.get('mlp_workdir')
   if not gmf_dir or not mlp_dir:
     missing = 'config.mlp_workdir' if gmf_dir else 'config.gmf_workdir'
@@ -117,4 +134,4 @@ def merged_params(config: ml_collections.ConfigDict, abstract_params: dict) -> d
   _check_same_data(config, gmf_config, gmf_dir)
   _check_same_data(config, mlp_config, mlp_dir)
   return merge_params(gmf_params, mlp_params, abstract_params, alpha, gmf_where=gmf_dir,
-                      mlp_where=mlp_dir)
+                      mlp_where=mlp_dir, specs=specs)

@@ -2,13 +2,12 @@
 
 - Batches: the global batch is split along `data` (a chunk of S batches of B examples is
   sharded `P(None, 'data')`); `config.batch_size` stays the global batch.
-- Embedding tables (`config.embedding_sharding`): `replicated` copies them on every device
-  and XLA reduces their gradients (data parallelism, like NVIDIA's NCF); `rows` splits each
-  table's rows along the same `data` axis (`P('data', None)`), so a table larger than one
-  device's memory fits; XLA's SPMD partitioner then gathers the batch's ids, looks rows up
-  where they live and reduces the looked-up rows. Optimizer state mirrors its parameters.
-- Tables under `rows` have `ROW_MULTIPLE`-aligned row counts (see `table_row_multiple`),
-  fixed by the table alone, so a checkpoint restores on any device count dividing them.
+- Embedding tables: each table's `tables.TableSpec.placement` (from
+  `config.embedding_sharding`: auto | replicated | rows). `replicated` copies a table on
+  every device and reduces its gradients (data parallelism, like NVIDIA's NCF); `rows`
+  splits its rows along the same `data` axis (`P('data', None)`), so a table larger than one
+  device's memory fits, and the train step routes ids to the rows' owners (`row_sharded`).
+  Optimizer state mirrors its parameters. Padding: see `tables`.
 - Evaluation splits each block of users along `data`.
 
 With several processes (`jax.distributed`), the mesh spans every process's devices and each
@@ -16,24 +15,17 @@ process hands over its own slice of every global batch.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from ncf_jax import tables as tables_lib
 from ncf_jax.errors import ConfigError
 
 DATA = 'data'
-EMBEDDING_SHARDINGS = ('replicated', 'rows')
-# Rows of a table under `rows` are a multiple of this: a size fixed by the table alone
-# (not by the device count), which every power-of-two mesh up to 1,024 devices divides.
-ROW_MULTIPLE = 1024
-
-
-def table_row_multiple(embedding_sharding: str) -> int:
-  """What table row counts are rounded up to: 1 (unpadded) unless tables are row-sharded."""
-  return ROW_MULTIPLE if embedding_sharding == 'rows' else 1
+EMBEDDING_SHARDINGS = tables_lib.EMBEDDING_SHARDINGS
 
 
 def num_devices_for(requested: int, batch_size: int, available: int) -> int:
@@ -77,27 +69,26 @@ class Layout:
     """(steps, batch) arrays: the batch axis split over devices."""
     return NamedSharding(self.mesh, P(None, DATA))
 
-  def state_shardings(self, abstract_state, tables: Mapping[tuple, Any]):
-    """The sharding of every leaf of a train state: tables and their optimizer slots split
-    by rows under `rows` (those whose leading dimension is a table's), the rest replicated."""
+  def state_shardings(self, abstract_state, specs):
+    """The sharding of every leaf of a train state: each table placed by its spec (`rows`:
+    `P('data', None)`), and so each optimizer slot of it (a leaf under the table's path, or
+    under a path containing it, with the table's rows); the rest replicated."""
     rows = NamedSharding(self.mesh, P(DATA, None))
-    table_rows = {}
-    params = abstract_state['params'] if 'params' in abstract_state else abstract_state
-    for path in tables:
-      leaf = params
-      for key in path:
-        leaf = leaf[key]
-      table_rows[path] = leaf.shape[0]
+    sharded = [spec for spec in specs if spec.placement == 'rows']
 
     def sharding(path, leaf):
       names = tuple(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', None))) for k in path)
-      if self.embedding_sharding == 'rows' and getattr(leaf, 'ndim', 0) >= 1:
-        for table, num_rows in table_rows.items():
-          if _contains(names, table) and leaf.shape[0] == num_rows:
+      if getattr(leaf, 'ndim', 0) >= 1:
+        for spec in sharded:
+          if _contains(names, spec.path) and leaf.shape[0] == spec.shape[0]:
             return rows
       return self.replicated
 
     return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+  def state_specs(self, abstract_state, specs):
+    """`state_shardings` as PartitionSpecs (what `shard_map` takes)."""
+    return jax.tree_util.tree_map(lambda s: s.spec, self.state_shardings(abstract_state, specs))
 
   def put_chunk(self, chunk: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """A chunk of global batches (every process holds all of it) as sharded device arrays;
@@ -115,12 +106,12 @@ class Layout:
     sharding = NamedSharding(self.mesh, spec)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
-  def table_bytes_per_device(self, params, tables) -> int:
+  def table_bytes_per_device(self, params, specs) -> int:
     """Bytes of embedding-table data on the most loaded local device (addressable shards)."""
     per_device = {}
-    for path in tables:
+    for spec in specs:
       leaf = params
-      for key in path:
+      for key in spec.path:
         leaf = leaf[key]
       for shard in leaf.addressable_shards:
         per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes

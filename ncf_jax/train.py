@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ncf_jax import als_fit
 from ncf_jax import batch_source as batch_source_lib
 from ncf_jax import config_checks
 from ncf_jax import epoch as epoch_lib
@@ -29,9 +30,11 @@ from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import pretrain
 from ncf_jax import provenance
+from ncf_jax import row_sharded
 from ncf_jax import run_dir as run_dir_lib
 from ncf_jax import sharding
 from ncf_jax import summaries as summaries_lib
+from ncf_jax import tables
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -44,9 +47,10 @@ class Evaluators:
   def __init__(self, dataset: Dataset, model, layout: sharding.Layout, top_k: int,
                blocks: int, full_ranking: bool):
     self.top_k = top_k
-    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout)
+    self.test = evaluation.SampledEvaluator(model, dataset.test, blocks, layout=layout,
+                                            num_items=dataset.num_items)
     self.valid = (evaluation.SampledEvaluator(model, dataset.valid, blocks, what='validation',
-                                              layout=layout)
+                                              layout=layout, num_items=dataset.num_items)
                   if dataset.valid is not None else None)
     self.full = (evaluation.full_ranking_evaluator(model, dataset, layout)
                  if full_ranking else None)
@@ -56,7 +60,7 @@ class Evaluators:
 
   def __call__(self, params) -> dict:
     test = self.test(params, self.top_k)
-    out = dict(hr=test['hr'], ndcg=test['ndcg'], test=test)
+    out = dict(hr=test['hr'], ndcg=test['ndcg'], corrected_hr=test['corrected_hr'], test=test)
     if self.valid is not None:
       valid = self.valid(params, self.top_k)
       out.update(valid_hr=valid['hr'], valid_ndcg=valid['ndcg'], valid=valid)
@@ -110,7 +114,7 @@ class Experiment:
   def abstract_state(self):
     """Shapes, dtypes and shardings of the train state (nothing allocated)."""
     abstract = train_step_lib.abstract_state(self.model, self.optimizer)
-    shardings = self.layout.state_shardings(abstract, self.model.embedding_tables())
+    shardings = self.layout.state_shardings(abstract, self.model.table_specs())
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
@@ -120,7 +124,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   config)."""
   layout = sharding.create_layout(config)
   dataset = registry.load_dataset(config)
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  model = models.create_model(config, dataset.num_users, dataset.num_items, layout.num_devices)
   settings = TrainingSettings(
       seed=int(config.seed), num_epochs=int(config.num_epochs),
       batch_size=int(config.batch_size), steps_per_dispatch=int(config.steps_per_dispatch),
@@ -171,7 +175,7 @@ def initial_state(experiment: Experiment):
   # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
   # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
   if 'gmf_workdir' in config or 'mlp_workdir' in config:
-    params = pretrain.merged_params(config, jax.eval_shape(init_params))
+    params = pretrain.merged_params(config, jax.eval_shape(init_params), model.table_specs())
     provenance.check_sources(config, experiment.dataset)
   elif experiment.layout.num_devices == 1:
     params = init_params()
@@ -488,11 +492,16 @@ def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: 
   after the epoch reaching the target, or at once if an earlier one did. Returns the state."""
   if run_dir_lib.target_record(progress.history, progress.target_hr):
     return state  # the run is finished: resuming it trains nothing
+  if experiment.config.model in als_fit.FITTED_MODELS:  # fit by least squares, not by SGD
+    return als_fit.train_epochs(experiment, progress, state, done_epoch, evaluate, record_epoch)
   num_epochs = experiment.settings.num_epochs
   source = experiment.batch_source(last_epoch=num_epochs)
   source.start(done_epoch + 1)  # the first batches are made while the step compiles
   try:
-    train_chunk = train_step_lib.make_train_chunk(
+    make_chunk = (row_sharded.make_train_chunk
+                  if row_sharded.has_row_sharded(experiment.model.table_specs())
+                  else train_step_lib.make_train_chunk)
+    train_chunk = make_chunk(
         experiment.model, experiment.optimizer, experiment.regularization, experiment.layout,
         jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()),
         select_batch=source.select, inputs_sharding=source.inputs_sharding())
@@ -545,6 +554,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                  f'{dataset.num_train} training positives; model {config.model} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
                  f'workdir {run.path}')
+    progress.say(f'embedding_sharding={config.get("embedding_sharding", "replicated")}: '
+                 + tables.describe(experiment.model.table_specs(), layout.num_devices))
     try:
       state, done_epoch = start(experiment, progress)
       state = train_epochs(experiment, progress, state, done_epoch)

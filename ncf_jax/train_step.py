@@ -17,6 +17,7 @@ import optax
 
 from ncf_jax import models
 from ncf_jax import optimizers
+from ncf_jax import tables as tables_lib
 
 TrainState = dict[str, Any]  # {'step', 'params', 'opt_state'}
 Batch = dict[str, jax.Array]  # {'users', 'items', 'labels', 'weights'}, each (B,)
@@ -41,7 +42,7 @@ def init_state(params: dict, optimizer: optimizers.Optimizer,
                model: models.ScoringModel) -> TrainState:
   """A fresh state: step 0 and the optimizer's initial state."""
   return dict(step=jnp.zeros((), jnp.int32), params=params,
-              opt_state=optimizer.init(params, model.embedding_tables()))
+              opt_state=optimizer.init(params, tables_lib.by_path(model.table_specs())))
 
 
 def abstract_state(model: models.ScoringModel, optimizer: optimizers.Optimizer) -> TrainState:
@@ -85,7 +86,7 @@ def make_train_step(model: models.ScoringModel, optimizer: optimizers.Optimizer,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """A pure train step; a row-sparse optimizer is handed the gradients of the batch's
   table rows only (`optimizers.RowGrads`), a dense one the gradient of every parameter."""
-  tables, kernels = model.embedding_tables(), frozenset(model.hidden_kernels())
+  tables, kernels = tables_lib.by_path(model.table_specs()), frozenset(model.hidden_kernels())
   reg = regularization
 
   def embed(params, batch):
@@ -120,7 +121,7 @@ def make_train_step(model: models.ScoringModel, optimizer: optimizers.Optimizer,
       return mean + penalty, total
 
     (rest_grads, rows_grads), total = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(rest, rows)
-    ids = {path: batch[key] for path, key in tables.items()}
+    ids = {path: batch[spec.ids] for path, spec in tables.items()}
     return optimizers.RowGrads(rest_grads, flax.traverse_util.flatten_dict(rows_grads),
                                ids), total
 

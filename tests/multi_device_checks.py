@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 
 from conftest import make_config, train_quietly
+from ncf_jax import communication
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import optimizers
+from ncf_jax import row_sharded
 from ncf_jax import trained_run
 from ncf_jax import sharding
+from ncf_jax import tables
 from ncf_jax import train
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
@@ -40,12 +43,12 @@ def _layout(num_devices, embedding_sharding):
 
 def _shardings(layout, model, optimizer):
   abstract = train_step_lib.abstract_state(model, optimizer)
-  return layout.state_shardings(abstract, model.embedding_tables())
+  return layout.state_shardings(abstract, model.table_specs())
 
 
-def _batches(steps=10, batch=64, seed=0):
+def _batches(steps=10, batch=64, seed=0, max_user=NUM_USERS):
   rng = np.random.default_rng(seed)
-  return dict(users=rng.integers(0, NUM_USERS, (steps, batch)).astype(np.int32),
+  return dict(users=rng.integers(0, max_user, (steps, batch)).astype(np.int32),
               items=rng.integers(0, NUM_ITEMS, (steps, batch)).astype(np.int32),
               labels=rng.integers(0, 2, (steps, batch)).astype(np.float32),
               weights=np.ones((steps, batch), np.float32))
@@ -66,9 +69,12 @@ def _train_on(num_devices, config, params, batches):
   model, optimizer, layout = experiment.model, experiment.optimizer, experiment.layout
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
   state = jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
-  chunk = train_step_lib.make_train_chunk(
-      model, optimizer, train_step_lib.Regularization.from_config(experiment.config), layout,
-      shardings)
+  # As train's epoch loop chooses it: routed under shard_map when a table is row-sharded.
+  make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
+                else train_step_lib.make_train_chunk)
+  chunk = make_chunk(model, optimizer,
+                     train_step_lib.Regularization.from_config(experiment.config), layout,
+                     shardings)
   state, _ = chunk(state, layout.put_chunk(batches), np.int32(len(batches['users'])))
   assert layout.num_devices == num_devices
   return state, layout
@@ -95,7 +101,7 @@ def test_the_same_global_batches_give_the_same_parameters_on_1_and_8_devices(
   params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), ids, ids)['params'])
   batches = _batches()
   reference, _ = _train_on(1, config, params, batches)
-  for num_devices in (8,) if embedding_sharding == 'rows' else (2, 8):
+  for num_devices in (4, 8) if embedding_sharding == 'rows' else (2, 8):
     state, layout = _train_on(num_devices, config, params, batches)
     for ref, got in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(state)):
       scale = max(float(np.abs(np.asarray(ref)).max()), 1e-30)
@@ -123,10 +129,10 @@ def test_row_sharded_tables_take_an_eighth_of_the_memory_per_device():
     shardings = _shardings(layout, model, optimizer)['params']
     params = jax.jit(lambda: model.init(jax.random.key(0), ids, ids)['params'],
                      out_shardings=shardings)()
-    per_device = layout.table_bytes_per_device(params, model.embedding_tables())
+    per_device = layout.table_bytes_per_device(params, model.table_specs())
     if embedding_sharding == 'replicated':
       replicated = per_device
-  one_block = sharding.ROW_MULTIPLE * (16 + 64) * 4 * 2  # a block of rows of every table
+  one_block = tables.ROW_MULTIPLE * (16 + 64) * 4 * 2  # a block of rows of every table
   assert per_device <= replicated / 8 + one_block
   assert per_device < replicated / 4
 
@@ -147,6 +153,15 @@ def test_evaluation_over_8_devices_ranks_as_on_one(embedding_sharding):
     sampled = evaluation.SampledEvaluator(model, dataset.test, 16, layout=layout)
     full = evaluation.full_ranking_evaluator(model, dataset, layout)
     results.append([np.asarray(e.ranks(placed)[0])[:len(dataset.test)] for e in (sampled, full)])
+    if embedding_sharding == 'rows' and num_devices == 8:  # ids routed, no table gathered
+      hlo = sampled._ranks.lower(placed, sampled._users, sampled._candidates, sampled._counted,
+                                 sampled._real).compile().as_text()
+      listed = communication.collectives(hlo)
+      assert any(c['kind'] == 'all-to-all' for c in listed)
+      table_shard = min(s.shape[0] // 8 * s.width * 4 for s in model.table_specs())
+      ranks_bytes = 4 * sampled._users.size
+      assert all(c['bytes'] <= ranks_bytes < table_shard for c in listed
+                 if c['kind'] != 'all-to-all'), (listed, table_shard)
   for one, eight in zip(*results):
     assert (one != eight).sum() <= 3  # near-ties may flip with another reduction order
 
@@ -154,17 +169,13 @@ def test_evaluation_over_8_devices_ranks_as_on_one(embedding_sharding):
 def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero(
     tmp_path, monkeypatch):
   traces = []
-  make_step = train_step_lib.make_train_step
+  make_step = row_sharded.make_local_step  # called once per trace of the chunk
 
   def counting(*args):
-    step = make_step(*args)
+    traces.append(1)
+    return make_step(*args)
 
-    def counted(state, batch):
-      traces.append(1)
-      return step(state, batch)
-    return counted
-
-  monkeypatch.setattr(train_step_lib, 'make_train_step', counting)
+  monkeypatch.setattr(row_sharded, 'make_local_step', counting)
   config = make_config(num_epochs=3, steps_per_dispatch=5, embedding_sharding='rows',
                        optimizer='lazy_adam')
   state, history = train_quietly(config, tmp_path)
@@ -172,26 +183,27 @@ def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero
   assert all(r['devices'] == 8 and r['processes'] == 1 for r in history)
   dataset = registry.load_dataset(config)
   table = np.asarray(state['params']['gmf']['user_embedding'])
-  assert table.shape[0] == sharding.ROW_MULTIPLE and table.shape[0] > dataset.num_users
+  assert table.shape[0] == tables.ROW_MULTIPLE and table.shape[0] > dataset.num_users
   assert not table[dataset.num_users:].any()  # padding rows: never looked up, never moved
   assert table[:dataset.num_users].any()
 
 
-def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_path):
+def test_a_checkpoint_of_8_devices_resumes_on_1_2_and_4_and_is_read_on_one(tmp_path):
   # Row-sharded tables: stored padded to a size fixed by the table, whatever the mesh.
   config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
                                                embedding_sharding='rows')
   train_quietly(config(8, 1), tmp_path / 'eight')
   finals = []
-  for devices in (1, 4):
+  for devices in (1, 2, 4):
     resumed = tmp_path / f'on{devices}'
     shutil.copytree(tmp_path / 'eight', resumed)
     _, history = train_quietly(config(devices, 2), resumed)
     assert [r['devices'] for r in history] == [8, 8, devices]
     finals.append(history[-1])
-  # Epoch 2 trained on 1 and on 4 devices from the same 8-device checkpoint: the same run.
-  assert finals[0]['loss'] == pytest.approx(finals[1]['loss'], rel=1e-4)
-  assert abs(finals[0]['hr'] - finals[1]['hr']) <= 3 / len(registry.load_dataset(config(1, 1)).test)
+  # Epoch 2 trained on 1, 2 and 4 devices from the same 8-device checkpoint: the same run.
+  for other in finals[1:]:
+    assert finals[0]['loss'] == pytest.approx(other['loss'], rel=1e-4)
+    assert abs(finals[0]['hr'] - other['hr']) <= 3 / len(registry.load_dataset(config(1, 1)).test)
   best = trained_run.load_best(str(tmp_path / 'eight'))  # a reader: one device
   assert all(len(leaf.devices()) == 1 for leaf in jax.tree_util.tree_leaves(best.params))
 
@@ -206,3 +218,104 @@ def test_device_count_follows_the_batch_or_the_config():
     sharding.num_devices_for(16, 256, 8)
   layout = train.build(make_config(batch_size=96)).layout
   assert layout.num_devices == 8
+
+
+def _unpadded(params, model):
+  """Params with every table cut to its real rows (a padded and an unpadded run compared)."""
+  flat = flax.traverse_util.flatten_dict(jax.tree_util.tree_map(np.asarray, params))
+  for spec in model.table_specs():
+    flat[spec.path] = flat[spec.path][:spec.rows]
+  return flat
+
+
+def _owner_counts(ids, num_devices, shard_rows):
+  """The most ids one device's slice of a batch sends to one owner (a plain loop)."""
+  worst = 0
+  for local in np.split(ids, num_devices):
+    counts = {}
+    for i in local:
+      counts[i // shard_rows] = counts.get(i // shard_rows, 0) + 1
+    worst = max(worst, max(counts.values()))
+  return worst
+
+
+@pytest.mark.parametrize('optimizer', ['adam', 'lazy_adam'])
+def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(optimizer):
+  num_users = num_items = 1000  # padded to 1,024: 128 rows per device
+  config = make_config(model='neumf', optimizer=optimizer, learning_rate=0.001)
+  replicated_model = models.create_model(config, num_users, num_items)
+  ids = jnp.zeros((1,), jnp.int32)
+  params = jax.tree_util.tree_map(
+      np.asarray, replicated_model.init(jax.random.key(0), ids, ids)['params'])
+  rng = np.random.default_rng(0)
+  spread = dict(users=rng.integers(0, num_users, (4, 1024)), items=rng.integers(0, num_items,
+                                                                              (4, 1024)))
+  # Every id below 128: all of a device's ids go to device 0, beyond any bucket's capacity.
+  skewed = dict(users=rng.integers(0, 128, (4, 1024)), items=rng.integers(0, 128, (4, 1024)))
+  capacity = row_sharded.capacity(1024 // 8, 8)
+  assert max(_owner_counts(s, 8, 128) for s in spread['users']) <= capacity  # the fast path
+  assert min(_owner_counts(s, 8, 128) for s in skewed['users']) > capacity  # the fallback
+  for stream in (spread, skewed):
+    batches = dict(users=stream['users'].astype(np.int32), items=stream['items'].astype(np.int32),
+                   labels=rng.integers(0, 2, (4, 1024)).astype(np.float32),
+                   weights=np.ones((4, 1024), np.float32))
+    results = []
+    for sharding_, devices in (('replicated', 1), ('rows', 8)):
+      config.embedding_sharding = sharding_
+      model = models.create_model(config, num_users, num_items, devices)
+      padded = flax.traverse_util.flatten_dict(params)
+      for spec in model.table_specs():
+        padded[spec.path] = np.pad(padded[spec.path], ((0, spec.shape[0] - spec.rows), (0, 0)))
+      layout = _layout(devices, sharding_)
+      optimizer_ = optimizers.create_optimizer(config)
+      shardings = _shardings(layout, model, optimizer_)
+      state = jax.device_put(train_step_lib.init_state(
+          flax.traverse_util.unflatten_dict(padded), optimizer_, model), shardings)
+      make_chunk = (row_sharded.make_train_chunk if sharding_ == 'rows'
+                    else train_step_lib.make_train_chunk)
+      chunk = make_chunk(model, optimizer_, train_step_lib.Regularization.from_config(config),
+                         layout, shardings)
+      state, metrics = chunk(state, layout.put_chunk(batches), np.int32(4))
+      results.append((_unpadded(state['params'], model), float(metrics['loss_sum'])))
+    (reference, loss), (got, rows_loss) = results
+    assert rows_loss == pytest.approx(loss, rel=1e-5)
+    for path, value in reference.items():
+      scale = max(float(np.abs(value).max()), 1e-30)
+      np.testing.assert_allclose(got[path], value, rtol=0, atol=1e-5 * scale, err_msg=str(path))
+
+
+def test_the_compiled_rows_step_routes_ids_and_moves_no_table():
+  config = make_config(model='neumf', optimizer='lazy_adam', embedding_sharding='rows',
+                       batch_size=1024, num_factors=8)
+  small = communication.measure_train_step(config, 20_000, 10_000, 8)
+  large = communication.measure_train_step(config, 200_000, 100_000, 8)
+  kinds = {c['kind'] for c in large['collectives']}
+  assert 'all-to-all' in kinds and 'all-gather' not in kinds
+  smallest_shard = min(t['padded_rows'] // 8 * t['width'] * 4 for t in large['tables'])
+  for c in large['collectives']:
+    # The only other collectives: the psum of the dense layers' gradients and of scalars.
+    assert c['kind'] == 'all-to-all' or c['bytes'] < smallest_shard / 8, c
+  assert (small['collective_bytes_per_step_per_device']
+          == large['collective_bytes_per_step_per_device'])
+  assert large['table_bytes_per_device'] * 8 == large['padded_table_bytes']
+  assert large['table_and_optimizer_bytes_per_device'] == 3 * large['table_bytes_per_device']
+
+
+def test_bfloat16_rows_cross_devices_in_bfloat16():
+  # Read from the program JAX hands XLA: the CPU compiler then widens bfloat16 collectives.
+  config = make_config(model='gmf', optimizer='lazy_adam', embedding_sharding='rows',
+                       batch_size=1024, num_factors=16, compute_dtype='bfloat16')
+  types = communication.measure_train_step(config, 20_000, 10_000, 8)['program_all_to_all_types']
+  assert set(types) == {'i32', 'bf16'} and types.count('bf16') == 2 * types.count('i32')
+
+
+def test_auto_replicates_small_tables_and_shards_large_ones_across_meshes():
+  config = make_config(model='gmf', embedding_sharding='auto', num_factors=64)
+  big = tables.AUTO_ROWS_MIN_BYTES // (4 * 64)  # rows of a table at the threshold
+  specs = {s.path: s for s in models.create_model(config, big, 1000, 8).table_specs()}
+  assert specs['gmf', 'user_embedding'].placement == 'rows'
+  assert specs['gmf', 'item_embedding'].placement == 'replicated'
+  one = {s.path: s for s in models.create_model(config, big, 1000, 1).table_specs()}
+  assert one['gmf', 'user_embedding'].placement == 'replicated'
+  # The same padded rows on one device: a state moves between the two.
+  assert one['gmf', 'user_embedding'].shape == specs['gmf', 'user_embedding'].shape

@@ -189,7 +189,8 @@ def test_benchmark_flag_mistakes_are_one_line_and_make_no_folder(tmp_path):
   # of its own keeps them apart.
   cases = {
       ('--sections=bogus,train',): '--sections=bogus,train: unknown bogus; choose from sampler, '
-                                   'train, eval, epoch, accuracy, ml-20m, devices, lookup',
+                                   'train, eval, epoch, accuracy, ml-20m, devices, lookup, '
+                                   'communication',
       ('--repeats=0',): '--repeats=0: must be at least 1',
       (f'--out={tmp_path}/missing/b.json',): f'--out={tmp_path}/missing/b.json: '
                                              f'{tmp_path}/missing: no such directory',

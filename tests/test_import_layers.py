@@ -15,25 +15,29 @@ PACKAGE = os.path.join(ROOT, 'ncf_jax')
 
 # Lowest first. Within a layer, imports may go either way (the cycle check still holds).
 LAYERS = [
-    ('errors', 'configs', 'config_fields', 'param_paths', 'data.spec', 'data.interactions',
-     'interrupts', 'counter_random', 'summaries'),
+    ('errors', 'configs', 'config_fields', 'data.spec', 'data.interactions', 'interrupts',
+     'counter_random', 'summaries', 'statistics',
+     'tables',  # one TableSpec per embedding table: read by models, sharding, optimizers, ...
+     'ials', 'ease'),  # the fitted baselines' solvers (plain jax.numpy)
     ('data.files',),
     ('data.delimited', 'data.ncf_format', 'data.dataset', 'data.id_maps', 'data.prepare',
      'data.download', 'data.synthetic', 'data.registry'),
     ('help_text', 'launch'),  # --help's text; a run of several processes (JAX only inside)
     ('cli',),  # what every command shares: no JAX, no Orbax (the data tools use it)
     ('data.__main__',),
-    ('sharding', 'epoch'),  # epoch: the training examples' definition, NumPy and jax.numpy
-    ('models',),
+    ('sharding', 'epoch', 'dot_product'),  # epoch: the training examples' definition
+    ('models', 'als_fit'),  # als_fit: iALS / EASE fitted in place of training
     ('optimizers',),
-    ('train_step', 'evaluation', 'batch_source', 'checkpoints', 'shard_digests',
-     'config_checks'),
+    ('train_step', 'batch_source', 'checkpoints', 'shard_digests', 'config_checks'),
+    ('row_sharded',),  # the step and lookups of row-sharded tables under shard_map
+    ('evaluation',),  # its full ranking uses the routed lookup of row_sharded
     ('run_dir',),  # the run folder's files
     ('trained_run', 'provenance'),  # reading a finished run (no optimizer); what it trained on
     ('pretrain',),
     ('train',),
     ('workdir_flags',),
-    ('main', 'pipeline', 'recommend', 'ensemble', 'benchmark', 'benchmark_input', 'export'),
+    ('main', 'pipeline', 'recommend', 'ensemble', 'benchmark', 'benchmark_input', 'export',
+     'communication'),
 ]
 
 
