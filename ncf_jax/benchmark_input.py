@@ -116,7 +116,7 @@ def bench_input_overlap(dataset, batch_size: int = 65536, steps: int = 4) -> dic
   model = models.create_model(config, dataset.num_users, dataset.num_items)
   optimizer = optimizers.create_optimizer(config)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer),
-                                     model.embedding_tables())
+                                     model.table_specs())
   fresh = lambda: jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer,
                                                         model), out_shardings=shardings)()
 
