@@ -1,6 +1,6 @@
 """Table 2's 64-factor column at the paper's batch of 256: where those runs stand.
 
-  python -m experiments.table2_batch256 --runs=/work/runs64
+  python -m experiments.table2_batch256 --runs=DIR
 
 Reads `RUNS/neumf-64` (NeuMF without pretraining) and `RUNS/pre-64/{gmf,mlp,neumf}` (the
 pretraining pipeline), written by `python -m ncf_jax.main --config=configs/neumf.py
@@ -22,10 +22,14 @@ from ncf_jax import cli
 from ncf_jax import run_dir
 from ncf_jax.data.files import atomic_write_text
 
-flags.DEFINE_string('runs', '/work/runs64', 'Folder holding neumf-64 and pre-64.')
-flags.DEFINE_string('results_dir', os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                'results'), 'Where the table goes.')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This command's flags, defined when it runs (importing the module defines none)."""
+  flags.DEFINE_string('runs', 'runs64', 'Folder holding neumf-64 and pre-64.')
+  flags.DEFINE_string('results_dir', os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  'results'), 'Where the table goes.')
 
 PAPER = {False: (.705, .426), True: (.730, .447)}
 BATCH_1024 = {False: (0.6972, 0.4124), True: (0.7093, 0.4318)}  # summary.json's table2, 64
@@ -95,4 +99,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags)

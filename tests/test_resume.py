@@ -176,7 +176,10 @@ def _flip_bytes(path, count, seed=0):
   path.write_bytes(bytes(data))
 
 
-def _damage(checkpoint, how):
+def _damage(checkpoint, how, every_file=False):
+  """Damages a checkpoint; bytes are flipped in its largest data file (the tables and their
+  moments) or, with `every_file`, in each (a reader restores the params alone, which need
+  not share a file with the moments)."""
   state = checkpoint / 'state'
   data = sorted((state / 'ocdbt.process_0' / 'd').iterdir(), key=lambda p: p.stat().st_size)
   if how == 'metadata removed':
@@ -184,8 +187,9 @@ def _damage(checkpoint, how):
   elif how == 'data removed':
     for path in data:
       path.unlink()
-  else:  # bytes flipped in the largest data file (the embedding tables and their moments)
-    _flip_bytes(data[-1], {'1000 bytes flipped': 1000, '8 bytes flipped': 8}[how])
+  else:
+    for path in (data if every_file else data[-1:]):
+      _flip_bytes(path, {'1000 bytes flipped': 1000, '8 bytes flipped': 8}[how])
 
 
 DAMAGE = ['metadata removed', 'data removed', '1000 bytes flipped', '8 bytes flipped']
@@ -211,7 +215,7 @@ def test_damaged_best_checkpoint_is_a_one_line_error_naming_it(trained, tmp_path
   workdir = tmp_path / 'run'
   shutil.copytree(run, workdir)
   best = run_dir.RunDir(str(workdir)).best_epoch()
-  _damage(workdir / 'checkpoints' / 'latest' / str(best), how)
+  _damage(workdir / 'checkpoints' / 'latest' / str(best), how, every_file=True)
   with pytest.raises(CheckpointError, match=f'^{workdir}/checkpoints/latest/{best}: '):
     trained_run.load_best(str(workdir))
   if how == DAMAGE[0]:  # the command's one line and exit code, once
