@@ -41,7 +41,7 @@ from ncf_jax.data import files
 
 
 SECTIONS = ('sampler', 'train', 'eval', 'epoch', 'accuracy', 'ml-20m', 'devices', 'lookup',
-            'communication')
+            'communication', 'input', 'input_overlap')
 
 
 def define_flags() -> None:

@@ -190,7 +190,7 @@ def test_benchmark_flag_mistakes_are_one_line_and_make_no_folder(tmp_path):
   cases = {
       ('--sections=bogus,train',): '--sections=bogus,train: unknown bogus; choose from sampler, '
                                    'train, eval, epoch, accuracy, ml-20m, devices, lookup, '
-                                   'communication',
+                                   'communication, input, input_overlap',
       ('--repeats=0',): '--repeats=0: must be at least 1',
       (f'--out={tmp_path}/missing/b.json',): f'--out={tmp_path}/missing/b.json: '
                                              f'{tmp_path}/missing: no such directory',
