@@ -113,6 +113,21 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _peer_in_thread(address: str, num_processes: int, process_id: int):
+  """A peer's pre-flight on a thread (started): (thread, {'peer': its error line, if any})."""
+  errors = {}
+
+  def peer():
+    try:
+      launch.preflight(Settings(address, num_processes, process_id), timeout=20)
+    except LaunchError as e:
+      errors['peer'] = str(e)
+
+  thread = threading.Thread(target=peer)
+  thread.start()
+  return thread, errors
+
+
 def test_a_missing_coordinator_is_one_line_naming_it():
   address = f'127.0.0.1:{_free_port()}'  # nobody listens
   with pytest.raises(LaunchError) as error:
@@ -124,16 +139,7 @@ def test_a_missing_coordinator_is_one_line_naming_it():
 
 def test_a_missing_peer_is_one_line_naming_it_and_the_waiting_peer_hears_it():
   address = f'127.0.0.1:{_free_port()}'
-  errors = {}
-
-  def peer():
-    try:
-      launch.preflight(Settings(address, 3, 1), timeout=20)
-    except LaunchError as e:
-      errors['peer'] = str(e)
-
-  thread = threading.Thread(target=peer)
-  thread.start()
+  thread, errors = _peer_in_thread(address, num_processes=3, process_id=1)
   with pytest.raises(LaunchError) as error:
     launch.preflight(Settings(address, 3, 0), timeout=2)
   thread.join(30)
@@ -161,16 +167,7 @@ def test_every_process_there_passes_and_the_port_is_free_again():
 
 def test_a_peer_with_another_process_count_is_refused():
   address = f'127.0.0.1:{_free_port()}'
-  errors = {}
-
-  def peer():
-    try:
-      launch.preflight(Settings(address, 3, 1), timeout=20)
-    except LaunchError as e:
-      errors['peer'] = str(e)
-
-  thread = threading.Thread(target=peer)
-  thread.start()
+  thread, errors = _peer_in_thread(address, num_processes=3, process_id=1)
   with pytest.raises(LaunchError, match=r'a process came with --num_processes=3, this one has '
                                         r'--num_processes=2$'):
     launch.preflight(Settings(address, 2, 0), timeout=20)
