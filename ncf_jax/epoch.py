@@ -73,6 +73,8 @@ class EpochSpec:
   reject: bool  # draw negatives among the user's unknown items (else among all items)
   use_bitmap: bool
   search_steps: int  # binary-search steps covering the largest known-item list
+  # Expected share of first candidates rejected (sizes the device executor's buffers only).
+  first_reject_rate: float = 0.0
 
   @property
   def num_examples(self) -> int:
@@ -123,8 +125,15 @@ def build_arrays(train_users: np.ndarray, train_items: np.ndarray, known_users: 
       bitmap[word] = np.add.reduceat(np.left_shift(np.uint32(1), (cells & 31).astype(np.uint32)),
                                      first).astype(np.uint32)
   sentinel = np.array([num_items], np.int32)  # never found; keeps gathers in range when empty
+  word_rejected = (2**32 % num_items) / 2**32
+  known_share = 0.0
+  if reject and num_positives:  # negatives are drawn per positive: weight users by positives
+    per_user = np.bincount(train_users, minlength=num_users)
+    known_share = float(per_user @ degree[:len(per_user)].astype(np.float64)) / (
+        num_positives * num_items)
   spec = EpochSpec(num_positives, num_items, num_negatives, bool(reject), bool(use_bitmap),
-                   search_steps=int(degree.max(initial=0)).bit_length() + 1)
+                   search_steps=int(degree.max(initial=0)).bit_length() + 1,
+                   first_reject_rate=min(1.0, word_rejected + known_share))
   arrays = dict(pos_users=train_users.astype(np.int32), pos_items=train_items.astype(np.int32),
                 offsets=offsets, known=np.concatenate([items, sentinel]),
                 known_rank=np.concatenate([rank, sentinel]), bitmap=bitmap)
@@ -262,40 +271,127 @@ def host_examples(spec: EpochSpec, arrays, keys: np.ndarray, g: np.ndarray):
   return users, items, positive.astype(np.float32)
 
 
-# --- the device executor's driver (jax.numpy inside jit; fixed shapes, masks) ---------------
+# --- the device executor's driver (jax.numpy inside jit; fixed shapes) ---------------------
+#
+# A vectorised loop runs until its slowest lane is done: the cycle walk's while loop over a
+# whole batch ran ~9 Feistel passes where the host needs 1.35 per index on average, and the
+# rejection loop checked two candidates of every lane per round where almost every lane
+# takes its first. So every lane gets the passes almost all need (two Feistel passes, the
+# first candidate), and the few lanes left are gathered into a small buffer of a static size
+# (expected count + 6 standard deviations) that the full loops then walk. A batch with more
+# lanes left than the buffer holds runs the full loops over every lane instead (`lax.cond`):
+# the same integers either way, the buffer is only a shortcut.
 
-def device_examples(spec: EpochSpec, arrays, keys, g):
-  """`host_examples` of the same indices (any, clamped to < M), computed with jax.numpy."""
+BUFFER_SIGMAS = 6.0
+BUFFER_MARGIN = 32
+PERMUTE_PASSES_FOR_ALL = 2
+
+
+def buffer_size(lanes: int, fraction: float) -> int:
+  """Buffer for the lanes left of `lanes`, each left with probability `fraction`: the
+  expected count plus BUFFER_SIGMAS standard deviations plus BUFFER_MARGIN, a multiple of 8."""
+  mean = lanes * fraction
+  size = math.ceil(mean + BUFFER_SIGMAS * math.sqrt(mean) + BUFFER_MARGIN)
+  return min(lanes, -(-size // 8) * 8)
+
+
+def _compact(jnp, lax, mask, size: int):
+  """The positions of `mask`'s True entries in order, in a (size,) array padded with
+  len(mask) (positions past `size` are dropped: the caller checks the count first)."""
+  n = mask.shape[0]
+  slot = lax.associative_scan(jnp.add, mask.astype(jnp.int32)) - 1
+  slot = jnp.where(mask, slot, size)
+  return jnp.full((size,), n, jnp.int32).at[slot].set(jnp.arange(n, dtype=jnp.int32),
+                                                      mode='drop')
+
+
+def _on_buffer(jax, jnp, left, size: int, full, compacted, *operands):
+  """`full(*operands)` computed for every lane, or, when at most `size` lanes are `left`,
+  `compacted(size, *operands)`, which must agree with it (for the left lanes)."""
+  if size >= left.shape[0]:
+    return full(*operands)
+  count = jnp.sum(left.astype(jnp.int32))
+  return jax.lax.cond(count > size, full, lambda *o: compacted(size, *o), *operands)
+
+
+def _gather(jnp, x, index, fill):
+  return x.at[index].get(mode='fill', fill_value=fill)
+
+
+def device_permute(spec: EpochSpec, keys, g, max_buffer: int | None = None):
+  """`host_permute` of g with jax.numpy."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   m = spec.num_examples
 
   def walk(x):
-    return jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
+    step = lambda x: jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
+    return jax.lax.while_loop(lambda x: jnp.any(x >= m), step, x)
 
-  s = jax.lax.while_loop(lambda x: jnp.any(x >= m), walk,
-                         feistel(jnp, spec, keys, g.astype(jnp.uint32)))
+  def walk_left(size, x):
+    index = _compact(jnp, jax.lax, x >= m, size)
+    return x.at[index].set(walk(_gather(jnp, x, index, 0)), mode='drop')
+
+  x = feistel(jnp, spec, keys, g.astype(jnp.uint32))
+  for _ in range(PERMUTE_PASSES_FOR_ALL - 1):
+    x = jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
+  left = 1 - m / 2**spec.perm_bits  # of [0, 2^w) outside [0, M): each pass leaves that share
+  size = buffer_size(x.shape[0], left**PERMUTE_PASSES_FOR_ALL)
+  size = size if max_buffer is None else min(size, max_buffer)
+  return _on_buffer(jax, jnp, x >= m, size, walk, walk_left, x)
+
+
+def device_negatives(spec: EpochSpec, arrays, keys, users, t, done,
+                     max_buffer: int | None = None):
+  """Negative items of the lanes not `done`, as `host_negatives` draws them (0 elsewhere)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def draw(users, t, done, items):
+    """Every round for every lane not done, then the fallback where some lane needs it."""
+    def round_pair(carry):
+      pair, items, done = carry
+      for word in candidate_words(jnp, keys, t, pair):
+        item, ok = candidate(jnp, spec, arrays, users, word)
+        items, done = jnp.where(ok & ~done, item, items), done | ok
+      return pair + 1, items, done
+
+    _, items, done = jax.lax.while_loop(
+        lambda c: (c[0] < NEGATIVE_ROUNDS // 2) & ~jnp.all(c[2]), round_pair,
+        (jnp.uint32(0), items, done))
+    return jax.lax.cond(
+        jnp.all(done), lambda: items,
+        lambda: jnp.where(done, items, rank_select(jnp, spec, arrays, users, keys, t)))
+
+  def draw_left(size, users, t, done, items):
+    # Re-drawing from the first round is exact: a lane left has rejected the first word.
+    index = _compact(jnp, jax.lax, ~done, size)
+    drawn = draw(_gather(jnp, users, index, 0), _gather(jnp, t, index, 0),
+                 _gather(jnp, done, index, True), jnp.zeros((size,), jnp.int32))
+    return items.at[index].set(drawn, mode='drop')
+
+  items = jnp.zeros(t.shape, jnp.int32)
+  if NEGATIVE_ROUNDS // 2 == 0:
+    return draw(users, t, done, items)
+  # The first candidate of every lane, which almost every lane takes.
+  item, ok = candidate(jnp, spec, arrays, users, candidate_words(jnp, keys, t, 0)[0])
+  items, done = jnp.where(ok & ~done, item, items), done | ok
+  size = buffer_size(t.shape[0], spec.num_negatives / (1 + spec.num_negatives)
+                     * spec.first_reject_rate)
+  size = size if max_buffer is None else min(size, max_buffer)
+  return _on_buffer(jax, jnp, ~done, size, draw, draw_left, users, t, done, items)
+
+
+def device_examples(spec: EpochSpec, arrays, keys, g, max_buffer: int | None = None):
+  """`host_examples` of the same indices (any, clamped to < M), computed with jax.numpy.
+  `max_buffer` caps the buffers of lanes left (for tests: any cap gives the same integers)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  s = device_permute(spec, keys, g, max_buffer)
   positive = s < spec.num_positives
   t = s - jnp.uint32(spec.num_positives)
   j = jnp.where(positive, s, t // jnp.uint32(spec.num_negatives))
   users = arrays['pos_users'][j]
   t = jnp.where(positive, jnp.uint32(0), t)
-
-  def draw(carry):
-    pair, items, done = carry
-    words = candidate_words(jnp, keys, t, pair)
-    for word in words:
-      item, ok = candidate(jnp, spec, arrays, users, word)
-      take = ok & ~done
-      items, done = jnp.where(take, item, items), done | ok
-    return pair + 1, items, done
-
-  _, drawn, done = jax.lax.while_loop(
-      lambda c: (c[0] < NEGATIVE_ROUNDS // 2) & ~jnp.all(c[2]), draw,
-      (jnp.uint32(0), jnp.zeros(g.shape, jnp.int32), positive))
-  # The fallback is rare: computed only when some entry of the batch needs it.
-  drawn = jax.lax.cond(
-      jnp.all(done), lambda: drawn,
-      lambda: jnp.where(done, drawn, rank_select(jnp, spec, arrays, users, keys, t)))
+  drawn = device_negatives(spec, arrays, keys, users, t, positive, max_buffer)
   items = jnp.where(positive, arrays['pos_items'][jnp.where(positive, j, 0)], drawn)
   return users, items, positive.astype(jnp.float32)
