@@ -180,13 +180,20 @@ def feistel(xp, spec: EpochSpec, keys, x):
 def _lower_bound(xp, values, lo, hi, target, steps: int):
   """First index in [lo, hi) whose value is >= target (hi if none); values sorted there."""
   last = values.shape[0] - 1
-  for _ in range(steps):
+
+  def step(lo, hi):
     active = lo < hi
     mid = lo + (hi - lo) // 2
     right = active & (values[xp.minimum(mid, last)] < target)
-    lo = xp.where(right, mid + 1, lo)
-    hi = xp.where(active & ~right, mid, hi)
-  return lo
+    return xp.where(right, mid + 1, lo), xp.where(active & ~right, mid, hi)
+
+  if xp is np:
+    for _ in range(steps):
+      lo, hi = step(lo, hi)
+    return lo
+  import jax  # pylint: disable=g-import-not-at-top
+  # A rolled loop: unrolled, each step's gather took XLA's CPU compiler ~0.15 s.
+  return jax.lax.fori_loop(0, steps, lambda _, c: step(*c), (lo, hi))[0]
 
 
 def contains(xp, spec: EpochSpec, arrays, users, items):
@@ -278,9 +285,11 @@ def host_examples(spec: EpochSpec, arrays, keys: np.ndarray, g: np.ndarray):
 # rejection loop checked two candidates of every lane per round where almost every lane
 # takes its first. So every lane gets the passes almost all need (two Feistel passes, the
 # first candidate), and the few lanes left are gathered into a small buffer of a static size
-# (expected count + 6 standard deviations) that the full loops then walk. A batch with more
-# lanes left than the buffer holds runs the full loops over every lane instead (`lax.cond`):
-# the same integers either way, the buffer is only a shortcut.
+# (expected count + 6 standard deviations) where the loops run to the end; while lanes are
+# left (a batch with more than the buffer holds: rare), the next ones go through the buffer.
+# The same integers for any buffer size: the buffer only decides which lanes compute when.
+# (One copy of each loop in the program: a full-batch fallback beside the buffer tripled
+# the compile time.)
 
 BUFFER_SIGMAS = 6.0
 BUFFER_MARGIN = 32
@@ -300,16 +309,18 @@ def _compact(jnp, lax, mask, size: int):
 
   Without a scatter or a prefix sum over every lane (both slow on XLA's CPU backend): the
   mask packed into 32-bit words, a prefix sum of their popcounts, and for each buffer slot a
-  binary search for its word and then for its bit within the word."""
+  binary search for its word and then for its bit within the word. (`jnp.searchsorted` and
+  `lax.associative_scan` each took seconds to compile here.)"""
   n = mask.shape[0]
   bits = jnp.pad(mask, (0, -n % 32)).reshape(-1, 32).astype(jnp.uint32)
   lane = jnp.arange(32, dtype=jnp.uint32)
   words = jnp.sum(bits << lane[None, :], axis=1, dtype=jnp.uint32)
   counts = lax.population_count(words).astype(jnp.int32)
-  through = lax.associative_scan(jnp.add, counts)  # set bits in words 0..w
+  through = jnp.cumsum(counts)  # set bits in words 0..w
   k = jnp.arange(size, dtype=jnp.int32)
-  w = jnp.searchsorted(through, k, side='right').astype(jnp.int32)  # the word of slot k
   last = words.shape[0] - 1
+  w = _lower_bound(jnp, through, jnp.zeros_like(k), jnp.full_like(k, last + 1), k + 1,
+                   (last + 1).bit_length())  # the word of slot k
   wc = jnp.minimum(w, last)
   rank = k - (through[wc] - counts[wc])  # slot k is this set bit of its word (from 0)
   word, bit = words[wc], jnp.zeros_like(k)
@@ -333,6 +344,23 @@ def _gather(jnp, x, index, fill):
   return x.at[index].get(mode='fill', fill_value=fill)
 
 
+def _through_buffer(jax, jnp, size: int, finish, left, lanes: tuple, fills: tuple, results):
+  """`results` (a tuple of (n,) arrays) with every `left` lane's entries replaced by
+  `finish(*lanes)` of it, computed `size` lanes at a time (padding lanes get `fills`)."""
+  if size >= left.shape[0]:
+    done = finish(*lanes)
+    return tuple(jnp.where(left, d, r) for d, r in zip(done, results))
+
+  def one_buffer(carry):
+    left, results = carry
+    index = _compact(jnp, jax.lax, left, size)
+    done = finish(*(_gather(jnp, x, index, f) for x, f in zip(lanes, fills)))
+    results = tuple(r.at[index].set(d, mode='drop') for r, d in zip(results, done))
+    return left.at[index].set(False, mode='drop'), results
+
+  return jax.lax.while_loop(lambda c: jnp.any(c[0]), one_buffer, (left, results))[1]
+
+
 def device_permute(spec: EpochSpec, keys, g, max_buffer: int | None = None):
   """`host_permute` of g with jax.numpy."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -341,11 +369,7 @@ def device_permute(spec: EpochSpec, keys, g, max_buffer: int | None = None):
 
   def walk(x):
     step = lambda x: jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
-    return jax.lax.while_loop(lambda x: jnp.any(x >= m), step, x)
-
-  def walk_left(size, x):
-    index = _compact(jnp, jax.lax, x >= m, size)
-    return x.at[index].set(walk(_gather(jnp, x, index, 0)), mode='drop')
+    return (jax.lax.while_loop(lambda x: jnp.any(x >= m), step, x),)
 
   x = feistel(jnp, spec, keys, g.astype(jnp.uint32))
   for _ in range(PERMUTE_PASSES_FOR_ALL - 1):
@@ -353,7 +377,7 @@ def device_permute(spec: EpochSpec, keys, g, max_buffer: int | None = None):
   left = 1 - m / 2**spec.perm_bits  # of [0, 2^w) outside [0, M): each pass leaves that share
   size = buffer_size(x.shape[0], left**PERMUTE_PASSES_FOR_ALL)
   size = size if max_buffer is None else min(size, max_buffer)
-  return _on_buffer(jax, jnp, x >= m, size, walk, walk_left, x)
+  return _through_buffer(jax, jnp, size, walk, x >= m, (x,), (0,), (x,))[0]
 
 
 def device_negatives(spec: EpochSpec, arrays, keys, users, t, done,
@@ -362,39 +386,31 @@ def device_negatives(spec: EpochSpec, arrays, keys, users, t, done,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  def draw(users, t, done, items):
-    """Every round for every lane not done, then the fallback where some lane needs it."""
-    def round_pair(carry):
-      pair, items, done = carry
-      for word in candidate_words(jnp, keys, t, pair):
-        item, ok = candidate(jnp, spec, arrays, users, word)
-        items, done = jnp.where(ok & ~done, item, items), done | ok
-      return pair + 1, items, done
+  def draw(users, t, done):
+    """Every round for every lane not done, then the fallback where some lane needs it.
+    Starting again from the first round is exact: a lane left has rejected the first word."""
+    def one_round(carry):  # word r of the lanes: word r % 2 of counter pair (t, r // 2)
+      r, items, done = carry
+      words = candidate_words(jnp, keys, t, r // 2)
+      item, ok = candidate(jnp, spec, arrays, users, jnp.where(r % 2 == 0, *words))
+      return r + 1, jnp.where(ok & ~done, item, items), done | ok
 
     _, items, done = jax.lax.while_loop(
-        lambda c: (c[0] < NEGATIVE_ROUNDS // 2) & ~jnp.all(c[2]), round_pair,
-        (jnp.uint32(0), items, done))
-    return jax.lax.cond(
+        lambda c: (c[0] < NEGATIVE_ROUNDS // 2 * 2) & ~jnp.all(c[2]), one_round,
+        (jnp.uint32(0), jnp.zeros(t.shape, jnp.int32), done))
+    return (jax.lax.cond(
         jnp.all(done), lambda: items,
-        lambda: jnp.where(done, items, rank_select(jnp, spec, arrays, users, keys, t)))
-
-  def draw_left(size, users, t, done, items):
-    # Re-drawing from the first round is exact: a lane left has rejected the first word.
-    index = _compact(jnp, jax.lax, ~done, size)
-    drawn = draw(_gather(jnp, users, index, 0), _gather(jnp, t, index, 0),
-                 _gather(jnp, done, index, True), jnp.zeros((size,), jnp.int32))
-    return items.at[index].set(drawn, mode='drop')
+        lambda: jnp.where(done, items, rank_select(jnp, spec, arrays, users, keys, t))),)
 
   items = jnp.zeros(t.shape, jnp.int32)
-  if NEGATIVE_ROUNDS // 2 == 0:
-    return draw(users, t, done, items)
-  # The first candidate of every lane, which almost every lane takes.
-  item, ok = candidate(jnp, spec, arrays, users, candidate_words(jnp, keys, t, 0)[0])
-  items, done = jnp.where(ok & ~done, item, items), done | ok
+  if NEGATIVE_ROUNDS // 2:  # the first candidate of every lane, which almost every lane takes
+    item, ok = candidate(jnp, spec, arrays, users, candidate_words(jnp, keys, t, 0)[0])
+    items, done = jnp.where(ok & ~done, item, items), done | ok
   size = buffer_size(t.shape[0], spec.num_negatives / (1 + spec.num_negatives)
                      * spec.first_reject_rate)
   size = size if max_buffer is None else min(size, max_buffer)
-  return _on_buffer(jax, jnp, ~done, size, draw, draw_left, users, t, done, items)
+  return _through_buffer(jax, jnp, size, draw, ~done, (users, t, done), (0, 0, True),
+                         (items,))[0]
 
 
 def device_examples(spec: EpochSpec, arrays, keys, g, max_buffer: int | None = None):
