@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from experiments import report
+from experiments import stream
 from ncf_jax import cli
 from ncf_jax import config_checks
 from ncf_jax import ensemble
@@ -353,6 +354,7 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
   lines = [f'# {experiment} (ML-1M)\n', f'Made by `{command}`; each run\'s own command is in '
            f'`{experiment}.json`. "best": the epoch chosen on the selection split; "last": '
            'the final epoch; full: full-ranking HR@10 / NDCG@10 of the best checkpoint.\n',
+           stream.stream_line() + '\n',
            '| run | ' + ' | '.join(run_labels) + ' | best epoch | HR@10 | NDCG@10 '
            '| last HR@10 | last NDCG@10 | full HR@10 | full NDCG@10 | paper |',
            '|---|' + '---|' * (len(run_labels) + 8)]

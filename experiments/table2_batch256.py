@@ -18,6 +18,7 @@ import os
 from absl import flags
 import numpy as np
 
+from experiments import stream
 from ncf_jax import cli
 from ncf_jax import run_dir
 from ncf_jax.data.files import atomic_write_text
@@ -65,6 +66,7 @@ def main(argv):
            f'Runs at commit {commit} (`{FLAGS.runs}`), best epoch picked on test as in the '
            'paper; HR interval: 95% Wald over 6,040 users. Made by `python -m '
            f'experiments.table2_batch256 --runs={FLAGS.runs}`.\n',
+           stream.stream_line(commit) + '\n',
            '| run | epochs done | finished | best epoch | HR@10 [95% CI] | NDCG@10 | '
            'batch 1024 | paper |', '|---|---|---|---|---|---|---|---|']
   for name, s in status.items():
