@@ -22,7 +22,8 @@ fallback's modulo, bias below (I - known) / 2^32, on the rare entries that reach
 
 Nothing depends on how many devices or processes share the work, or on which executor
 computes it: `host_examples` (NumPy, compacting the entries still to do) and
-`device_examples` (jax.numpy inside jit, masking them) run the same uint32 arithmetic
+`device_examples` (jax.numpy inside jit: every lane gets what almost every lane needs, the
+few lanes left go through a small fixed-size buffer) run the same uint32 arithmetic
 (`counter_random`) and return the same integers.
 
 Membership ("has user u interacted with item i") uses a bitmap of users x items bits when it
