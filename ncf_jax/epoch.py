@@ -332,15 +332,6 @@ def _compact(jnp, lax, mask, size: int):
   return jnp.where(w <= last, wc * 32 + bit, n)
 
 
-def _on_buffer(jax, jnp, left, size: int, full, compacted, *operands):
-  """`full(*operands)` computed for every lane, or, when at most `size` lanes are `left`,
-  `compacted(size, *operands)`, which must agree with it (for the left lanes)."""
-  if size >= left.shape[0]:
-    return full(*operands)
-  count = jnp.sum(left.astype(jnp.int32))
-  return jax.lax.cond(count > size, full, lambda *o: compacted(size, *o), *operands)
-
-
 def _gather(jnp, x, index, fill):
   return x.at[index].get(mode='fill', fill_value=fill)
 
