@@ -134,4 +134,6 @@ def init_temp_bytes(model, config, shardings) -> int:
   """Compiled temporary bytes per device of the sharded initialisation of the params."""
   from ncf_jax import models  # pylint: disable=g-import-not-at-top
   init = jax.jit(lambda: models.init_params(model, config.seed), out_shardings=shardings)
-  return int(init.lower().compile().memory_analysis().temp_size_in_bytes)
+  mesh = jax.tree_util.tree_leaves(shardings)[0].mesh
+  with jax.set_mesh(mesh):  # as train.init_state: each device draws its own rows
+    return int(init.lower().compile().memory_analysis().temp_size_in_bytes)

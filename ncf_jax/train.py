@@ -165,8 +165,9 @@ def initial_state(experiment: Experiment):
 
   On one device the parameters are drawn eagerly, as they always were, so published
   numbers re-run exactly; on several, one jitted init whose outputs carry the state's
-  shardings creates them (no eager copy is placed first). The two differ in the last bit
-  of a few draws.
+  shardings creates them (no eager copy is placed first; each device draws its own rows of
+  a row-sharded table). Embedding tables are equal on every mesh (`row_init`); the dense
+  layers' draws may differ in the last bit of a few values.
   """
   config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
   seed = experiment.settings.seed
@@ -180,8 +181,9 @@ def initial_state(experiment: Experiment):
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
-    return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
-                   out_shardings=shardings)()
+    with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
+      return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
+                     out_shardings=shardings)()
   return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
