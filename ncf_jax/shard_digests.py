@@ -200,9 +200,17 @@ def _local_rows(array: HostRows, start: int, stop: int) -> np.ndarray | None:
   return None
 
 
-def first_mismatch(recorded: dict, copies: list[HostRows]) -> str | None:
+def first_mismatch(recorded: dict, copies: list[HostRows],
+                   real_rows: dict[str, int] | None = None) -> str | None:
   """Where `copies` differ from the `recorded` digests (arrays, row ranges), or None. Arrays
-  of the record that `copies` do not have are ignored: a reader may restore part of a state."""
+  of the record that `copies` do not have are ignored: a reader may restore part of a state.
+
+  `real_rows` ({array name: real rows}) names arrays whose rows beyond the real ones are
+  padding, which a reader on another mesh may hold more or fewer of (`tables`): such an
+  array is checked against the writer's rows (the end of its recorded pieces), each piece
+  read from the local rows and, beyond them, zeros (padding rows the reader dropped must
+  have been zero; rows it added are zeros that no piece covers)."""
+  real_rows = real_rows or {}
   for array in copies:
     pieces = recorded.get(array.name)
     if pieces is None:
@@ -212,11 +220,20 @@ def first_mismatch(recorded: dict, copies: list[HostRows]) -> str | None:
       if start != row:
         return f'{array.name}: the recorded digests do not cover rows {row}..{start - 1}'
       row = stop
-    if row != array.rows:
+    written, real = row, real_rows.get(array.name)
+    if written != array.rows and (real is None or min(written, array.rows) < real):
       return f'{array.name}: the recorded digests do not cover rows {row}..{array.rows - 1}'
-    header = array.header()
+    header = (array.header() if written == array.rows else
+              HostRows(array.name, array.dtype, (written, *array.shape[1:]), []).header())
     for start, stop in _spans(pieces):
-      rows = _local_rows(array, start, stop)
-      if rows is not None and _digest(header, rows) != pieces[f'{start}:{stop}']:
+      held = min(stop, array.rows)
+      rows = _local_rows(array, start, held) if start < held else np.zeros((0,), array.dtype)
+      if rows is None:
+        continue  # not all held by this process
+      if held < stop:  # rows the reader's padding dropped: zero when written
+        width = int(np.prod(array.shape[1:], dtype=np.int64))
+        rows = np.concatenate([rows.reshape(-1, width),
+                               np.zeros((stop - held, width), array.dtype)])
+      if _digest(header, rows) != pieces[f'{start}:{stop}']:
         return f'{array.name} rows {start}..{stop - 1}'
   return None

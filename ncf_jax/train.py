@@ -316,7 +316,8 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
   progress.pending = record
 
 
-def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int, dict] | None:
+def _restore_latest(progress: Progress, abstract_state,
+                    tables=()) -> tuple[object, int, dict] | None:
   """(state, epoch, meta) of the newest intact checkpoint the records reach (its epoch at
   most one past the last record); None when there is none.
 
@@ -331,7 +332,8 @@ def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int, di
                  f'{progress.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
   for i, epoch in enumerate(reversed(reachable)):
     try:
-      state, meta = progress.latest.restore(epoch, abstract_state, identity=progress.identity)
+      state, meta = progress.latest.restore(epoch, abstract_state, identity=progress.identity,
+                                            tables=tables)  # re-padded from another mesh
       return state, epoch, meta
     except DamagedCheckpointError as e:
       if i == len(reachable) - 1:
@@ -390,7 +392,7 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   progress.history[:] = run.read_metrics()
   saved_config = os.path.isfile(run.file(run_dir_lib.CONFIG))
   progress.identity = run_dir_lib.run_identity(run.read_config() if saved_config else config)
-  resumed = _restore_latest(progress, experiment.abstract_state())
+  resumed = _restore_latest(progress, experiment.abstract_state(), experiment.model.table_specs())
   if resumed is not None:
     state, epoch, meta = resumed
     _reconcile_records(progress, epoch, meta)
