@@ -226,7 +226,7 @@ def first_mismatch(recorded: dict, copies: list[HostRows],
     header = (array.header() if written == array.rows else
               HostRows(array.name, array.dtype, (written, *array.shape[1:]), []).header())
     for start, stop in _spans(pieces):
-      held = min(stop, array.rows)
+      held = max(start, min(stop, array.rows))  # rows [start, held) are in the array
       rows = _local_rows(array, start, held) if start < held else np.zeros((0,), array.dtype)
       if rows is None:
         continue  # not all held by this process
