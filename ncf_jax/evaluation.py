@@ -335,7 +335,7 @@ class FullRankingEvaluator:
     block = _block_size(self.max_block_elements // (scored * width), rows, layout)
     row, item = self._known_pairs_by_row()
     self.num_candidates = self._fewest_candidates(row, item)
-    window = self._place_known_pairs(layout, row, item, block)
+    window = self.window = self._place_known_pairs(layout, row, item, block)
     self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
     self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
     self._real = _by_user(layout, _real_rows(rows, block))
