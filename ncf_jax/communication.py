@@ -163,16 +163,12 @@ def measure_full_ranking(config, num_users: int, num_items: int, num_devices: in
   shardings = layout.state_shardings(abstract, model.table_specs())
   params = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  program = evaluator._ranks  # pylint: disable=protected-access
-  if not routed:
-    program = evaluation._full_ranking_program(  # pylint: disable=protected-access
-        model, num_items, evaluator._users.shape[1], evaluator.window, layout)  # pylint: disable=protected-access
-  inputs = (evaluator._pair_rows, evaluator._pair_items, evaluator._users,  # pylint: disable=protected-access
-            evaluator._items, evaluator._block_start, evaluator._block_count,  # pylint: disable=protected-access
-            evaluator._real)  # pylint: disable=protected-access
-  listed = collectives(program.lower(params, *inputs).compile().as_text())
-  blocks, block = evaluator._users.shape  # pylint: disable=protected-access
+  plain = evaluation._full_ranking_program  # pylint: disable=protected-access
+  program = None if routed else plain(model, num_items, evaluator.users_per_block,
+                                      evaluator.window, layout)
+  listed = collectives(evaluator.lower(params, program).compile().as_text())
+  blocks = -(-heldout_users // evaluator.users_per_block)
   return dict(routed=routed, num_devices=num_devices, heldout_users=heldout_users,
-              blocks=int(blocks), users_per_block=int(block), collectives=listed,
+              blocks=blocks, users_per_block=evaluator.users_per_block, collectives=listed,
               largest_collective_bytes=max((c['bytes'] for c in listed), default=0),
               table_bytes=sum(spec.nbytes for spec in model.table_specs()))

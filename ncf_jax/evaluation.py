@@ -335,7 +335,8 @@ class FullRankingEvaluator:
     block = _block_size(self.max_block_elements // (scored * width), rows, layout)
     row, item = self._known_pairs_by_row()
     self.num_candidates = self._fewest_candidates(row, item)
-    window = self.window = self._place_known_pairs(layout, row, item, block)
+    window = self._place_known_pairs(layout, row, item, block)
+    self.users_per_block, self.window = block, window
     self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
     self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
     self._real = _by_user(layout, _real_rows(rows, block))
@@ -378,10 +379,19 @@ class FullRankingEvaluator:
     known = np.bincount(keys // self.num_items, minlength=len(self.heldout))
     return int(self.num_items - known.max())
 
+  def inputs(self) -> tuple:
+    """The device arrays the program takes after the params (known pairs, blocks)."""
+    return (self._pair_rows, self._pair_items, self._users, self._items, self._block_start,
+            self._block_count, self._real)
+
+  def lower(self, params, program=None):
+    """The jitted program (or another of the same signature) lowered for `params` (arrays
+    or ShapeDtypeStructs with shardings): what the communication benchmark compiles."""
+    return (program or self._ranks).lower(params, *self.inputs())
+
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
-    return self._ranks(params, self._pair_rows, self._pair_items, self._users, self._items,
-                       self._block_start, self._block_count, self._real)
+    return self._ranks(params, *self.inputs())
 
   def user_ranks(self, params) -> np.ndarray:
     """(R,) each row's full-ranking rank on the host (NonFiniteError on a non-finite score)."""

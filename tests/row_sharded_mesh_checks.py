@@ -97,10 +97,7 @@ def test_compiled_full_ranking_under_rows_routes_ids_and_gathers_no_table():
   abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                                       sharding=s),
                                     models.abstract_params(model), shardings)
-  hlo = evaluator._ranks.lower(abstract, evaluator._pair_rows, evaluator._pair_items,
-                               evaluator._users, evaluator._items, evaluator._block_start,
-                               evaluator._block_count, evaluator._real).compile().as_text()
-  listed = communication.collectives(hlo)
+  listed = communication.collectives(evaluator.lower(abstract).compile().as_text())
   assert any(c['kind'] == 'all-to-all' for c in listed), listed
   smallest_shard = min(s.shape[0] // 4 * s.width * 4 for s in model.table_specs())
   assert all(c['bytes'] < smallest_shard / 4 for c in listed), (listed, smallest_shard)
