@@ -18,6 +18,9 @@ single-process reader holds every row, so it checks every piece. A piece that no
 holds whole (the reading mesh cuts inside a writer's piece on a process boundary) is left
 unchecked; with tables padded to multiples of 1,024 rows and block rows multiples of 1,024
 this needs a reading mesh whose per-process rows are not multiples of the writer's pieces.
+A table restored with other padding rows (a mesh of another `tables.row_multiple`) verifies
+against the writer's pieces: its real rows as read, the padding rows as zeros
+(`first_mismatch`'s `real_rows`).
 """
 
 import concurrent.futures
