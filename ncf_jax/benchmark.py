@@ -147,8 +147,9 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
   optimizer_ = optimizers.create_optimizer(config)
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
                                      model.table_specs())
-  state = jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer_, model),
-                  out_shardings=shardings)()
+  with jax.set_mesh(layout.mesh):  # as train.initial_state: each device draws its rows
+    state = jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer_,
+                                                  model), out_shardings=shardings)()
   make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
                 else train_step.make_train_chunk)
   chunk_fn = make_chunk(model, optimizer_, train_step.Regularization.from_config(config), layout,
