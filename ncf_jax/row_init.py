@@ -57,6 +57,8 @@ def standard_normal_rows(key, first_row, num_rows: int, width: int) -> jax.Array
   any R beyond them (float32)."""
   typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
   words = (jax.random.key_data(key) if typed else key).astype(jnp.uint32)
+  if words.shape != (2,):  # another PRNG implementation: its draws are not Threefry's
+    raise ValueError(f'row_init draws as threefry2x32 keys do; got key data {words.shape}')
   hi, lo = _counters(first_row, num_rows, width)
   x0, x1 = counter_random.threefry2x32(jnp, (words[0], words[1]), hi, lo)
   bits = x0 ^ x1
