@@ -225,7 +225,9 @@ def first_mismatch(recorded: dict, copies: list[HostRows],
       row = stop
     written, real = row, real_rows.get(array.name)
     if written != array.rows and (real is None or min(written, array.rows) < real):
-      return f'{array.name}: the recorded digests do not cover rows {row}..{array.rows - 1}'
+      return (f'{array.name}: the recorded digests do not cover rows {row}..{array.rows - 1}'
+              if written < array.rows else
+              f'{array.name}: the recorded digests cover {written} rows, not {array.rows}')
     header = (array.header() if written == array.rows else
               HostRows(array.name, array.dtype, (written, *array.shape[1:]), []).header())
     for start, stop in _spans(pieces):
