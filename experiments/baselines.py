@@ -623,31 +623,3 @@ def markdown(out: dict) -> str:
                    + f" | {row['valid_hr']:.4f} | {row['hr']:.4f} | {row['ndcg']:.4f} | "
                    f"{row['full_hr']:.4f} |")
   return '\n'.join(lines) + '\n'
-
-
-def wald_hr_interval(hr: float, num_users: int) -> tuple[float, float]:
-  """The normal-approximation 95% interval of a mean of per-user hits (for stored entries
-  whose runs, hence per-user data, are not at hand: HR only, NDCG needs the ranks)."""
-  half = 1.96 * np.sqrt(hr * (1 - hr) / num_users)
-  return (float(hr - half), float(hr + half))
-
-
-WALD_NOTE = ('95% normal-approximation (Wald) interval of HR@10 over 6,040 users from the '
-             'stored HR alone: these runs are not on the machine that made the baselines, so '
-             'their per-user ranks (needed for bootstrap intervals and NDCG intervals) were '
-             'not recomputed; `python -m experiments.reproduce --experiment=baselines '
-             '--mf_workdirs=...` with the runs present adds bootstrap intervals for MF-192.')
-
-
-def add_wald_intervals(summary: dict, num_users: int = 6040) -> dict:
-  """`hr_ci95_wald` on summary.json's table2 and best entries (and the best's single runs)."""
-  for row in summary.get('table2', []):
-    row['hr_ci95_wald'] = wald_hr_interval(row['hr'], num_users)
-    row['ci_note'] = WALD_NOTE
-  best = summary.get('best')
-  if best:
-    best['hr_ci95_wald'] = wald_hr_interval(best['hr'], num_users)
-    best['ci_note'] = WALD_NOTE
-    for run in best.get('single_runs', []):
-      run['hr_ci95_wald'] = wald_hr_interval(run['hr'], num_users)
-  return summary
