@@ -48,7 +48,8 @@ from ncf_jax.ials import Pairs, Settings, sweep
 EASE_GRID = ((200.0,), (500.0,), (1000.0,))
 EASE_STEPS = (2.0,)
 # (α0, λ) with ν = 1 (frequency-scaled λ), as Rendle et al. tune them. (0.3, 0.007) is the
-# peer's first-grid best (α 3, λ 30) mapped to this form (α0 ≈ 1/α, λ ≈ λ / (α·(|I_u| + α0·|I|))).
+# peer's first-grid best (α 3, λ 30) mapped to this form:
+# α0 ≈ 1/α, λ ≈ λ_implicit / (α·(|I_u| + α0·|I|)).
 IALS_GRID = ((0.01, 0.003), (0.03, 0.003), (0.1, 0.001), (0.3, 0.007))
 IMPLICIT_GRID = ((3.0, 10.0), (10.0, 10.0), (3.0, 30.0))  # (α, λ)
 ALS_STEPS = (3.0, 3.0)

@@ -61,3 +61,21 @@ def test_table2_batch256_status_of_a_partial_run(tmp_path):
   assert status['epochs_done'] == 2 and status['finished']
   assert (status['best_epoch'], status['hr']) == (best['epoch'], best['hr'])
   assert table2_batch256.run_status(str(tmp_path / 'absent'))['epochs_done'] == 0
+
+
+def test_lattice_search_moves_the_choice_off_the_grid_edge():
+  # A unimodal validation surface peaking at (0.9, 0.063), off the initial grid's edge.
+  calls = []
+
+  def valid_hr(point):
+    calls.append(point)
+    return -abs(np.log(point[0] / 0.9)) - abs(np.log(point[1] / 0.063))
+
+  out = baselines.lattice_search(((0.01, 0.007), (0.1, 0.007)), (3.0, 3.0), valid_hr, 20)
+  assert out['chosen'] == (0.9, 0.063) and out['interior']
+  assert len(calls) == len(set(calls)) == len(out['order'])  # each point trained once
+  # Every neighbour of the choice was evaluated and is worse.
+  for n in baselines.neighbours(out['chosen'], (3.0, 3.0)):
+    assert n in out['order'] and valid_hr(n) < valid_hr(out['chosen'])
+  short = baselines.lattice_search(((0.01, 0.007), (0.1, 0.007)), (3.0, 3.0), valid_hr, 1)
+  assert not short['interior'] and len(short['order']) == 3
