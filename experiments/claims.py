@@ -68,6 +68,22 @@ def against_published(a_name: str, a_hr: float, b_name: str, b_hr: float) -> dic
               verdict=f'the published figure is {where} our 95% interval')
 
 
+def over_seeds(a_name: str, a_values, b_name: str, b_values) -> dict:
+  """A's seeds beat B's: Welch's t-test on the per-seed HR@10 (one-sided); the spread over
+  seeds, not over users, is the noise here."""
+  a, b = np.asarray(a_values, np.float64), np.asarray(b_values, np.float64)
+  result = stats.ttest_ind(a, b, equal_var=False, alternative='greater')
+  return dict(kind='over seeds', a=f'{a_name} ({len(a)} seeds)', b=f'{b_name} ({len(b)} seeds)',
+              a_hr=float(a.mean()), b_hr=float(b.mean()), hr_difference=float(a.mean() - b.mean()),
+              p_value=float(result.pvalue),
+              verdict='supported (p < 0.05)' if result.pvalue < 0.05 else
+              f'not significant (p = {result.pvalue:.3f})')
+
+
+def _same_stats(seeds: dict, brief: dict) -> bool:
+  return all(seeds[k] == brief[k] for k in ('hr', 'ndcg'))
+
+
 def paired_from_ranks(a_name: str, a_ranks, b_name: str, b_ranks) -> dict:
   ua, ub = (statistics.per_user_metrics(r, 10) for r in (a_ranks, b_ranks))
   hr = statistics.paired_bootstrap(ua['hit'], ub['hit'])
@@ -125,10 +141,10 @@ def collect(results_dir: str, data_dir: str | None, runs64: str | None,
       unpaired('NeuMF-8 pretrained', t2['neumf-pre-8']['hr'], 'GMF-8', factors['gmf-8']['hr'],
                not_here))
   negatives = _rows(results_dir, 'negatives')
-  for model in ('neumf', 'mlp', 'gmf'):
-    prefix = '' if model == 'neumf' else f'{model}-'
-    add('README, negatives', f'{model.upper()}-8: 4 negatives above 1',
-        unpaired(f'{model}, 4 negatives', negatives[f'{model}-neg4']['hr'],
+  # The README's "rises from (1 negative) to (n negatives)" for each model.
+  for model, n in (('neumf', 4), ('mlp', 10), ('gmf', 9)):
+    add('README, negatives', f'{model.upper()}-8: {n} negatives above 1',
+        unpaired(f'{model}, {n} negatives', negatives[f'{model}-neg{n}']['hr'],
                  f'{model}, 1 negative', negatives[f'{model}-neg1']['hr'], not_here))
   seeds = _rows(results_dir, 'seeds')
   add('README, honest protocol', 'NeuMF-8 with its epoch picked on test above picked on '
@@ -153,10 +169,23 @@ def collect(results_dir: str, data_dir: str | None, runs64: str | None,
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       baselines = json.load(f)
+    hr_of = {e['model']: e['hr'] for e in baselines['baselines']}
     for p in baselines['paired']:
       add('README, baselines (baselines.json)', f"{p['a']} vs {p['b']}",
-          _paired_row(p['a'], p['b'], p['hr'], p['ndcg']))
+          _paired_row(p['a'], p['b'], p['hr'], p['ndcg'], hr_of.get(p['a']), hr_of.get(p['b'])))
     top = baselines['best']
+    if isinstance(top.get('seed_stats'), dict):
+      runs = next(s['runs'] for k, s in baselines['seeds'].items()
+                  if k != 'implicit-als' and _same_stats(s, top['seed_stats']))
+      add('README, baselines', f"the best baseline ({top['model']}) over its seeds vs "
+          'MF-192\'s single runs', over_seeds(f"{top['model']}, per seed",
+                                               [r['hr'] for r in runs], 'MF-192, per seed',
+                                               [r['hr'] for r in best['single_runs']]))
+    if 'implicit-als' in baselines['seeds'] and 'ials' in baselines['seeds']:
+      add('README, baselines', 'iALS-192 over its seeds vs implicit-als over its seeds',
+          over_seeds('iALS-192, per seed', [r['hr'] for r in baselines['seeds']['ials']['runs']],
+                     'implicit-als, per seed',
+                     [r['hr'] for r in baselines['seeds']['implicit-als']['runs']]))
     add('README, baselines', f"the best baseline ({top['model']}) vs MF-192's ensemble",
         unpaired(top['model'], top['hr'], 'MF-192, ensemble of 3 seeds', best['hr'],
                  'the MF-192 runs are not on this machine'))
