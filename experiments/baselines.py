@@ -265,6 +265,15 @@ def ensemble_search(members: list[Evaluated], ranker: Ranker, step: float = 0.1)
                          keep_scores=False)
 
 
+def ensemble_with(weights, members: list[Evaluated], ranker: Ranker) -> Evaluated:
+  """The ensemble of `members` at fixed `weights` (no search)."""
+  scores = sum(w * m.scores for w, m in zip(weights, members) if w > 0)
+  name = 'ensemble(' + ', '.join(f'{w:.1f}·{m.name}' for w, m in zip(weights, members)) + ')'
+  return ranker.evaluate(name, scores, dict(weights=[float(w) for w in weights],
+                                            members=[m.name for m in members]),
+                         keep_scores=False)
+
+
 def seed_interval(values: list[float]) -> dict:
   """Mean and the 95% t-interval over seeds (n >= 2)."""
   from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
@@ -298,9 +307,11 @@ def _json_default(value):
   raise TypeError(type(value))
 
 
-def load_dataset(data_dir: str | None, dataset_name: str, synthetic_users=None):
+def load_dataset(data_dir: str | None, dataset_name: str, synthetic_users=None, seed: int = 0):
+  """The split a run with `seed` trains on: the seed breaks the validation holdout's ties and
+  draws its negatives (test and train ∪ validation are the same for every seed)."""
   config = __import__('ncf_jax.configs.default', fromlist=['get_config']).get_config()
-  config.dataset, config.validation = dataset_name, True
+  config.dataset, config.validation, config.seed = dataset_name, True, seed
   if synthetic_users:
     config.synthetic.num_users = synthetic_users
   if data_dir:
@@ -331,7 +342,13 @@ def _keep_scores_of(chosen: Evaluated, evaluated) -> None:
 
 def _seed_stats(rows: list[dict]) -> dict:
   return {m: seed_interval([row[m] for row in rows])
-          for m in ('hr', 'ndcg', 'full_hr', 'full_ndcg', 'valid_hr')}
+          for m in ('hr', 'ndcg', 'full_hr', 'full_ndcg', 'valid_hr')
+          if all(row.get(m) is not None for row in rows)}
+
+
+def _test_only(row: dict, **extra) -> dict:
+  """A per-seed ensemble's figures without validation ones (see `run`)."""
+  return dict({k: v for k, v in row.items() if not k.startswith('valid_')}, **extra)
 
 
 def _lattice_note(search: dict, names: tuple[str, ...], steps: tuple) -> str:
@@ -346,8 +363,18 @@ def _lattice_note(search: dict, names: tuple[str, ...], steps: tuple) -> str:
 def run(flags_values, reproduce) -> dict:
   """Trains (or resumes) the searches, the seeds, the peer and the ensembles."""
   data_dir, top_k = flags_values.data_dir, 10
-  dataset = load_dataset(data_dir, flags_values.dataset, flags_values.synthetic_users)
+  seeds = _given_seeds(flags_values)
+  dataset = load_dataset(data_dir, flags_values.dataset, flags_values.synthetic_users, seeds[0])
   ranker = Ranker(dataset)
+
+  def split_for(seed: int):
+    """(dataset, ranker) of the split a run with `seed` trained on: its validation figures
+    must come from its own holdout (another seed's validation items may be in its training)."""
+    if seed == seeds[0]:
+      return dataset, ranker
+    other = load_dataset(data_dir, flags_values.dataset, flags_values.synthetic_users, seed)
+    return other, Ranker(other)
+
   num_negatives = dataset.test.negatives.shape[1]
   root = os.path.join(os.path.abspath(flags_values.runs_dir), 'baselines')
   common = dict(dataset=flags_values.dataset, validation=True, full_ranking=False,
@@ -356,7 +383,6 @@ def run(flags_values, reproduce) -> dict:
     common['synthetic_users'] = flags_values.synthetic_users
   if data_dir:
     common['data_dir'] = os.path.abspath(data_dir)
-  seeds = _given_seeds(flags_values)
   grids = SMOKE_GRIDS if flags_values.baselines_grid == 'smoke' else FULL_GRIDS
   factors, budget = grids['factors'], grids['budget']
   ials_common = dict(common, num_factors=factors)
@@ -429,8 +455,9 @@ def run(flags_values, reproduce) -> dict:
   if have_implicit:
     def implicit_point(point, seed=seeds[0]):
       alpha, lam = point
-      w, h, seconds = fit_implicit(dataset, alpha, lam, factors, seed)
-      e = ranker.evaluate('implicit-als', implicit_scores(w, h))
+      split, split_ranker = split_for(seed)
+      w, h, seconds = fit_implicit(split, alpha, lam, factors, seed)
+      e = split_ranker.evaluate('implicit-als', implicit_scores(w, h))
       row = dict(fig(e), alpha=alpha, regularization=lam, seed=seed,
                  iterations=IMPLICIT_ITERATIONS, fit_seconds=seconds)
       print(f'[implicit-als α={alpha:g} λ={lam:g} seed {seed}] valid HR {row["valid_hr"]:.4f}'
@@ -481,20 +508,24 @@ def run(flags_values, reproduce) -> dict:
   rows = {id(e): fig(e) for e in candidates}
   best = max(candidates, key=lambda e: rows[id(e)]['valid_hr'])
 
-  # Every seed of the chosen iALS; each seed's ensembles re-choose their weights on
-  # validation with that seed's iALS in place of the first seed's (EASE is deterministic).
+  # Every seed of the chosen iALS, each evaluated on its own split (validation included).
+  # Each seed's ensembles keep the first seed's weights with that seed's iALS in place of
+  # the first's: the other members (EASE: deterministic) were fit on the first seed's split,
+  # whose training set holds some of another split's validation items, so no later
+  # validation figure of an ensemble is clean, and none is used or reported.
   ials_seed_rows = [ials_best]
-  ensemble_seed_rows = [[dict(fig(e), seed=seeds[0], weights=e.info['weights'])]
+  ensemble_seed_rows = [[_test_only(fig(e), seed=seeds[0], weights=e.info['weights'])]
                         for e in ensembles]
   for seed in seeds[1:]:
     r = ials_run(chosen[0], chosen[1], seed)
     reproduce.execute(r)
-    e = evaluate_workdir(r.workdir, dataset, ranker, f'iALS-{factors}')
+    split, split_ranker = split_for(seed)
+    e = evaluate_workdir(r.workdir, split, split_ranker, f'iALS-{factors}')
     ials_seed_rows.append(dict(fig(e), unobserved_weight=chosen[0], regularization=chosen[1],
                                seed=seed, command=r.command()))
-    for i, member_set in enumerate(member_sets):
-      ens = ensemble_search([member_set[0], e, *member_set[2:]], ranker)
-      ensemble_seed_rows[i].append(dict(fig(ens), seed=seed, weights=ens.info['weights']))
+    for i, (member_set, ens0) in enumerate(zip(member_sets, ensembles)):
+      ens = ensemble_with(ens0.info['weights'], [member_set[0], e, *member_set[2:]], ranker)
+      ensemble_seed_rows[i].append(_test_only(fig(ens), seed=seed, weights=ens.info['weights']))
     e.scores = None
   out['seeds']['ials'] = dict(runs=ials_seed_rows, **_seed_stats(ials_seed_rows))
   for ens, seed_rows in zip(ensembles, ensemble_seed_rows):
@@ -581,7 +612,8 @@ def markdown(out: dict) -> str:
                  f"{e['seeds']} |")
   for name, s in out['seeds'].items():
     lines += ['', f"## {name} over seeds {', '.join(str(r['seed']) for r in s['runs'])} "
-              '(the chosen setting; epoch and weights on validation per seed)', '']
+              '(the chosen setting; each seed on its own split, whose validation holdout the '
+              'seed draws; ensembles: the first seed\'s weights)', '']
     for m in ('hr', 'ndcg', 'full_hr', 'full_ndcg'):
       ci = s[m]['ci95']
       lines.append(f"- {m}: mean {s[m]['mean']:.4f}"
