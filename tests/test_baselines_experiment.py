@@ -47,6 +47,14 @@ def test_smoke_run_writes_baselines_with_intervals(tmp_path):
   best = max(grid, key=lambda r: r['valid_hr'])
   assert entries['EASE']['valid_hr'] == best['valid_hr']
   assert len(details['seeds']['ials']['runs']) == 2
+  # Each seed's validation figure is its run's own (on the holdout its seed drew), as the
+  # run recorded it: evaluating seed 1 on seed 0's holdout would score items it trained on.
+  for row in details['seeds']['ials']['runs']:
+    name = f"ials-a{row['unobserved_weight']:g}-l{row['regularization']:g}"
+    name += '' if row['seed'] == 0 else f"-seed{row['seed']}"
+    records = [json.loads(line) for line in
+               (tmp_path / 'runs' / 'baselines' / name / 'metrics.jsonl').open()]
+    assert row['valid_hr'] == pytest.approx(max(r['valid_hr'] for r in records), abs=1e-9)
   assert details['paired'] and all(0 < p['hr']['p_value'] <= 1 for p in details['paired'])
   assert 'Paired bootstrap' in (tmp_path / 'results' / 'baselines.md').read_text()
 
