@@ -57,14 +57,13 @@ def run_status(workdir: str) -> dict:
               last_hr=records[-1]['hr'], last_ndcg=records[-1]['ndcg'])
 
 
-def add_per_user_intervals(status: dict, data_dir: str) -> None:
+def add_per_user_intervals(status: dict, dataset) -> None:
   """Bootstrap HR and NDCG intervals from each run's best checkpoint, re-evaluated (read
-  only) on the test split; kept only when it reproduces the recorded best HR."""
-  source = stored_intervals.RankSource(None, data_dir)
+  only) on `dataset`'s test split; kept only when it reproduces the recorded best HR."""
   for s in status.values():
     if s['epochs_done'] == 0:
       continue
-    ranks = stored_intervals.workdir_ranks(s['workdir'], source.dataset())
+    ranks = stored_intervals.workdir_ranks(s['workdir'], dataset)
     if abs(float(np.mean(ranks < 10)) - s['hr']) < 1e-9:
       s.update(stored_intervals.intervals_from_ranks(ranks))
 
@@ -80,7 +79,8 @@ def main(argv):
           'pre-64/neumf (pretrained)': os.path.join(FLAGS.runs, 'pre-64', 'neumf')}
   status = {name: run_status(path) for name, path in runs.items()}
   if FLAGS.data_dir:
-    add_per_user_intervals(status, os.path.abspath(FLAGS.data_dir))
+    add_per_user_intervals(
+        status, stored_intervals.RankSource(None, os.path.abspath(FLAGS.data_dir)).dataset())
   lines = ['# Table 2, 64 factors at the paper\'s batch of 256\n',
            f'Runs at commit {commit} (`{FLAGS.runs}`), best epoch picked on test as in the '
            'paper; intervals: 95% bootstrap over 6,040 users, '

@@ -87,3 +87,20 @@ def test_lattice_search_moves_the_choice_off_the_grid_edge():
     assert n in out['order'] and valid_hr(n) < valid_hr(out['chosen'])
   short = baselines.lattice_search(((0.01, 0.007), (0.1, 0.007)), (3.0, 3.0), valid_hr, 1)
   assert not short['interior'] and len(short['order']) == 3
+
+
+def test_table2_batch256_per_user_intervals_from_the_best_checkpoint(tmp_path):
+  from conftest import make_config, train_quietly  # pylint: disable=g-import-not-at-top
+  from experiments import table2_batch256  # pylint: disable=g-import-not-at-top
+  from ncf_jax.data import registry  # pylint: disable=g-import-not-at-top
+  config = make_config(num_epochs=2)
+  train_quietly(config, tmp_path / 'run')
+  status = {'run': table2_batch256.run_status(str(tmp_path / 'run')),
+            'stale': dict(table2_batch256.run_status(str(tmp_path / 'run')), hr=0.0),
+            'absent': table2_batch256.run_status(str(tmp_path / 'absent'))}
+  table2_batch256.add_per_user_intervals(status, registry.load_dataset(config))
+  run = status['run']
+  assert run['hr_ci95'][0] <= run['hr'] <= run['hr_ci95'][1]
+  assert run['ndcg_ci95'][0] <= run['ndcg'] <= run['ndcg_ci95'][1]
+  assert 'ndcg_ci95' not in status['stale']  # the checkpoint is not what the record says
+  assert 'ndcg_ci95' not in status['absent']
