@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import stream
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import statistics
@@ -603,6 +604,9 @@ def markdown(out: dict) -> str:
            '(1,000 resamples, seed 0). corrected HR@10: Krichene & Rendle (2020)\'s BV '
            'estimator (γ = 0.1, uniform prior) from the sampled ranks. full: ranking against '
            'every item the user has not interacted with.\n',
+           stream.stream_line() + ' EASE, iALS and `implicit` ALS draw no training examples '
+           '(they fit the whole interaction matrix), so the stream enters only MF rows, which '
+           '`--mf_workdirs` adds from runs that carry their own stream.\n',
            '| model | HR@10 [95% CI] | NDCG@10 [95% CI] | corrected HR@10 | full HR@10 | '
            'full NDCG@10 | valid HR@10 | selection | seeds |', '|---|---|---|---|---|---|---|---|---|']
   for e in out['baselines']:

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 from experiments import stored_intervals
+from experiments import stream
 from ncf_jax import cli
 from ncf_jax import statistics
 from ncf_jax.data.files import atomic_write_text
@@ -233,6 +234,13 @@ def _fmt(value, digits=4) -> str:
   return f'{value:.{digits}f}'
 
 
+# The claims read figures of several streams; each row's source file names its own.
+CLAIMS_STREAM_LINE = (
+    f'Stream of record: NumPy-rng feeder (`np-rng`), commit {stream.NP_RNG_COMMIT_OF_RECORD} '
+    'for the stored tables and the batch-256 runs; the NeuMF-8 re-run and the baselines are '
+    'stream `NCF1` or draw no examples (each row\'s source file says which).')
+
+
 def markdown(claims: list[dict], command: str) -> str:
   lines = ['# Claims of the form "A beats B" and their tests (HR@10)\n',
            f'Made by `{command}` (see experiments/claims.py for the three kinds of test). '
@@ -240,6 +248,7 @@ def markdown(claims: list[dict], command: str) -> str:
            'bootstrap intervals from the stored hit counts and p ≤ Φ(-z) with z = Δ / '
            'sqrt(se_A² + se_B²) (an upper bound: hits on the same users are positively '
            'correlated). published: whether the published figure lies in our interval.\n',
+           CLAIMS_STREAM_LINE + '\n',
            '| where | claim | A HR@10 [95% CI] | B HR@10 [95% CI] | Δ | p | kind | verdict |',
            '|---|---|---|---|---|---|---|---|']
   for c in claims:
