@@ -96,6 +96,7 @@ _ENTRIES = {
     'ncf_jax.recommend': ('ncf_jax.recommend', 'define_flags', 0, ''),
     'ncf_jax.benchmark': ('ncf_jax.benchmark', 'define_flags', 0, ''),
     'experiments.reproduce': ('experiments.reproduce', 'define_flags', 0, cli.RESUMES_NOTE),
+    'experiments.plots': ('experiments.plots', '_define_flags', 0, ''),
 }
 
 
@@ -144,3 +145,16 @@ def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
   with files.StagedFiles(str(directory)) as staged:
     dataset_lib.stage_ncf_files(staged, dataset, negatives_format)
     staged.commit()
+
+
+# Files whose tests run longest (processes of their own, many epochs), first: pytest-xdist
+# hands tests out in collection order, so the long ones start early and the short ones fill
+# the gaps at the end, and the workers finish together. Whole files move (their module
+# fixtures stay set up once); the rest keep their order.
+LONG_FIRST = ('test_many_devices.py', 'test_resume.py', 'test_reproduce.py', 'test_signals.py',
+              'test_main.py', 'test_checkpoint_layout.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
