@@ -147,12 +147,15 @@ def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
     staged.commit()
 
 
-# Files whose tests run longest (processes of their own, many epochs), first: pytest-xdist
-# hands tests out in collection order, so the long ones start early and the short ones fill
-# the gaps at the end, and the workers finish together. Whole files move (their module
-# fixtures stay set up once); the rest keep their order.
-LONG_FIRST = ('test_many_devices.py', 'test_resume.py', 'test_reproduce.py', 'test_signals.py',
-              'test_main.py', 'test_checkpoint_layout.py')
+# The files whose tests take longest (processes of their own, many epochs; measured with
+# --durations on 2026-12-01), longest first: with `--dist=loadfile` (pyproject.toml) each
+# pytest-xdist worker takes the next whole file when it is nearly done, in collection order,
+# so the long files start early, the short ones fill the gaps at the end, and the two
+# workers finish together. The other files keep their order after these.
+LONG_FIRST = ('test_many_devices.py', 'test_reproduce.py', 'test_resume.py', 'test_signals.py',
+              'test_optimizers.py', 'test_train.py', 'test_models.py', 'test_provenance.py',
+              'test_mlperf.py', 'test_pretrain.py', 'test_main.py', 'test_run_folder_faults.py',
+              'test_recommend_many.py', 'test_recommend.py')
 
 
 def pytest_collection_modifyitems(items):
