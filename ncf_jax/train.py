@@ -165,8 +165,9 @@ def initial_state(experiment: Experiment):
 
   On one device the parameters are drawn eagerly, as they always were, so published
   numbers re-run exactly; on several, one jitted init whose outputs carry the state's
-  shardings creates them (no eager copy is placed first). The two differ in the last bit
-  of a few draws.
+  shardings creates them (no eager copy is placed first; each device draws its own rows of
+  a row-sharded table). Embedding tables are equal on every mesh (`row_init`); the dense
+  layers' draws may differ in the last bit of a few values.
   """
   config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
   seed = experiment.settings.seed
@@ -180,8 +181,9 @@ def initial_state(experiment: Experiment):
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
-    return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
-                   out_shardings=shardings)()
+    with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
+      return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
+                     out_shardings=shardings)()
   return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
@@ -314,7 +316,8 @@ def record_epoch(progress: Progress, record: dict, state) -> None:
   progress.pending = record
 
 
-def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int, dict] | None:
+def _restore_latest(progress: Progress, abstract_state,
+                    tables=()) -> tuple[object, int, dict] | None:
   """(state, epoch, meta) of the newest intact checkpoint the records reach (its epoch at
   most one past the last record); None when there is none.
 
@@ -329,7 +332,8 @@ def _restore_latest(progress: Progress, abstract_state) -> tuple[object, int, di
                  f'{progress.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
   for i, epoch in enumerate(reversed(reachable)):
     try:
-      state, meta = progress.latest.restore(epoch, abstract_state, identity=progress.identity)
+      state, meta = progress.latest.restore(epoch, abstract_state, identity=progress.identity,
+                                            tables=tables)  # re-padded from another mesh
       return state, epoch, meta
     except DamagedCheckpointError as e:
       if i == len(reachable) - 1:
@@ -388,7 +392,7 @@ def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
   progress.history[:] = run.read_metrics()
   saved_config = os.path.isfile(run.file(run_dir_lib.CONFIG))
   progress.identity = run_dir_lib.run_identity(run.read_config() if saved_config else config)
-  resumed = _restore_latest(progress, experiment.abstract_state())
+  resumed = _restore_latest(progress, experiment.abstract_state(), experiment.model.table_specs())
   if resumed is not None:
     state, epoch, meta = resumed
     _reconcile_records(progress, epoch, meta)
