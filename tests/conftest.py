@@ -7,6 +7,7 @@ compile the same small programs again), removed when the session ends.
 
 import atexit
 import contextlib
+import importlib
 import io
 import os
 import shutil
@@ -23,8 +24,10 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COM
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from ncf_jax import cli
 from ncf_jax import run_dir
 from ncf_jax import train
 from ncf_jax.configs import test as test_config
@@ -73,6 +76,60 @@ def run_module(module: str, *args: str, cwd=ROOT, env=None, timeout: float = 300
                         capture_output=True, text=True, timeout=timeout, check=False, **popen)
 
 
+@contextlib.contextmanager
+def entry_flags(define):
+  """`define`'s flags for the block only (absl's registry is global to the process)."""
+  before = set(flags.FLAGS)
+  if define is not None:
+    define()
+  try:
+    yield
+  finally:
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+
+
+# Entry points run in this process by `run_entry`: (module, its flag definer, its positional
+# arguments, what its interrupt line adds), as each module's `cli.run(...)` line has them.
+_ENTRIES = {
+    'ncf_jax.main': ('ncf_jax.main', 'define_flags', 0, cli.RESUMES_NOTE),
+    'ncf_jax.recommend': ('ncf_jax.recommend', 'define_flags', 0, ''),
+    'ncf_jax.benchmark': ('ncf_jax.benchmark', 'define_flags', 0, ''),
+    'experiments.reproduce': ('experiments.reproduce', 'define_flags', 0, cli.RESUMES_NOTE),
+    'experiments.plots': ('experiments.plots', '_define_flags', 0, ''),
+}
+
+
+def run_entry(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+  """`python -m module args...` in this process, as `cli.run` runs it (its flags defined for
+  the call and removed after it, flags parsed, `main` run, any failure made its one line) but
+  without ending the process: the exit code, stdout, and stderr ending in that line. For
+  tests where the process boundary is not what is tested (`run_module` where it is)."""
+  name, define, max_args, note = _ENTRIES[module]
+  entry = importlib.import_module(name)
+  # ml_collections loads every config file as module `config_config` into the same module
+  # object: a name one file defined would outlive it in this process.
+  sys.modules.pop('config_config', None)
+  argv = [module, *args]
+  saved_argv, saved_cwd = sys.argv, os.getcwd()
+  out, err = io.StringIO(), io.StringIO()
+  sys.argv = argv  # ml_collections reads the config overrides from sys.argv
+  try:
+    if cwd is not None:
+      os.chdir(cwd)
+    with entry_flags(getattr(entry, define)), contextlib.redirect_stdout(out), \
+        contextlib.redirect_stderr(err):
+      code, line = cli.run_in_process(entry.main, argv, max_args, note)
+  finally:
+    sys.argv = saved_argv
+    os.chdir(saved_cwd)
+    flags.FLAGS.unparse_flags()
+  stderr = err.getvalue() + (line + '\n' if line is not None else '')
+  result = subprocess.CompletedProcess(argv, code, out.getvalue(), stderr)
+  result.line = line  # the one line of a failure, None on success
+  return result
+
+
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
   """The `error:` lines of a failed command, after checking it failed without a traceback."""
   assert result.returncode != 0, result.stdout
@@ -88,3 +145,22 @@ def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
   with files.StagedFiles(str(directory)) as staged:
     dataset_lib.stage_ncf_files(staged, dataset, negatives_format)
     staged.commit()
+
+
+# The files whose tests take longest (processes of their own, many epochs; measured with
+# --durations on 2026-12-01), longest first: with `--dist=loadfile` (pyproject.toml) each
+# pytest-xdist worker takes the next whole file when it is nearly done, in collection order,
+# so the long files start early, the short ones fill the gaps at the end, and the two
+# workers finish together. The other files keep their order after these.
+# (A worker left with 2 tests takes the next file at once: test_many_devices (2 tests) goes
+# with test_reproduce, and the other 8-device file, test_row_sharded_meshes, to the other.)
+LONG_FIRST = ('test_many_devices.py', 'test_reproduce.py', 'test_row_sharded_meshes.py',
+              'test_resume.py', 'test_signals.py', 'test_optimizers.py', 'test_train.py',
+              'test_models.py', 'test_provenance.py', 'test_mlperf.py', 'test_pretrain.py',
+              'test_main.py', 'test_run_folder_faults.py', 'test_recommend_many.py',
+              'test_recommend.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))

@@ -1,53 +1,28 @@
 """Every command-line and config mistake is one line before any work, with nothing written
-(issue 22, items 8, 12 and 13): the whole entry point runs in this process (`cli.run_in_process`:
-flag parsing, config loading, validation, launch checks), with its flags defined for the test
-and removed after it."""
+(issue 22, items 8, 12 and 13): the whole entry point runs in this process (`run_entry`, through
+`cli.run_in_process`: flag parsing, config loading, validation, launch checks), with its flags
+defined for the call and removed after it."""
 
-import contextlib
 import math
 import os
 import socket
-import sys
 
-from absl import flags
 import pytest
 
-from conftest import ROOT, make_config, run_module, train_quietly
+from conftest import ROOT, make_config, run_entry, run_module, train_quietly
 from ncf_jax import cli
 from ncf_jax import config_checks
 from ncf_jax import ensemble
-from ncf_jax import main as main_lib
 from ncf_jax import train
 from ncf_jax.errors import ConfigError, NonFiniteError
 
 CONFIG = os.path.join(ROOT, 'configs', 'test.py')
 
 
-@contextlib.contextmanager
-def entry_flags(define):
-  """`define`'s flags for the block only (absl's registry is global to the process)."""
-  before = set(flags.FLAGS)
-  define()
-  try:
-    yield
-  finally:
-    for name in set(flags.FLAGS) - before:
-      delattr(flags.FLAGS, name)
-
-
 def run_main(*args: str) -> tuple[int, str | None]:
   """`python -m ncf_jax.main ARGS` in this process: (exit code, its one line)."""
-  # ml_collections loads every config file as module `config_config` into the same module
-  # object: a name one file defined would outlive it in this process.
-  sys.modules.pop('config_config', None)
-  argv = ['ncf_jax.main', *args]
-  saved = sys.argv
-  sys.argv = argv  # ml_collections reads the config overrides from sys.argv
-  try:
-    with entry_flags(main_lib.define_flags):
-      return cli.run_in_process(main_lib.main, argv, interrupted_note=cli.RESUMES_NOTE)
-  finally:
-    sys.argv = saved
+  result = run_entry('ncf_jax.main', *args)
+  return result.returncode, result.line
 
 
 @pytest.fixture
@@ -93,9 +68,7 @@ def test_config_file_mistakes_are_one_usage_line(empty_cwd, tmp_path_factory):
 def test_space_form_of_config_finds_the_shipped_file_and_runs_its_checks(empty_cwd):
   # `--config configs/test.py` from a folder without configs/: the shipped file, and its
   # values checked before any folder exists.
-  # (A process of its own: absl registers config overrides once per process.)
-  result = run_module('ncf_jax.main', '--config', 'configs/test.py', '--config.seed=-1',
-                      cwd=empty_cwd, timeout=120)
+  result = run_entry('ncf_jax.main', '--config', 'configs/test.py', '--config.seed=-1')
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == ['error: config.seed=-1: must be >= 0']
   assert os.listdir(empty_cwd) == []
@@ -185,8 +158,8 @@ def test_ensemble_refuses_top_k_zero():
 
 
 def test_benchmark_flag_mistakes_are_one_line_and_make_no_folder(tmp_path):
-  # benchmark's flags (--data_dir, --out) share names with other commands' flags: a process
-  # of its own keeps them apart.
+  # benchmark's flags (--data_dir, --out) share names with other commands' flags: defined for
+  # each call only (`run_entry`).
   cases = {
       ('--sections=bogus,train',): '--sections=bogus,train: unknown bogus; choose from sampler, '
                                    'train, eval, epoch, accuracy, ml-20m, devices, lookup, '
@@ -196,7 +169,7 @@ def test_benchmark_flag_mistakes_are_one_line_and_make_no_folder(tmp_path):
                                              f'{tmp_path}/missing: no such directory',
   }
   for args, message in cases.items():
-    result = run_module('ncf_jax.benchmark', *args, cwd=tmp_path, timeout=120)
+    result = run_entry('ncf_jax.benchmark', *args, cwd=tmp_path)
     assert result.returncode == cli.USAGE_EXIT, result.stderr
     assert result.stderr.strip().splitlines() == [_usage(message)]
   assert os.listdir(tmp_path) == []
@@ -209,9 +182,9 @@ def test_data_prepare_usage_mistake_is_one_line(tmp_path):
 
 
 def test_reproduce_with_a_bad_data_dir_leaves_no_runs_folder(tmp_path):
-  result = run_module('experiments.reproduce', '--experiment=table2', '--factors=8',
-                      f'--data_dir={tmp_path}/nowhere', f'--runs_dir={tmp_path}/runs',
-                      f'--results_dir={tmp_path}/results', cwd=ROOT, timeout=300)
+  result = run_entry('experiments.reproduce', '--experiment=table2', '--factors=8',
+                     f'--data_dir={tmp_path}/nowhere', f'--runs_dir={tmp_path}/runs',
+                     f'--results_dir={tmp_path}/results', cwd=ROOT)
   assert result.returncode == 1, result.stderr
   assert result.stderr.strip().splitlines() == [f'error: {tmp_path}/nowhere: no such directory']
   assert os.listdir(tmp_path) == []

@@ -1,9 +1,19 @@
 """`--help` exits 0 for every entry point, and lists the config fields with their defaults
-and a one-line meaning."""
+and a one-line meaning.
+
+Each entry point runs as `python -m MODULE --help` runs it (`runpy`, as `__main__`), all of
+them in one process of their own (one interpreter and JAX start, not one per command): the
+exit code, stdout and stderr of each command are recorded, and its flags removed before the
+next command defines its own."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_module
+from conftest import ROOT
 from ncf_jax import help_text
 from ncf_jax.configs import default
 
@@ -11,24 +21,65 @@ ENTRY_POINTS = ('ncf_jax.main', 'ncf_jax.data', 'ncf_jax.recommend', 'ncf_jax.en
                 'ncf_jax.pipeline', 'ncf_jax.export', 'ncf_jax.benchmark',
                 'experiments.reproduce')
 TAKES_CONFIG = ('ncf_jax.main', 'ncf_jax.recommend', 'ncf_jax.pipeline')
+MF_CONFIG_HELP = ('ncf_jax.main', '--help', '--config=configs/mf.py')
+
+# Runs each command of a JSON list of argv's as `python -m` would; prints one JSON object
+# {argv joined by spaces: [exit code, stdout, stderr]}.
+_EACH_COMMAND = r'''
+import contextlib, io, json, runpy, sys, traceback
+from absl import flags
+results = {}
+for argv in json.loads(sys.argv[1]):
+  before = set(flags.FLAGS)
+  out, err = io.StringIO(), io.StringIO()
+  sys.argv = list(argv)
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      runpy.run_module(argv[0], run_name='__main__', alter_sys=True)
+      code = 'returned without exiting'
+    except SystemExit as e:
+      code = 0 if e.code is None else e.code
+    except BaseException:  # pylint: disable=broad-except
+      traceback.print_exc()
+      code = 'raised'
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
+  flags.FLAGS.unparse_flags()
+  results[' '.join(argv)] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(results))
+'''
+
+
+@pytest.fixture(scope='module')
+def helps() -> dict[str, tuple]:
+  """{command line: (exit code, stdout, stderr)} of every entry point's --help, and of
+  `ncf_jax.main --help --config=configs/mf.py`."""
+  commands = [[module, '--help'] for module in ENTRY_POINTS] + [list(MF_CONFIG_HELP)]
+  done = subprocess.run([sys.executable, '-c', _EACH_COMMAND, json.dumps(commands)], cwd=ROOT,
+                        env=dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise'),
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads(done.stdout.strip().splitlines()[-1])
+  assert len(results) == len(commands)
+  return {command: tuple(result) for command, result in results.items()}
 
 
 @pytest.mark.parametrize('module', ENTRY_POINTS)
-def test_help_exits_zero(module):
-  result = run_module(module, '--help', timeout=120)
-  assert result.returncode == 0, result.stderr
-  assert 'Traceback' not in result.stderr
-  assert result.stdout.strip() and 'flags:' in result.stdout
+def test_help_exits_zero(helps, module):
+  code, stdout, stderr = helps[f'{module} --help']
+  assert code == 0, stderr
+  assert 'Traceback' not in stderr
+  assert stdout.strip() and 'flags:' in stdout
   if module in TAKES_CONFIG:
-    assert '  --config.num_factors=8\n      predictive factors' in result.stdout
-    assert '  --config.layers="()"\n' in result.stdout
+    assert '  --config.num_factors=8\n      predictive factors' in stdout
+    assert '  --config.layers="()"\n' in stdout
 
 
-def test_help_shows_the_given_configs_values():
-  result = run_module('ncf_jax.main', '--help', '--config=configs/mf.py', timeout=120)
-  assert result.returncode == 0, result.stderr
-  assert 'defaults of ' in result.stdout and 'configs/mf.py' in result.stdout
-  assert '--config.model=mf\n' in result.stdout
+def test_help_shows_the_given_configs_values(helps):
+  code, stdout, stderr = helps[' '.join(MF_CONFIG_HELP)]
+  assert code == 0, stderr
+  assert 'defaults of ' in stdout and 'configs/mf.py' in stdout
+  assert '--config.model=mf\n' in stdout
 
 
 def _flat(tree, prefix=''):

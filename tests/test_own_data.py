@@ -4,7 +4,7 @@ recommendations by original id, from Python and from the command line (with titl
 import numpy as np
 import pytest
 
-from conftest import error_lines, run_module, train_quietly
+from conftest import error_lines, run_entry, run_module, train_quietly
 from conftest import make_config
 from ncf_jax.data import id_maps
 from ncf_jax.recommend import Recommender
@@ -69,6 +69,6 @@ def test_recommend_command_prints_original_ids_and_titles(prepared_run):
 
 def test_unknown_original_user_is_one_line(prepared_run):
   root, _, _ = prepared_run
-  errors = error_lines(run_module('ncf_jax.recommend', f'--workdir={root / "run"}',
-                                  '--user=lost 1'))  # dropped by data prepare: too few items
+  errors = error_lines(run_entry('ncf_jax.recommend', f'--workdir={root / "run"}',
+                                 '--user=lost 1'))  # dropped by data prepare: too few items
   assert len(errors) == 1 and "user 'lost 1': not in the dataset" in errors[0]

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip('matplotlib')
 
+from conftest import run_entry  # noqa: E402
 from experiments import plots  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +135,7 @@ def test_a_missing_key_names_the_file_and_the_key(tmp_path, experiment, drop, ke
   assert not [n for n in os.listdir(results / 'results') if n.endswith('.tmp')]
 
 
-def test_command_line_prints_the_paths_and_asks_for_matplotlib(results):
+def test_command_line_prints_the_paths_and_asks_for_matplotlib(results, monkeypatch):
   results_dir = str(results / 'results')
   done = subprocess.run([sys.executable, '-m', 'experiments.plots', f'--results_dir={results_dir}',
                          f'--repo_root={results}'], cwd=REPO, capture_output=True, text=True,
@@ -142,9 +143,8 @@ def test_command_line_prints_the_paths_and_asks_for_matplotlib(results):
   assert done.returncode == 0, done.stderr[-2000:]
   names = ['factors', 'curves', 'negatives', 'table3', 'table2']
   assert done.stdout.split() == [os.path.join(results_dir, f'{n}.png') for n in names]
-  without = subprocess.run(
-      [sys.executable, '-c', "import runpy, sys; sys.modules['matplotlib'] = None; "
-       "sys.argv = ['plots']; runpy.run_module('experiments.plots', run_name='__main__')"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+  # Without matplotlib (an import of it fails): in this process, the same entry point.
+  monkeypatch.setitem(sys.modules, 'matplotlib', None)
+  without = run_entry('experiments.plots', cwd=REPO)
   assert without.returncode == 1
   assert without.stderr.strip() == f'error: {plots.MISSING_MATPLOTLIB}'

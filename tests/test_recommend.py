@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_config, run_module, train_quietly
+from conftest import make_config, run_entry, train_quietly
 from ncf_jax import recommend
 from ncf_jax.data import registry
 from ncf_jax.errors import NcfError
@@ -86,7 +86,8 @@ def test_unknown_ids_raise_one_line(trained, call, match):
 
 
 def _cli(workdir, *flags):
-  return run_module('ncf_jax.recommend', f'--workdir={workdir}', *flags)
+  """The command in this process (`test_own_data` runs it as a process of its own)."""
+  return run_entry('ncf_jax.recommend', f'--workdir={workdir}', *flags)
 
 
 def test_cli_prints_k_lines_and_one_line_errors(trained, tmp_path):

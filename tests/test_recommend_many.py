@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import error_lines, run_module
+from conftest import error_lines, run_entry
 from ncf_jax import recommend
 from ncf_jax.data import registry
 from ncf_jax.errors import NcfError
@@ -98,8 +98,8 @@ def test_users_file_command_writes_the_csv(prepared_run, rec, tmp_path):
   path = tmp_path / 'users.txt'
   path.write_text(''.join(f'{u}\n' for u in users))
   out = tmp_path / 'recs.csv'
-  result = run_module('ncf_jax.recommend', f'--workdir={root / "run"}', f'--users_file={path}',
-                      '--k=4', f'--out={out}')
+  result = run_entry('ncf_jax.recommend', f'--workdir={root / "run"}', f'--users_file={path}',
+                     '--k=4', f'--out={out}')
   assert result.returncode == 0, result.stderr
   with open(out, newline='', encoding='utf-8') as f:
     rows = list(csv.reader(f))
@@ -116,13 +116,13 @@ def test_users_file_command_writes_the_csv(prepared_run, rec, tmp_path):
 
   path.write_text(f'{users[0]}\nnobody\n')
   out.unlink()
-  result = run_module('ncf_jax.recommend', f'--workdir={root / "run"}', f'--users_file={path}',
-                      f'--out={out}')
+  result = run_entry('ncf_jax.recommend', f'--workdir={root / "run"}', f'--users_file={path}',
+                     f'--out={out}')
   assert error_lines(result) == [f"error: {path}:2: unknown user id 'nobody' "
                                  '(--skip_unknown to skip such lines)']
   assert not out.exists()
-  result = run_module('ncf_jax.recommend', f'--workdir={root / "run"}', f'--users_file={path}',
-                      f'--out={out}', '--skip_unknown')
+  result = run_entry('ncf_jax.recommend', f'--workdir={root / "run"}', f'--users_file={path}',
+                     f'--out={out}', '--skip_unknown')
   assert result.returncode == 0, result.stderr
   assert 'skipped 1 unknown user id(s)' in result.stderr and 'line 2' in result.stderr
   assert len(out.read_text().splitlines()) == 1 + 10

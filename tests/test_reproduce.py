@@ -1,13 +1,14 @@
-"""The experiment runner: plans, runs, resumes, and writes its tables (smoke run on synthetic)."""
+"""The experiment runner: plans, runs, resumes, and writes its tables (smoke run on synthetic).
+The command runs in this process (`run_entry`): what it trains is what is tested, not its
+process (`test_help` runs it as one; `test_faults_cli` its one-line failure)."""
 
 import json
 import os
-import subprocess
-import sys
 
 from absl import flags
 import pytest
 
+from conftest import entry_flags, run_entry
 from experiments import reproduce
 from ncf_jax import ensemble
 
@@ -21,10 +22,9 @@ def test_mlp_layers_halve_down_to_the_factors():
 
 
 def _reproduce(tmp_path, *args):
-  command = [sys.executable, '-m', 'experiments.reproduce', '--dataset=synthetic',
-             '--synthetic_users=300', '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
-             f'--results_dir={tmp_path / "results"}', *args]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = run_entry('experiments.reproduce', '--dataset=synthetic', '--synthetic_users=300',
+                     '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
+                     f'--results_dir={tmp_path / "results"}', *args, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   return result.stdout
 
@@ -32,8 +32,6 @@ def _reproduce(tmp_path, *args):
 @pytest.fixture
 def dry_run(tmp_path):
   """The command lines `reproduce --dry_run` prints, planned in-process (flags parsed here)."""
-  if 'experiment' not in flags.FLAGS:
-    reproduce.define_flags()
 
   def commands(*args):
     flags.FLAGS.unparse_flags()
@@ -42,7 +40,8 @@ def dry_run(tmp_path):
                  *args])
     return [run.command() for run in reproduce.plan(flags.FLAGS.experiment)]
 
-  yield commands
+  with entry_flags(reproduce.define_flags):
+    yield commands
   flags.FLAGS.unparse_flags()
 
 

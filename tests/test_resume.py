@@ -1,5 +1,7 @@
 """Resuming: interrupted runs (cleanly or by SIGKILL) end where uninterrupted ones do;
-checkpoints that do not fit or are damaged fail in one line naming the path."""
+checkpoints that do not fit or are damaged fail in one line naming the path. The runs that
+are killed or interrupted are processes of their own; the commands that resume them, or are
+refused, run in this process (`run_entry`)."""
 
 import os
 import shutil
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, error_lines, numbers as _numbers, read_records as _records
-from conftest import make_config as _config, run_module, train_quietly as _train
+from conftest import make_config as _config, run_entry, train_quietly as _train
 from ncf_jax import run_dir
 from ncf_jax import trained_run
 from ncf_jax import train
@@ -26,10 +28,6 @@ BIG_FLAGS = {'batch_size': 64, 'steps_per_dispatch': 32, 'num_epochs': 3}
 
 def _cli_args(workdir, *extra):
   return ['--config=configs/test.py', f'--workdir={workdir}', *extra]
-
-
-def _cli(workdir, *extra):
-  return [sys.executable, '-m', 'ncf_jax.main', *_cli_args(workdir, *extra)]
 
 
 def _big_args(workdir, *extra):
@@ -104,8 +102,7 @@ def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(tmp_path, big_
   process.send_signal(signal.SIGKILL)  # inside epoch 2's training (or epoch 1's save)
   process.communicate()
   assert max(r['epoch'] for r in _records(killed)) < BIG_FLAGS['num_epochs']
-  restarted = subprocess.run(_big_cli(killed), cwd=ROOT, env=_env(), capture_output=True,
-                             text=True, timeout=300, check=False)
+  restarted = run_entry('ncf_jax.main', *_big_args(killed))
   assert restarted.returncode == 0, restarted.stderr
   assert 'resuming after epoch' in restarted.stdout
   assert _numbers(killed) == big_reference
@@ -115,7 +112,7 @@ def test_one_writer_per_workdir_and_a_killed_writer_leaves_no_lock(tmp_path):
   workdir = tmp_path / 'run'
   first = _start_and_wait_for_epoch_1(workdir, '--config.num_epochs=100000')
   try:
-    second = run_module('ncf_jax.main', *_big_args(workdir), timeout=120)
+    second = run_entry('ncf_jax.main', *_big_args(workdir))
     assert error_lines(second) == [
         f'error: {workdir}: another run is training into this workdir (pid {first.pid}); '
         'wait for it to end or use another --workdir']
@@ -125,7 +122,7 @@ def test_one_writer_per_workdir_and_a_killed_writer_leaves_no_lock(tmp_path):
     first.communicate()
   epochs = [r['epoch'] for r in _records(workdir)]
   assert epochs == list(range(len(epochs)))  # one writer: each epoch once, in order
-  again = run_module('ncf_jax.main', *_big_args(workdir, '--config.num_epochs=1'))
+  again = run_entry('ncf_jax.main', *_big_args(workdir, '--config.num_epochs=1'))
   assert again.returncode == 0, again.stderr
   assert 'resuming after epoch' in again.stdout
 
@@ -142,8 +139,7 @@ def test_interrupt_ends_in_one_line_and_the_same_command_resumes(tmp_path, big_r
   assert err.strip().splitlines()[-1] == (f'error: interrupted ({name}); the same command '
                                           'resumes after the last saved epoch')
   _no_half_written_checkpoints(workdir)
-  restarted = subprocess.run(_big_cli(workdir), cwd=ROOT, env=_env(), capture_output=True,
-                             text=True, timeout=300, check=False)
+  restarted = run_entry('ncf_jax.main', *_big_args(workdir))
   assert restarted.returncode == 0, restarted.stderr
   assert _numbers(workdir) == big_reference
 
@@ -219,7 +215,7 @@ def test_damaged_best_checkpoint_is_a_one_line_error_naming_it(trained, tmp_path
   with pytest.raises(CheckpointError, match=f'^{workdir}/checkpoints/latest/{best}: '):
     trained_run.load_best(str(workdir))
   if how == DAMAGE[0]:  # the command's one line and exit code, once
-    errors = error_lines(run_module('ncf_jax.recommend', f'--workdir={workdir}', '--user=1'))
+    errors = error_lines(run_entry('ncf_jax.recommend', f'--workdir={workdir}', '--user=1'))
     assert len(errors) == 1 and f'checkpoints/latest/{best}: ' in errors[0]
 
 
@@ -235,8 +231,8 @@ def test_diverged_run_stops_saves_nothing_nonfinite_and_resumes_with_a_smaller_r
 
 
 def test_diverged_run_is_one_line_and_a_nonzero_exit(tmp_path):
-  done = run_module('ncf_jax.main', *_cli_args(tmp_path, '--config.optimizer=sgd',
-                                               '--config.learning_rate=1000'))
+  done = run_entry('ncf_jax.main', *_cli_args(tmp_path, '--config.optimizer=sgd',
+                                              '--config.learning_rate=1000'))
   errors = error_lines(done)
   assert len(errors) == 1 and errors[0].startswith('error: epoch 1: training diverged')
 

@@ -57,34 +57,34 @@ def _interrupt(process: subprocess.Popen, sig: int, delay: float, after: str | N
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('finished') / 'run'
-  train_quietly(make_config(num_epochs=2), workdir)
+  train_quietly(make_config(num_epochs=1), workdir)
   return workdir
 
 
 # (anchor, seconds): after the handler is installed (imports, flags, data), or after the line
-# naming the dataset, which comes just before the restore, compilation and training.
+# naming the dataset, which comes just before the restore, compilation and training. One test
+# per moment, so that the two pytest-xdist workers share them.
 BUILT = 'synthetic:'
-OFFSETS = {signal.SIGTERM: ((None, 0.0), (None, 1.5), (BUILT, 0.0), (BUILT, 0.1), (BUILT, 0.3),
-                            (BUILT, 0.8)),
-           signal.SIGINT: ((None, 0.5), (BUILT, 0.2))}
+MOMENTS = [(signal.SIGTERM, None, 0.0), (signal.SIGTERM, None, 1.5), (signal.SIGTERM, BUILT, 0.0),
+           (signal.SIGTERM, BUILT, 0.1), (signal.SIGTERM, BUILT, 0.3), (signal.SIGTERM, BUILT, 0.8),
+           (signal.SIGINT, None, 0.5), (signal.SIGINT, BUILT, 0.2)]
 
 
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_at_any_moment_of_a_resume_ends_in_one_line(tmp_path, finished_run, sig):
+@pytest.mark.parametrize('sig,anchor,delay', MOMENTS)
+def test_a_signal_at_any_moment_of_a_resume_ends_in_one_line(tmp_path, finished_run, sig, anchor,
+                                                             delay):
   name = 'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'
-  phases = []
-  for i, (anchor, delay) in enumerate(OFFSETS[sig]):
-    workdir = tmp_path / f'run{i}'
-    shutil.copytree(finished_run, workdir)
-    process = _start(['-m', 'ncf_jax.main', '--config=configs/test.py',
-                      '--config.num_epochs=3', f'--workdir={workdir}'], ROOT)
-    code, lines, out = _interrupt(process, sig, delay, anchor)
-    assert code == 128 + sig, (anchor, delay, lines)
-    assert lines in ([f'error: interrupted ({name}); {RESUME_NOTE}'],
-                     [f'error: interrupted ({name}) as the command finished (its work is '
-                      'complete)']), (anchor, delay, lines)
-    phases.append(out.strip().splitlines()[-1][:30] if out.strip() else '(nothing printed)')
-  print('last stdout line at each offset:', phases)  # where the signal landed (-s shows it)
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  process = _start(['-m', 'ncf_jax.main', '--config=configs/test.py',
+                    '--config.num_epochs=2', f'--workdir={workdir}'], ROOT)
+  code, lines, out = _interrupt(process, sig, delay, anchor)
+  assert code == 128 + sig, (anchor, delay, lines)
+  assert lines in ([f'error: interrupted ({name}); {RESUME_NOTE}'],
+                   [f'error: interrupted ({name}) as the command finished (its work is '
+                    'complete)']), (anchor, delay, lines)
+  # Where the signal landed (-s shows it).
+  print('last stdout line:', out.strip().splitlines()[-1][:30] if out.strip() else '(nothing)')
 
 
 def test_an_interrupted_data_prepare_writes_nothing_and_says_so(tmp_path):
