@@ -328,7 +328,7 @@ class FullRankingEvaluator:
     layout = self.layout or sharding.single_device_layout()
     width = max(64, self.model.pair_width)  # the widest per-pair activation of full ranking
     rows = len(self.heldout)
-    routed = (row_sharded.has_row_sharded(self.model.table_specs())
+    routed = (row_sharded.has_row_sharded(getattr(self.model, 'table_specs', tuple)())
               and hasattr(self.model, 'score_matrix_rows'))
     scored = (items_per_device(self.model, self.num_items, layout.num_devices) if routed
               else self.num_items)  # items each device scores per user
