@@ -79,16 +79,17 @@ def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
   bytes of tables (and their optimizer state) each device holds; nothing is allocated.
   With `init_memory`, also the compiled temporary bytes of the sharded initialisation."""
   from ncf_jax import models, optimizers, row_sharded, sharding  # pylint: disable=g-import-not-at-top
-  from ncf_jax import train_step  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings, train_step  # pylint: disable=g-import-not-at-top
   devices = devices if devices is not None else jax.devices()
   layout = sharding.Layout(Mesh(np.array(devices[:num_devices]), (sharding.DATA,)),
                            config.embedding_sharding)
-  model = models.create_model(config, num_users, num_items, num_devices)
-  optimizer = optimizers.create_optimizer(config)
+  model = models.create_model(run_settings.model_settings(config), num_users, num_items,
+                              num_devices)
+  optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   specs = model.table_specs()
   abstract = train_step.abstract_state(model, optimizer)
   shardings = layout.state_shardings(abstract, specs)
-  regularization = train_step.Regularization.from_config(config)
+  regularization = run_settings.regularization(config)
   batch_sharding = NamedSharding(layout.mesh, P(sharding.DATA))
   batch = {k: jax.ShapeDtypeStruct((config.batch_size,), jnp.int32 if k in ('users', 'items')
                                    else jnp.float32, sharding=batch_sharding)

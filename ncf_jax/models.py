@@ -17,6 +17,7 @@ Parameter trees are laid out so that pretrained towers drop into NeuMF:
 A new model: a module satisfying `ScoringModel`, an entry in `MODELS`, a config, a test.
 """
 
+import dataclasses
 from typing import Any, ClassVar, Protocol, Sequence
 
 import flax.linen as nn
@@ -302,20 +303,29 @@ def default_layers(num_factors: int) -> tuple[int, ...]:
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def create_model(config, num_users: int, num_items: int, num_devices: int = 1) -> ScoringModel:
-  """The model `config.model` names, sized for the dataset, its tables planned for
-  `num_devices` devices (a validated config)."""
-  layers = tuple(int(w) for w in config.layers) or default_layers(int(config.num_factors))
-  # Workdirs written before these fields existed used the original's 0.01, float32 and
-  # unpadded (replicated) tables.
-  stddev = float(config.get('embedding_stddev', 0.01))
-  model = MODELS[config.model]
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """What `create_model` builds, besides the data's sizes (run_settings reads it from a config)."""
+  name: str  # a key of MODELS
+  num_factors: int
+  layers: tuple[int, ...] = ()  # the MLP tower; empty: default_layers(num_factors)
+  embedding_stddev: float = 0.01
+  embedding_sharding: str = 'replicated'  # auto | replicated | rows
+  compute_dtype: str = 'float32'  # a key of COMPUTE_DTYPES
+
+
+def create_model(settings: ModelSettings, num_users: int, num_items: int,
+                 num_devices: int = 1) -> ScoringModel:
+  """The model `settings.name` names, sized for the dataset, its tables planned for
+  `num_devices` devices."""
+  layers = tuple(settings.layers) or default_layers(settings.num_factors)
+  model = MODELS[settings.name]
   towers = dict(layers=layers) if 'layers' in model.__dataclass_fields__ else {}  # MF has none
-  return model(num_users=num_users, num_items=num_items, num_factors=int(config.num_factors),
-               embedding_stddev=stddev,
-               embedding_sharding=config.get('embedding_sharding', 'replicated'),
+  return model(num_users=num_users, num_items=num_items, num_factors=settings.num_factors,
+               embedding_stddev=settings.embedding_stddev,
+               embedding_sharding=settings.embedding_sharding,
                num_devices=int(num_devices),
-               dtype=COMPUTE_DTYPES[config.get('compute_dtype', 'float32')], **towers)
+               dtype=COMPUTE_DTYPES[settings.compute_dtype], **towers)
 
 
 def init_params(model: ScoringModel, seed: int) -> dict:

@@ -29,6 +29,7 @@ LAYERS = [
     ('models', 'als_fit'),  # als_fit: iALS / EASE fitted in place of training
     ('optimizers',),
     ('train_step', 'batch_source', 'checkpoints', 'shard_digests', 'config_checks'),
+    ('run_settings',),  # the one reading of a config: plain settings for everything below
     ('row_sharded',),  # the step and lookups of row-sharded tables under shard_map
     ('evaluation',),  # its full ranking uses the routed lookup of row_sharded
     ('run_dir',),  # the run folder's files
