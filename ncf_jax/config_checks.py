@@ -1,7 +1,8 @@
 """Configuration validation: the one place that decides whether a config can run.
 
 `validate(config)` raises ConfigError naming the first field whose value cannot
-work; the factories (`create_model`, `create_optimizer`, ...) then trust it.
+work; `run_settings.read` calls it first, and the factories (`create_model`,
+`create_optimizer`, ...) then trust the settings read from it.
 """
 
 import math

@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: a training run in a few named steps, callable from a
 notebook.
 
-  build         the dataset, model, optimizer and evaluators a config names
+  build         the dataset, model, optimizer and evaluators of the run's settings
+                (`run_settings.read(config)`: the one reading of the config)
   start         a fresh state evaluated at epoch 0, or the state of the last intact checkpoint
   train_epoch   one epoch of compiled chunks of steps; one host sync at its end
   evaluate      test (and validation, full ranking) metrics of the params
