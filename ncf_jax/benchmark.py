@@ -84,6 +84,8 @@ def define_flags() -> None:
   flags.DEFINE_string('compute_dtype', 'float32', 'Compute dtype of the communication section.')
   flags.DEFINE_bool('init_memory', False, 'Communication section: also compile the sharded '
                     'initialisation and report its temporary bytes per device.')
+  flags.DEFINE_integer('full_ranking_users', 0, 'Communication section: also compile full '
+                       'ranking of this many held-out users and list its collectives (0: no).')
   flags.DEFINE_enum('shape', 'ml-20m', ['ml-1m', 'ml-20m'], 'Synthetic data shape of the input '
                     'sections (scaled by --ml20m_scale).')
 
@@ -147,8 +149,9 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
   optimizer_ = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
                                      model.table_specs())
-  state = jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer_, model),
-                  out_shardings=shardings)()
+  with jax.set_mesh(layout.mesh):  # as train.initial_state: each device draws its rows
+    state = jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer_,
+                                                  model), out_shardings=shardings)()
   make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
                 else train_step.make_train_chunk)
   chunk_fn = make_chunk(model, optimizer_, run_settings.regularization(config), layout,
@@ -380,6 +383,10 @@ def bench_communication() -> dict:
   t0 = time.perf_counter()
   step = communication.measure_train_step(config, FLAGS.num_users, FLAGS.num_items,
                                           FLAGS.num_devices, devices, FLAGS.init_memory)
+  if FLAGS.full_ranking_users:
+    step['full_ranking'] = communication.measure_full_ranking(
+        config, FLAGS.num_users, FLAGS.num_items, FLAGS.num_devices, FLAGS.full_ranking_users,
+        devices)
   return dict(model=FLAGS.model, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
               num_users=FLAGS.num_users, num_items=FLAGS.num_items,
               num_factors=FLAGS.num_factors, layers=[int(w) for w in FLAGS.layers],

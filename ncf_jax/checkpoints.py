@@ -20,6 +20,7 @@ and the contents against the digests, on any mesh. Readers restore the parameter
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -28,6 +29,7 @@ import shutil
 import signal
 import sys
 import threading
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -125,8 +127,35 @@ def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
           for p, x in leaves}
 
 
-def check_tree_matches(expected, found, where: str) -> None:
-  """Raises CheckpointError naming the first path whose presence or shape differs."""
+def padding_rows(tree, tables: Sequence = ()) -> dict[str, int]:
+  """{array name: real rows} of every array of `tree` that is one of `tables` (TableSpecs)
+  or an optimizer slot of one (a leaf under a path containing the table's, with its
+  rows): the rows beyond the real ones are padding, which another mesh pads differently
+  (`tables.row_multiple`)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    names, shape = _path_names(path), tuple(np.shape(leaf))
+    for spec in tables:
+      inside = any(names[i:i + len(spec.path)] == tuple(spec.path)
+                   for i in range(len(names) - len(spec.path) + 1))
+      if shape and inside and shape[0] == spec.shape[0]:
+        out['/'.join(names)] = spec.rows
+  return out
+
+
+def _repadded(want: tuple, have: tuple, real_rows: int | None) -> bool:
+  """Whether a stored array of shape `have` restores into `want` by re-padding: the same
+  but for the padding rows, both holding every real row."""
+  return (real_rows is not None and len(want) == len(have) >= 1 and want[1:] == have[1:]
+          and min(want[0], have[0]) >= real_rows)
+
+
+def check_tree_matches(expected, found, where: str,
+                       real_rows: dict[str, int] | None = None) -> bool:
+  """Raises CheckpointError naming the first path whose presence or shape differs (arrays
+  named in `real_rows` may differ in padding rows); returns whether any does."""
+  real_rows = real_rows or {}
+  repad = False
   want, have = _shapes(expected), _shapes(found)
   # Parameters first: their names say more than the optimizer slots that mirror them.
   for path in sorted(set(want) | set(have), key=lambda p: (p[:1] != ('params',), p)):
@@ -136,8 +165,12 @@ def check_tree_matches(expected, found, where: str) -> None:
     if path not in want:
       raise CheckpointError(f'{where}: unexpected parameter {name} (shape {have[path]})')
     if want[path] != have[path]:
+      if _repadded(want[path], have[path], real_rows.get(name)):
+        repad = True
+        continue
       raise CheckpointError(f'{where}: parameter {name} has shape {have[path]}, '
                             f'expected {want[path]}')
+  return repad
 
 
 
@@ -356,28 +389,36 @@ class CheckpointDir:
       raise DamagedCheckpointError(f'{where}: damaged checkpoint ({conflict})')
     return merged
 
-  def _verify(self, epoch: int, tree, legacy: dict | None = None) -> None:
+  def _verify(self, epoch: int, tree, legacy: dict | None = None,
+              real_rows: dict | None = None) -> None:
     recorded = self._recorded_digests(epoch, legacy, tree)
     copies = shard_digests.host_copies(tree, writer=False)
     if legacy is not None:  # format 1: the arrays its record can vouch for
       copies = [c for c in copies if c.name in recorded]
-    mismatch = shard_digests.first_mismatch(recorded, copies)
+    mismatch = shard_digests.first_mismatch(recorded, copies, real_rows)
     if mismatch is not None:
       raise DamagedCheckpointError(
           f'{self.where(epoch)}: damaged checkpoint (the contents of {mismatch} do not match '
           'the digest recorded when it was saved)')
 
-  def restore(self, epoch: int, abstract_state, identity: str | None = None):
+  def restore(self, epoch: int, abstract_state, identity: str | None = None,
+              tables: Sequence = ()):
     """(state, meta) of `epoch`, checked against `abstract_state` (shapes, dtypes,
     shardings), its meta record (epoch, step, `identity` when given) and its digests;
-    DamagedCheckpointError (or CheckpointError) naming the checkpoint if not."""
+    DamagedCheckpointError (or CheckpointError) naming the checkpoint if not.
+
+    `tables` (TableSpecs of the state's embedding tables): a table (and its optimizer
+    slots) written with other padding rows (on a mesh of another `tables.row_multiple`)
+    is re-padded: padding rows dropped or added as zeros, its real rows verified against
+    the digests written on the other mesh."""
     where = self.where(epoch)
     legacy = self._is_legacy(epoch)
+    real_rows = padding_rows(abstract_state, tables)
     with _quiet_abandoned_reads():
-      check_tree_matches(abstract_state, self.stored_tree(epoch), where)
+      repad = check_tree_matches(abstract_state, self.stored_tree(epoch), where, real_rows)
       try:
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(abstract_state, strict=not repad),
             **({'digests': ocp.args.JsonRestore()} if legacy
                else {'meta': ocp.args.JsonRestore()})))
       except Exception as e:  # pylint: disable=broad-except
@@ -386,14 +427,14 @@ class CheckpointDir:
     meta = {} if legacy else (restored['meta'] or {})
     step = state.get('step') if isinstance(state, dict) else None
     self._check_meta(epoch, meta, identity, None if step is None else int(step))
-    self._verify(epoch, state, (restored['digests'] or {}) if legacy else None)
+    self._verify(epoch, state, (restored['digests'] or {}) if legacy else None, real_rows)
     return state, meta
 
   def restore_params(self, epoch: int, abstract_params, shardings=None,
-                     identity: str | None = None):
+                     identity: str | None = None, tables: Sequence = ()):
     """(params, meta) of `epoch`: the `params` subtree alone (no optimizer moments are
     read), placed by `shardings` (a tree like `abstract_params`; default: all on one
-    device), checked and verified like `restore`."""
+    device), checked, re-padded (`tables`) and verified like `restore`."""
     where = self.where(epoch)
     if shardings is None:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -402,22 +443,27 @@ class CheckpointDir:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
         shardings)}
     legacy = self._is_legacy(epoch)
+    real_rows = padding_rows(abstract, tables)
     with _quiet_abandoned_reads():
       stored = self.stored_tree(epoch)
-      check_tree_matches(abstract, {'params': stored.get('params', {})}
-                         if isinstance(stored, dict) else {}, where)
+      repad = check_tree_matches(abstract, {'params': stored.get('params', {})}
+                                 if isinstance(stored, dict) else {}, where, real_rows)
       meta = self.meta(epoch)
       self._check_meta(epoch, meta, identity)
+      restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+      if repad:  # Orbax pads with zeros or cuts the rows beyond the stored ones
+        restore_args = jax.tree_util.tree_map(
+            lambda a: dataclasses.replace(a, strict=False) if hasattr(a, 'strict') else a,
+            restore_args)
       try:
         params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
             os.path.join(where, 'state'), args=ocp.args.PyTreeRestore(
-                item=abstract, partial_restore=True,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
+                item=abstract, partial_restore=True, restore_args=restore_args))
         legacy_digests = (self._manager.restore(epoch, args=ocp.args.Composite(
             digests=ocp.args.JsonRestore()))['digests'] or {}) if legacy else None
       except Exception as e:  # pylint: disable=broad-except
         raise DamagedCheckpointError(f'{where}: cannot restore ({describe_error(e)})') from None
-    self._verify(epoch, params, legacy_digests)
+    self._verify(epoch, params, legacy_digests, real_rows)
     return params['params'], meta
 
   def wait(self) -> None:

@@ -135,4 +135,43 @@ def init_temp_bytes(model, config, shardings) -> int:
   """Compiled temporary bytes per device of the sharded initialisation of the params."""
   from ncf_jax import models  # pylint: disable=g-import-not-at-top
   init = jax.jit(lambda: models.init_params(model, config.seed), out_shardings=shardings)
-  return int(init.lower().compile().memory_analysis().temp_size_in_bytes)
+  mesh = jax.tree_util.tree_leaves(shardings)[0].mesh
+  with jax.set_mesh(mesh):  # as train.init_state: each device draws its own rows
+    return int(init.lower().compile().memory_analysis().temp_size_in_bytes)
+
+
+def measure_full_ranking(config, num_users: int, num_items: int, num_devices: int,
+                         heldout_users: int, devices=None, routed: bool = True) -> dict:
+  """The collectives of the compiled full-ranking evaluation of `heldout_users` users (one
+  held-out item each, a few known pairs) with tables planned for `num_devices` devices;
+  compile only. `routed=False` compiles the plain program over the same sharded tables (what
+  `rows` ran before it was routed: XLA gathers the tables). Per-block collectives repeat
+  once per block of users (`lax.map`), so `per_evaluation` multiplies them by the blocks."""
+  from ncf_jax import evaluation, models, sharding  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
+  from ncf_jax.data.dataset import HeldOut  # pylint: disable=g-import-not-at-top
+  devices = devices if devices is not None else jax.devices()
+  layout = sharding.Layout(Mesh(np.array(devices[:num_devices]), (sharding.DATA,)),
+                           config.embedding_sharding)
+  model = models.create_model(run_settings.model_settings(config), num_users, num_items,
+                              num_devices)
+  rng = np.random.default_rng(0)
+  users = rng.choice(num_users, heldout_users, replace=False).astype(np.int32)
+  heldout = HeldOut(users, rng.integers(0, num_items, heldout_users).astype(np.int32),
+                    np.zeros((heldout_users, 1), np.int32))
+  evaluator = evaluation.FullRankingEvaluator(model, heldout, users[:100],
+                                              rng.integers(0, num_items, min(100, len(users)))
+                                              .astype(np.int32), num_items, layout=layout)
+  abstract = models.abstract_params(model)
+  shardings = layout.state_shardings(abstract, model.table_specs())
+  params = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  plain = evaluation._full_ranking_program  # pylint: disable=protected-access
+  program = None if routed else plain(model, num_items, evaluator.users_per_block,
+                                      evaluator.window, layout)
+  listed = collectives(evaluator.lower(params, program).compile().as_text())
+  blocks = -(-heldout_users // evaluator.users_per_block)
+  return dict(routed=routed, num_devices=num_devices, heldout_users=heldout_users,
+              blocks=blocks, users_per_block=evaluator.users_per_block, collectives=listed,
+              largest_collective_bytes=max((c['bytes'] for c in listed), default=0),
+              table_bytes=sum(spec.nbytes for spec in model.table_specs()))

@@ -59,8 +59,11 @@ class DotProduct(nn.Module):
     return self.score(self.embed(users, items))
 
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
-    return (jnp.take(self.user_embedding, users, axis=0)
-            @ jnp.take(self.item_embedding, items, axis=0).T)
+    return self.score_matrix_rows(self.embed(users, items))
+
+  def score_matrix_rows(self, rows: dict[str, jax.Array]) -> jax.Array:
+    """`score_matrix` from U users' and I items' gathered rows (`models.NCF`'s)."""
+    return rows['user_embedding'] @ rows['item_embedding'].T
 
   @nn.nowrap
   def embedding_tables(self):

@@ -20,6 +20,7 @@ item included): otherwise every model, a random one too, scores HR = 1.
 
 import dataclasses
 
+import flax
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -27,9 +28,11 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from ncf_jax import models
+from ncf_jax import optimizers
 from ncf_jax import row_sharded
 from ncf_jax import sharding
 from ncf_jax import statistics
+from ncf_jax import tables as tables_lib
 from ncf_jax.data.dataset import Dataset, HeldOut
 from ncf_jax.errors import ConfigError, NonFiniteError
 
@@ -228,6 +231,82 @@ def _full_ranking_program(model, num_items: int, block: int, window: int,
   return jax.jit(all_ranks, out_shardings=layout.replicated)
 
 
+def items_per_device(model, num_items: int, num_devices: int) -> int:
+  """Items each device scores in row-sharded full ranking: a row-sharded item table's rows
+  per device (device d scores the items it owns, [d * S, (d + 1) * S)); with only
+  replicated item tables, an even split of the items."""
+  shards = {spec.shard_rows(num_devices) for spec in model.table_specs()
+            if spec.ids == 'items' and spec.placement == 'rows'}
+  if len(shards) > 1:
+    raise ValueError(f'item tables split unevenly over {num_devices} devices: {shards}')
+  return shards.pop() if shards else -(-num_items // num_devices)
+
+
+def _routed_full_ranking_program(model, num_items: int, block: int, window: int,
+                                 layout: sharding.Layout):
+  """`_full_ranking_program` with row-sharded tables, no table gathered: each device scores
+  every user of a block against its own S items (`items_per_device`: rows it owns, padding
+  rows excluded) and counts those scoring >= the held-out item; a user's rank is the sum of
+  the devices' counts (psum). The block's users are split over the devices, their rows
+  fetched from their owners (`row_sharded.fetch`) and all-gathered (block-sized); the
+  held-out item's score comes from the device owning it (psum of it and zeros: exact)."""
+  num_devices = layout.num_devices
+  per_device = items_per_device(model, num_items, num_devices)
+  specs = tables_lib.by_path(model.table_specs())
+  abstract = models.abstract_params(model)
+  param_specs = jax.tree_util.tree_map(
+      lambda s: s.spec, layout.state_shardings(abstract, model.table_specs()))
+  by_user = P(None, sharding.DATA)
+  everywhere = P()
+
+  def local_ranks(params, pair_rows, pair_items, users, items, start, count, real):
+    table_params, rest = optimizers.split_tables(params, specs)
+    first = lax.axis_index(sharding.DATA) * per_device
+    mine = first + jnp.arange(per_device)  # global ids of this device's items
+    scored = mine < num_items  # padding rows never count
+
+    def block_ranks(b):
+      users, items, start, count, real = b
+      rows = {}
+      for path, spec in specs.items():
+        table = table_params[path]
+        if spec.ids == 'items':  # this device's items: its shard, or its slice of a copy
+          rows[path] = (table if spec.placement == 'rows' else
+                        jnp.take(table, mine, axis=0, mode='fill', fill_value=0))
+          continue
+        local = (row_sharded.fetch(table, users, num_devices, table.dtype)
+                 if spec.placement == 'rows' else jnp.take(table, users, axis=0))
+        rows[path] = lax.all_gather(local, sharding.DATA, tiled=True)  # the block's users
+      items = lax.all_gather(items, sharding.DATA, tiled=True)
+      real = lax.all_gather(real, sharding.DATA, tiled=True)
+      scores = model.apply({'params': row_sharded.with_placeholders(rest, specs)},
+                           flax.traverse_util.unflatten_dict(rows),
+                           method=model.score_matrix_rows)  # (U, S)
+      column = items - first
+      owned = (column >= 0) & (column < per_device)
+      found = jnp.take_along_axis(scores, jnp.clip(column, 0, per_device - 1)[:, None],
+                                  axis=1)[:, 0]
+      heldout = lax.psum(jnp.where(owned, found, jnp.zeros((), scores.dtype)), sharding.DATA)
+      pair_row = lax.dynamic_slice(pair_rows, (start,), (window,))
+      pair_row = jnp.where(jnp.arange(window) < count, pair_row, block)  # not this block's
+      pair_col = lax.dynamic_slice(pair_items, (start,), (window,)) - first
+      pair_col = jnp.where((pair_col >= 0) & (pair_col < per_device), pair_col, per_device)
+      known = jnp.zeros(scores.shape, bool).at[pair_row, pair_col].set(True, mode='drop')
+      counted = ~known & (mine[None, :] != items[:, None]) & scored[None, :]
+      ranks = lax.psum(ranks_from_scores(heldout, scores, counted), sharding.DATA)
+      nonfinite = jnp.sum(~jnp.isfinite(scores) & real[:, None] & scored[None, :])
+      return ranks, lax.psum(nonfinite, sharding.DATA)
+
+    ranks, nonfinite = lax.map(block_ranks, (users, items, start, count, real))
+    return ranks.reshape(-1), nonfinite.sum()
+
+  mapped = jax.shard_map(local_ranks, mesh=layout.mesh,
+                         in_specs=(param_specs, everywhere, everywhere, by_user, by_user,
+                                   everywhere, everywhere, by_user),
+                         out_specs=(everywhere, everywhere))
+  return jax.jit(mapped, out_shardings=layout.replicated)
+
+
 @dataclasses.dataclass
 class FullRankingEvaluator:
   """Ranks each held-out item among all items the user has not interacted with.
@@ -249,14 +328,20 @@ class FullRankingEvaluator:
     layout = self.layout or sharding.single_device_layout()
     width = max(64, self.model.pair_width)  # the widest per-pair activation of full ranking
     rows = len(self.heldout)
-    block = _block_size(self.max_block_elements // (self.num_items * width), rows, layout)
+    routed = (row_sharded.has_row_sharded(self.model.table_specs())
+              and hasattr(self.model, 'score_matrix_rows'))
+    scored = (items_per_device(self.model, self.num_items, layout.num_devices) if routed
+              else self.num_items)  # items each device scores per user
+    block = _block_size(self.max_block_elements // (scored * width), rows, layout)
     row, item = self._known_pairs_by_row()
     self.num_candidates = self._fewest_candidates(row, item)
     window = self._place_known_pairs(layout, row, item, block)
+    self.users_per_block, self.window = block, window
     self._users = _by_user(layout, _blocks(self.heldout.users, block, 0))
     self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
     self._real = _by_user(layout, _real_rows(rows, block))
-    self._ranks = _full_ranking_program(self.model, self.num_items, block, window, layout)
+    program = _routed_full_ranking_program if routed else _full_ranking_program
+    self._ranks = program(self.model, self.num_items, block, window, layout)
 
   def _place_known_pairs(self, layout: sharding.Layout, row: np.ndarray, item: np.ndarray,
                          block: int) -> int:
@@ -294,10 +379,19 @@ class FullRankingEvaluator:
     known = np.bincount(keys // self.num_items, minlength=len(self.heldout))
     return int(self.num_items - known.max())
 
+  def inputs(self) -> tuple:
+    """The device arrays the program takes after the params (known pairs, blocks)."""
+    return (self._pair_rows, self._pair_items, self._users, self._items, self._block_start,
+            self._block_count, self._real)
+
+  def lower(self, params, program=None):
+    """The jitted program (or another of the same signature) lowered for `params` (arrays
+    or ShapeDtypeStructs with shardings): what the communication benchmark compiles."""
+    return (program or self._ranks).lower(params, *self.inputs())
+
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
-    return self._ranks(params, self._pair_rows, self._pair_items, self._users, self._items,
-                       self._block_start, self._block_count, self._real)
+    return self._ranks(params, *self.inputs())
 
   def user_ranks(self, params) -> np.ndarray:
     """(R,) each row's full-ranking rank on the host (NonFiniteError on a non-finite score)."""

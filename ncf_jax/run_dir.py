@@ -274,13 +274,16 @@ class RunDir:
         f'{os.path.join(self.file(CHECKPOINTS), "latest", str(epoch))}: missing: the checkpoint '
         f'of the best epoch ({epoch}, by {self.file(METRICS)})')
 
-  def restore_best_params(self, abstract_params, shardings=None) -> tuple[object, int]:
+  def restore_best_params(self, abstract_params, shardings=None,
+                          tables=()) -> tuple[object, int]:
     """(params, epoch) of the best checkpoint, parameters only (no optimizer state), onto
-    one device or `shardings`; CheckpointError naming it if missing or damaged."""
+    one device or `shardings`, tables re-padded (`tables`: their TableSpecs); CheckpointError
+    naming it if missing or damaged."""
     identity = (run_identity(computing_fields(self.read_config_json()))
                 if os.path.isfile(self.file(CONFIG)) else None)
     with self.best_checkpoint() as (best, epoch):
-      params, _ = best.restore_params(epoch, abstract_params, shardings, identity=identity)
+      params, _ = best.restore_params(epoch, abstract_params, shardings, identity=identity,
+                                      tables=tables)
       return params, epoch
 
   def stored_best_tree(self):

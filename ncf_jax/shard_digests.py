@@ -18,6 +18,9 @@ single-process reader holds every row, so it checks every piece. A piece that no
 holds whole (the reading mesh cuts inside a writer's piece on a process boundary) is left
 unchecked; with tables padded to multiples of 1,024 rows and block rows multiples of 1,024
 this needs a reading mesh whose per-process rows are not multiples of the writer's pieces.
+A table restored with other padding rows (a mesh of another `tables.row_multiple`) verifies
+against the writer's pieces: its real rows as read, the padding rows as zeros
+(`first_mismatch`'s `real_rows`).
 """
 
 import concurrent.futures
@@ -200,9 +203,17 @@ def _local_rows(array: HostRows, start: int, stop: int) -> np.ndarray | None:
   return None
 
 
-def first_mismatch(recorded: dict, copies: list[HostRows]) -> str | None:
+def first_mismatch(recorded: dict, copies: list[HostRows],
+                   real_rows: dict[str, int] | None = None) -> str | None:
   """Where `copies` differ from the `recorded` digests (arrays, row ranges), or None. Arrays
-  of the record that `copies` do not have are ignored: a reader may restore part of a state."""
+  of the record that `copies` do not have are ignored: a reader may restore part of a state.
+
+  `real_rows` ({array name: real rows}) names arrays whose rows beyond the real ones are
+  padding, which a reader on another mesh may hold more or fewer of (`tables`): such an
+  array is checked against the writer's rows (the end of its recorded pieces), each piece
+  read from the local rows and, beyond them, zeros (padding rows the reader dropped must
+  have been zero; rows it added are zeros that no piece covers)."""
+  real_rows = real_rows or {}
   for array in copies:
     pieces = recorded.get(array.name)
     if pieces is None:
@@ -212,11 +223,22 @@ def first_mismatch(recorded: dict, copies: list[HostRows]) -> str | None:
       if start != row:
         return f'{array.name}: the recorded digests do not cover rows {row}..{start - 1}'
       row = stop
-    if row != array.rows:
-      return f'{array.name}: the recorded digests do not cover rows {row}..{array.rows - 1}'
-    header = array.header()
+    written, real = row, real_rows.get(array.name)
+    if written != array.rows and (real is None or min(written, array.rows) < real):
+      return (f'{array.name}: the recorded digests do not cover rows {row}..{array.rows - 1}'
+              if written < array.rows else
+              f'{array.name}: the recorded digests cover {written} rows, not {array.rows}')
+    header = (array.header() if written == array.rows else
+              HostRows(array.name, array.dtype, (written, *array.shape[1:]), []).header())
     for start, stop in _spans(pieces):
-      rows = _local_rows(array, start, stop)
-      if rows is not None and _digest(header, rows) != pieces[f'{start}:{stop}']:
+      held = max(start, min(stop, array.rows))  # rows [start, held) are in the array
+      rows = _local_rows(array, start, held) if start < held else np.zeros((0,), array.dtype)
+      if rows is None:
+        continue  # not all held by this process
+      if held < stop:  # rows the reader's padding dropped: zero when written
+        width = int(np.prod(array.shape[1:], dtype=np.int64))
+        rows = np.concatenate([rows.reshape(-1, width),
+                               np.zeros((stop - held, width), array.dtype)])
+      if _digest(header, rows) != pieces[f'{start}:{stop}']:
         return f'{array.name} rows {start}..{stop - 1}'
   return None

@@ -24,7 +24,8 @@ from typing import Literal, Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from ncf_jax import row_init
 
 ParamPath = tuple[str, ...]
 IdsKey = Literal['users', 'items']  # which batch ids index a table
@@ -65,27 +66,15 @@ class TableSpec:
     """Rows each device holds: all of them if replicated."""
     return self.shape[0] // num_devices if self.placement == 'rows' else self.shape[0]
 
-  def initializer(self):
-    """The initialiser of the real rows (the original code's N(0, 0.01), or zeros)."""
-    return nn.initializers.normal(self.stddev) if self.stddev else nn.initializers.zeros
-
   def create(self, module: nn.Module) -> jax.Array:
     """The parameter in `module` (named by the path's last key): the real rows drawn as an
-    unpadded table's would be, then zero rows up to `padded_rows`.
-
-    The padded table is drawn whole and its padding rows zeroed, an element-wise step that
-    XLA shards like the table (no whole-table temporary on any device). Its real rows equal
-    an unpadded draw's because JAX's partitionable threefry (the default) keys each value by
-    its row-major index, which the padding rows (at the end) do not shift.
-    """
-    init, rows = self.initializer(), self.rows
-
-    def padded_init(key, shape, dtype=jnp.float32):
-      real = jnp.arange(shape[0])[:, None] < rows
-      return jnp.where(real, init(key, shape, dtype), jnp.zeros((), dtype))
-
-    shape = self.shape
-    return module.param(self.path[-1], init if shape[0] == rows else padded_init, shape)
+    unpadded table's would be (`jax.random.normal(key, shape) * stddev`, or zeros), then
+    zero rows up to `padded_rows`. The values are a function of each row's global index
+    (`row_init`): a row-sharded table created under `jax.set_mesh(mesh)` is drawn by each
+    device for its own rows, to the same numbers on any mesh."""
+    init = row_init.initializer(self.rows, self.stddev, self.placement == 'rows',
+                                row_init.AXIS)
+    return module.param(self.path[-1], init, self.shape)
 
 
 def row_multiple(num_devices: int) -> int:

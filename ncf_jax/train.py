@@ -145,8 +145,9 @@ def initial_state(experiment: Experiment):
 
   On one device the parameters are drawn eagerly, as they always were, so published
   numbers re-run exactly; on several, one jitted init whose outputs carry the state's
-  shardings creates them (no eager copy is placed first). The two differ in the last bit
-  of a few draws.
+  shardings creates them (no eager copy is placed first; each device draws its own rows of
+  a row-sharded table). Embedding tables are equal on every mesh (`row_init`); the dense
+  layers' draws may differ in the last bit of a few values.
   """
   model, optimizer = experiment.model, experiment.optimizer
   seed = experiment.settings.seed
@@ -160,8 +161,9 @@ def initial_state(experiment: Experiment):
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
-    return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
-                   out_shardings=shardings)()
+    with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
+      return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
+                     out_shardings=shardings)()
   return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
 
 
@@ -295,7 +297,8 @@ def record_epoch(recorder: RunRecorder, record: dict, state) -> None:
   recorder.pending = record
 
 
-def _restore_latest(recorder: RunRecorder, abstract_state) -> tuple[object, int, dict] | None:
+def _restore_latest(recorder: RunRecorder, abstract_state,
+                    tables=()) -> tuple[object, int, dict] | None:
   """(state, epoch, meta) of the newest intact checkpoint the records reach (its epoch at
   most one past the last record); None when there is none.
 
@@ -310,7 +313,8 @@ def _restore_latest(recorder: RunRecorder, abstract_state) -> tuple[object, int,
                  f'{recorder.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
   for i, epoch in enumerate(reversed(reachable)):
     try:
-      state, meta = recorder.latest.restore(epoch, abstract_state, identity=recorder.identity)
+      state, meta = recorder.latest.restore(epoch, abstract_state, identity=recorder.identity,
+                                            tables=tables)  # re-padded from another mesh
       return state, epoch, meta
     except DamagedCheckpointError as e:
       if i == len(reachable) - 1:
@@ -371,7 +375,7 @@ def start(experiment: Experiment, recorder: RunRecorder) -> tuple[object, int]:
   recorder.identity = run_dir_lib.run_identity(
       config_fields.computing_fields(run.read_config_json()) if saved_config
       else settings.computing_fields)
-  resumed = _restore_latest(recorder, experiment.abstract_state())
+  resumed = _restore_latest(recorder, experiment.abstract_state(), experiment.model.table_specs())
   if resumed is not None:
     state, epoch, meta = resumed
     _reconcile_records(recorder, epoch, meta)

@@ -56,5 +56,6 @@ def load_best(workdir: str, num_users: int | None = None,
                        run.file(run_dir_lib.CHECKPOINTS))
     num_users, num_items = rows['users'], rows['items']
   model = models.create_model(settings, num_users, num_items)
-  params, epoch = run.restore_best_params(models.abstract_params(model))
+  params, epoch = run.restore_best_params(models.abstract_params(model),
+                                          tables=model.table_specs())
   return TrainedModel(config, model, params, epoch, run.path)

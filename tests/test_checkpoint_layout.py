@@ -53,9 +53,9 @@ def test_load_best_restores_the_parameters_alone_onto_one_device(finished, monke
   requested = []
   original = checkpoints.CheckpointDir.restore_params
 
-  def spy(self, epoch, abstract_params, shardings=None, identity=None):
+  def spy(self, epoch, abstract_params, shardings=None, identity=None, **rest):
     requested.append(abstract_params)
-    return original(self, epoch, abstract_params, shardings, identity)
+    return original(self, epoch, abstract_params, shardings, identity, **rest)
 
   monkeypatch.setattr(checkpoints.CheckpointDir, 'restore_params', spy)
   monkeypatch.setattr(checkpoints.CheckpointDir, 'restore',

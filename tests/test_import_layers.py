@@ -19,6 +19,7 @@ LAYERS = [
     ('errors', 'configs', 'config_fields', 'data.spec', 'data.interactions', 'interrupts',
      'counter_random', 'summaries', 'statistics',
      'tables',  # one TableSpec per embedding table: read by models, sharding, optimizers, ...
+     'row_init',  # a table's initial rows by global row index (any mesh, no whole temporaries)
      'ials', 'ease'),  # the fitted baselines' solvers (plain jax.numpy)
     ('data.files',),
     ('data.delimited', 'data.ncf_format', 'data.dataset', 'data.id_maps', 'data.prepare',

@@ -63,7 +63,11 @@ class MF(nn.Module):
     return int(self.num_factors)
 
   def score_matrix(self, users: jax.Array, items: jax.Array) -> jax.Array:
-    rows = self.mf.embed(users, items)
+    return self.score_matrix_rows(self.embed(users, items))
+
+  def score_matrix_rows(self, rows: dict[str, dict[str, jax.Array]]) -> jax.Array:
+    """`score_matrix` from gathered rows (see `NCF.score_matrix_rows`)."""
+    rows = rows['mf']
     return (rows['user_embedding'] @ rows['item_embedding'].T + rows['user_bias']
             + rows['item_bias'][None, :, 0] + self.bias)
 

@@ -132,13 +132,18 @@ class NCF(nn.Module):
     the MLP's first layer is applied to users and items separately, which
     removes most of the arithmetic of full ranking.
     """
+    return self.score_matrix_rows(self.embed(users, items))
+
+  def score_matrix_rows(self, rows: dict[str, dict[str, jax.Array]]) -> jax.Array:
+    """`score_matrix` from gathered rows: a tree like `embed`'s whose user tables hold the
+    rows of U users and item tables those of I items (row-sharded full ranking hands each
+    device its own items' rows)."""
     kernel = self.head.variables['params']['kernel'][:, 0]
     logits = self.head.variables['params']['bias'][0]
     offset = 0
     for name in self.towers:
       tower = getattr(self, name)
-      u = jnp.take(tower.user_embedding, users, axis=0)
-      i = jnp.take(tower.item_embedding, items, axis=0)
+      u, i = rows[name]['user_embedding'], rows[name]['item_embedding']
       if name == 'gmf':
         w = kernel[offset:offset + u.shape[1]]
         logits = logits + (u * w[None, :]) @ i.T
