@@ -41,16 +41,69 @@ from ncf_jax.data.files import atomic_write_text
 from ncf_jax.dot_product import IALS
 from ncf_jax.ials import Pairs, Settings, sweep
 
-EASE_GRID = (200.0, 500.0, 1000.0)
-# (α0, λ) with ν = 1 (frequency-scaled λ), as Rendle et al. tune them. The CPU is shared, so
-# the grids are small: three points each, around the best of a validation-only scan.
+# Every model's hyperparameters are chosen by one rule (`lattice_search`): its initial grid,
+# then, while the validation-best point has an unevaluated lattice neighbour (one value
+# multiplied or divided by that hyperparameter's step), the neighbours are run and the best
+# re-chosen; the search ends with the chosen point better than all its neighbours (interior)
+# or at the budget. EASE's λ steps by 2, the ALS models' (α, λ) by 3 (ours and the peer's).
+EASE_GRID = ((200.0,), (500.0,), (1000.0,))
+EASE_STEPS = (2.0,)
+# (α0, λ) with ν = 1 (frequency-scaled λ), as Rendle et al. tune them. (0.3, 0.007) is the
+# peer's first-grid best (α 3, λ 30) mapped to this form:
+# α0 ≈ 1/α, λ ≈ λ_implicit / (α·(|I_u| + α0·|I|)).
 IALS_GRID = ((0.01, 0.003), (0.03, 0.003), (0.1, 0.001), (0.3, 0.007))
 IMPLICIT_GRID = ((3.0, 10.0), (10.0, 10.0), (3.0, 30.0))  # (α, λ)
+ALS_STEPS = (3.0, 3.0)
+SEARCH_BUDGET = 12  # new points per model beyond the initial grid
 IMPLICIT_ITERATIONS = 16
+DEFAULT_SEEDS = tuple(range(8))  # Rendle et al. average 8 runs
 # A seconds-long smoke run of the whole experiment (tests, --baselines_grid=smoke).
-SMOKE_GRIDS = dict(ease=(10.0, 50.0), ials=((0.1, 0.01), (0.3, 0.01)),
-                   implicit=((1.0, 0.1), (10.0, 1.0)), factors=16)
-FULL_GRIDS = dict(ease=EASE_GRID, ials=IALS_GRID, implicit=IMPLICIT_GRID, factors=192)
+SMOKE_GRIDS = dict(ease=((10.0,), (50.0,)), ials=((0.1, 0.01), (0.3, 0.01)),
+                   implicit=((1.0, 0.1), (10.0, 1.0)), factors=16, budget=2)
+FULL_GRIDS = dict(ease=EASE_GRID, ials=IALS_GRID, implicit=IMPLICIT_GRID, factors=192,
+                  budget=SEARCH_BUDGET)
+
+
+def _round(value: float) -> float:
+  """Two significant digits: lattice points have short names (0.3 * 3 -> 0.9, not 0.8999...)."""
+  return float(f'{value:.2g}')
+
+
+def neighbours(point: tuple, steps: tuple) -> list[tuple]:
+  """The lattice neighbours of `point`: each coordinate divided, then multiplied, by its step."""
+  out = []
+  for i, step in enumerate(steps):
+    for factor in (1.0 / step, step):
+      out.append(tuple(_round(v * factor) if j == i else v for j, v in enumerate(point)))
+  return out
+
+
+def lattice_search(initial, steps, valid_hr, budget: int) -> dict:
+  """The selection rule of every model here: evaluate `initial`, then the unevaluated
+  neighbours of the validation-best point until it has none (or `budget` new points ran).
+
+  `valid_hr(point)` trains/evaluates a point and returns its validation HR@10. Returns
+  the chosen point, the points in evaluation order and whether the chosen one is interior
+  (every neighbour evaluated, none better; ties keep the first evaluated).
+  """
+  scores, order = {}, []
+
+  def run(point):
+    point = tuple(float(v) for v in point)
+    if point not in scores:
+      scores[point] = valid_hr(point)
+      order.append(point)
+
+  for point in initial:
+    run(point)
+  new = 0
+  while True:
+    best = max(order, key=lambda p: scores[p])  # max keeps the first of equals
+    missing = [p for p in neighbours(best, steps) if p not in scores]
+    if not missing or new >= budget:
+      return dict(chosen=best, order=order, interior=not missing)
+    run(missing[0])
+    new += 1
 
 
 @dataclasses.dataclass
@@ -62,6 +115,10 @@ class Evaluated:
   full_ranks: np.ndarray
   scores: np.ndarray | None = None  # (users, items) z-normalised, for ensembles
   info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def valid_hr10(self) -> float:
+    return float(np.mean(self.valid_ranks < 10))
 
 
 def figures(e: Evaluated, num_items: int, num_negatives: int, top_k: int = 10) -> dict:
@@ -209,6 +266,15 @@ def ensemble_search(members: list[Evaluated], ranker: Ranker, step: float = 0.1)
                          keep_scores=False)
 
 
+def ensemble_with(weights, members: list[Evaluated], ranker: Ranker) -> Evaluated:
+  """The ensemble of `members` at fixed `weights` (no search)."""
+  scores = sum(w * m.scores for w, m in zip(weights, members) if w > 0)
+  name = 'ensemble(' + ', '.join(f'{w:.1f}·{m.name}' for w, m in zip(weights, members)) + ')'
+  return ranker.evaluate(name, scores, dict(weights=[float(w) for w in weights],
+                                            members=[m.name for m in members]),
+                         keep_scores=False)
+
+
 def seed_interval(values: list[float]) -> dict:
   """Mean and the 95% t-interval over seeds (n >= 2)."""
   from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
@@ -242,9 +308,11 @@ def _json_default(value):
   raise TypeError(type(value))
 
 
-def load_dataset(data_dir: str | None, dataset_name: str, synthetic_users=None):
+def load_dataset(data_dir: str | None, dataset_name: str, synthetic_users=None, seed: int = 0):
+  """The split a run with `seed` trains on: the seed breaks the validation holdout's ties and
+  draws its negatives (test and train ∪ validation are the same for every seed)."""
   config = __import__('ncf_jax.configs.default', fromlist=['get_config']).get_config()
-  config.dataset, config.validation = dataset_name, True
+  config.dataset, config.validation, config.seed = dataset_name, True, seed
   if synthetic_users:
     config.synthetic.num_users = synthetic_users
   if data_dir:
@@ -257,11 +325,57 @@ def _select(rows: list[dict]) -> dict:
   return max(rows, key=lambda r: r['valid_hr'])
 
 
+def _given_seeds(flags_values) -> list[int]:
+  """--seeds when given on the command line, else DEFAULT_SEEDS (8, as Rendle et al.)."""
+  try:
+    present = bool(flags_values['seeds'].present)
+  except (TypeError, KeyError):
+    present = True
+  return [int(s) for s in flags_values.seeds] if present else list(DEFAULT_SEEDS)
+
+
+def _keep_scores_of(chosen: Evaluated, evaluated) -> None:
+  """Drops the (users, items) score matrices of all but `chosen` (memory: ~90 MB each)."""
+  for e in evaluated:
+    if e is not chosen:
+      e.scores = None
+
+
+def _seed_stats(rows: list[dict]) -> dict:
+  return {m: seed_interval([row[m] for row in rows])
+          for m in ('hr', 'ndcg', 'full_hr', 'full_ndcg', 'valid_hr')
+          if all(row.get(m) is not None for row in rows)}
+
+
+def _test_only(row: dict, **extra) -> dict:
+  """A per-seed ensemble's figures without validation ones (see `run`)."""
+  return dict({k: v for k, v in row.items() if not k.startswith('valid_')}, **extra)
+
+
+def _lattice_note(search: dict, names: tuple[str, ...], steps: tuple) -> str:
+  chosen = ', '.join(f'{n}={v:g}' for n, v in zip(names, search['chosen']))
+  where = ('interior: every neighbour (x/÷ ' + ', '.join(f'{s:g}' for s in steps)
+           + ') evaluated and no better' if search['interior']
+           else 'NOT interior: the search budget ran out')
+  return (f'{chosen}, chosen on validation HR@10 by the lattice search over '
+          f'{len(search["order"])} points ({where})')
+
+
 def run(flags_values, reproduce) -> dict:
-  """Trains (or resumes) the grids, the peer and the ensembles; writes the results."""
+  """Trains (or resumes) the searches, the seeds, the peer and the ensembles."""
   data_dir, top_k = flags_values.data_dir, 10
-  dataset = load_dataset(data_dir, flags_values.dataset, flags_values.synthetic_users)
+  seeds = _given_seeds(flags_values)
+  dataset = load_dataset(data_dir, flags_values.dataset, flags_values.synthetic_users, seeds[0])
   ranker = Ranker(dataset)
+
+  def split_for(seed: int):
+    """(dataset, ranker) of the split a run with `seed` trained on: its validation figures
+    must come from its own holdout (another seed's validation items may be in its training)."""
+    if seed == seeds[0]:
+      return dataset, ranker
+    other = load_dataset(data_dir, flags_values.dataset, flags_values.synthetic_users, seed)
+    return other, Ranker(other)
+
   num_negatives = dataset.test.negatives.shape[1]
   root = os.path.join(os.path.abspath(flags_values.runs_dir), 'baselines')
   common = dict(dataset=flags_values.dataset, validation=True, full_ranking=False,
@@ -270,61 +384,67 @@ def run(flags_values, reproduce) -> dict:
     common['synthetic_users'] = flags_values.synthetic_users
   if data_dir:
     common['data_dir'] = os.path.abspath(data_dir)
-  seeds = [int(s) for s in flags_values.seeds]
   grids = SMOKE_GRIDS if flags_values.baselines_grid == 'smoke' else FULL_GRIDS
-  factors = grids['factors']
+  factors, budget = grids['factors'], grids['budget']
   ials_common = dict(common, num_factors=factors)
   if flags_values.num_epochs is not None:
     ials_common['num_epochs'] = flags_values.num_epochs
   fig = lambda e: figures(e, dataset.num_items, num_negatives, top_k)
-  out = dict(grids={}, seeds={}, paired=[], timing={})
+  out = dict(grids={}, searches={}, seeds={}, paired=[], timing={})
 
-  # EASE: λ on validation; deterministic, so one run per λ.
-  ease_runs = [reproduce.Run(f'ease-{lam:g}', 'ease', dict(common, regularization=lam),
-                             os.path.join(root, f'ease-{lam:g}')) for lam in grids['ease']]
+  # EASE: λ by the lattice search on validation; deterministic, so one run per λ.
   ease_rows, ease_eval = [], {}
-  for r in ease_runs:
+
+  def ease_point(point):
+    lam = point[0]
+    r = reproduce.Run(f'ease-{lam:g}', 'ease', dict(common, regularization=lam),
+                      os.path.join(root, f'ease-{lam:g}'))
     reproduce.execute(r)
     e = evaluate_workdir(r.workdir, dataset, ranker, 'EASE')
-    ease_eval[r.name] = e
-    ease_rows.append(dict(fig(e), regularization=r.overrides['regularization'],
-                          command=r.command()))
-  out['grids']['ease'] = ease_rows
-  ease_best = _select(ease_rows)
-  ease = ease_eval[f"ease-{ease_best['regularization']:g}"]
+    ease_eval[point] = e
+    ease_rows.append(dict(fig(e), regularization=lam, command=r.command()))
+    _keep_scores_of(ease_eval[max(ease_eval, key=lambda p: ease_eval[p].valid_hr10)],
+                    ease_eval.values())
+    print(f'[EASE λ={lam:g}] valid HR {ease_rows[-1]["valid_hr"]:.4f}', flush=True)
+    return ease_rows[-1]['valid_hr']
 
-  # iALS: (α0, λ) on validation at seed 0, then the chosen setting at every seed.
+  ease_search = lattice_search(grids['ease'], EASE_STEPS, ease_point, budget)
+  out['grids']['ease'] = ease_rows
+  out['searches']['ease'] = ease_search
+  ease = ease_eval[ease_search['chosen']]
+  ease_best = next(r for r in ease_rows if (r['regularization'],) == ease_search['chosen'])
+
+  # iALS: (α0, λ) by the lattice search on validation at the first seed, then every seed.
+  def ials_run(a0, lam, seed):
+    suffix = '' if seed == seeds[0] else f'-seed{seed}'
+    return reproduce.Run(f'ials-a{a0:g}-l{lam:g}{suffix}', 'ials',
+                         dict(ials_common, unobserved_weight=a0, regularization=lam, seed=seed),
+                         os.path.join(root, f'ials-a{a0:g}-l{lam:g}{suffix}'))
+
   ials_rows, ials_eval = [], {}
-  for a0, lam in grids['ials']:
-    r = reproduce.Run(f'ials-a{a0:g}-l{lam:g}', 'ials',
-                      dict(ials_common, unobserved_weight=a0, regularization=lam, seed=seeds[0]),
-                      os.path.join(root, f'ials-a{a0:g}-l{lam:g}'))
+
+  def ials_point(point):
+    a0, lam = point
+    r = ials_run(a0, lam, seeds[0])
     reproduce.execute(r)
     e = evaluate_workdir(r.workdir, dataset, ranker, f'iALS-{factors}')
-    ials_eval[(a0, lam)] = e
+    ials_eval[point] = e
     ials_rows.append(dict(fig(e), unobserved_weight=a0, regularization=lam, seed=seeds[0],
                           command=r.command()))
-  out['grids']['ials'] = ials_rows
-  ials_best = _select(ials_rows)
-  chosen = (ials_best['unobserved_weight'], ials_best['regularization'])
-  ials_seed_rows, ials_seeds = [ials_best], [ials_eval[chosen]]
-  for seed in seeds[1:]:
-    r = reproduce.Run(f'ials-a{chosen[0]:g}-l{chosen[1]:g}-seed{seed}', 'ials',
-                      dict(ials_common, unobserved_weight=chosen[0],
-                           regularization=chosen[1], seed=seed),
-                      os.path.join(root, f'ials-a{chosen[0]:g}-l{chosen[1]:g}-seed{seed}'))
-    reproduce.execute(r)
-    e = evaluate_workdir(r.workdir, dataset, ranker, f'iALS-{factors}')
-    ials_seeds.append(e)
-    ials_seed_rows.append(dict(fig(e), unobserved_weight=chosen[0], regularization=chosen[1],
-                               seed=seed, command=r.command()))
-  out['seeds']['ials'] = dict(
-      runs=ials_seed_rows,
-      **{m: seed_interval([row[m] for row in ials_seed_rows])
-         for m in ('hr', 'ndcg', 'full_hr', 'full_ndcg')})
-  ials = ials_eval[chosen]
+    _keep_scores_of(ials_eval[max(ials_eval, key=lambda p: ials_eval[p].valid_hr10)],
+                    ials_eval.values())
+    print(f'[iALS α0={a0:g} λ={lam:g}] valid HR {ials_rows[-1]["valid_hr"]:.4f}', flush=True)
+    return ials_rows[-1]['valid_hr']
 
-  # The peer: implicit's ALS, (α, λ) on validation at seed 0.
+  ials_search = lattice_search(grids['ials'], ALS_STEPS, ials_point, budget)
+  out['grids']['ials'] = ials_rows
+  out['searches']['ials'] = ials_search
+  chosen = ials_search['chosen']
+  ials = ials_eval[chosen]
+  ials_best = next(r for r in ials_rows
+                   if (r['unobserved_weight'], r['regularization']) == chosen)
+
+  # The peer: implicit's ALS, (α, λ) by the same search at the first seed, then every seed.
   implicit_rows, implicit_eval = [], {}
   try:
     import implicit  # pylint: disable=g-import-not-at-top,unused-import
@@ -332,18 +452,36 @@ def run(flags_values, reproduce) -> dict:
   except ImportError:
     have_implicit = False
     print('implicit is not installed (pip install -e ".[peers]"): no peer row', flush=True)
+  peer = peer_best = None
   if have_implicit:
-    for alpha, lam in grids['implicit']:
-      w, h, seconds = fit_implicit(dataset, alpha, lam, factors, seeds[0])
-      e = ranker.evaluate('implicit-als', implicit_scores(w, h))
-      implicit_eval[(alpha, lam)] = e
-      implicit_rows.append(dict(fig(e), alpha=alpha, regularization=lam, seed=seeds[0],
-                                iterations=IMPLICIT_ITERATIONS, fit_seconds=seconds))
-      print(f"[implicit-als a={alpha:g} l={lam:g}] valid HR {implicit_rows[-1]['valid_hr']:.4f}"
-            f" test HR {implicit_rows[-1]['hr']:.4f} fit {seconds:.1f}s", flush=True)
+    def implicit_point(point, seed=seeds[0]):
+      alpha, lam = point
+      split, split_ranker = split_for(seed)
+      w, h, seconds = fit_implicit(split, alpha, lam, factors, seed)
+      e = split_ranker.evaluate('implicit-als', implicit_scores(w, h))
+      row = dict(fig(e), alpha=alpha, regularization=lam, seed=seed,
+                 iterations=IMPLICIT_ITERATIONS, fit_seconds=seconds)
+      print(f'[implicit-als α={alpha:g} λ={lam:g} seed {seed}] valid HR {row["valid_hr"]:.4f}'
+            f' fit {seconds:.1f}s', flush=True)
+      return e, row
+
+    def implicit_search_point(point):
+      e, row = implicit_point(point)
+      implicit_eval[point] = e
+      implicit_rows.append(row)
+      _keep_scores_of(None, implicit_eval.values())  # the peer is in no ensemble
+      return row['valid_hr']
+
+    peer_search = lattice_search(grids['implicit'], ALS_STEPS, implicit_search_point, budget)
     out['grids']['implicit-als'] = implicit_rows
-    peer_best = _select(implicit_rows)
-    peer = implicit_eval[(peer_best['alpha'], peer_best['regularization'])]
+    out['searches']['implicit-als'] = peer_search
+    peer = implicit_eval[peer_search['chosen']]
+    peer_best = next(r for r in implicit_rows
+                     if (r['alpha'], r['regularization']) == peer_search['chosen'])
+    peer_seed_rows = [peer_best]
+    for seed in seeds[1:]:
+      peer_seed_rows.append(implicit_point(peer_search['chosen'], seed)[1])
+    out['seeds']['implicit-als'] = dict(runs=peer_seed_rows, **_seed_stats(peer_seed_rows))
     # Fit time, same process, alternating order, the same number of sweeps.
     ials_config = reproduce.Run('t', 'ials', dict(ials_common, unobserved_weight=chosen[0],
                                                   regularization=chosen[1]), '').config()
@@ -365,20 +503,52 @@ def run(flags_values, reproduce) -> dict:
   for path in flags_values.mf_workdirs or []:
     members.append(evaluate_workdir(os.path.abspath(path), dataset, ranker,
                                     f'MF-192 ({os.path.basename(path.rstrip("/"))})'))
-  ensembles = [ensemble_search(members, ranker)]
-  if len(members) > 2:
-    ensembles.append(ensemble_search(members[:2], ranker))
+  member_sets = [members] + ([members[:2]] if len(members) > 2 else [])
+  ensembles = [ensemble_search(m, ranker) for m in member_sets]
   candidates = [ease, ials, *members[2:], *ensembles]
   rows = {id(e): fig(e) for e in candidates}
   best = max(candidates, key=lambda e: rows[id(e)]['valid_hr'])
-  for other in candidates + ([peer] if have_implicit else []):
+
+  # Every seed of the chosen iALS, each evaluated on its own split (validation included).
+  # Each seed's ensembles keep the first seed's weights with that seed's iALS in place of
+  # the first's: the other members (EASE: deterministic) were fit on the first seed's split,
+  # whose training set holds some of another split's validation items, so no later
+  # validation figure of an ensemble is clean, and none is used or reported.
+  ials_seed_rows = [ials_best]
+  ensemble_seed_rows = [[_test_only(fig(e), seed=seeds[0], weights=e.info['weights'])]
+                        for e in ensembles]
+  for seed in seeds[1:]:
+    r = ials_run(chosen[0], chosen[1], seed)
+    reproduce.execute(r)
+    split, split_ranker = split_for(seed)
+    e = evaluate_workdir(r.workdir, split, split_ranker, f'iALS-{factors}')
+    ials_seed_rows.append(dict(fig(e), unobserved_weight=chosen[0], regularization=chosen[1],
+                               seed=seed, command=r.command()))
+    for i, (member_set, ens0) in enumerate(zip(member_sets, ensembles)):
+      ens = ensemble_with(ens0.info['weights'], [member_set[0], e, *member_set[2:]], ranker)
+      ensemble_seed_rows[i].append(_test_only(fig(ens), seed=seed, weights=ens.info['weights']))
+    e.scores = None
+  out['seeds']['ials'] = dict(runs=ials_seed_rows, **_seed_stats(ials_seed_rows))
+  for ens, seed_rows in zip(ensembles, ensemble_seed_rows):
+    out['seeds'][_ensemble_key(ens)] = dict(runs=seed_rows, **_seed_stats(seed_rows))
+  if best is ials:
+    best_seeds = out['seeds']['ials']
+  elif best in ensembles:
+    best_seeds = out['seeds'][_ensemble_key(best)]
+  else:
+    best_seeds = None  # EASE (deterministic) or an MF run (its seeds are its own runs)
+
+  for other in candidates + ([peer] if peer is not None else []):
     if other is not best:
       out['paired'].append(paired(best, other))
-  if have_implicit:
+  if peer is not None and best is not ials:
     out['paired'].append(paired(ials, peer))
+  if peer is not None and best is not ease:
+    out['paired'].append(paired(ease, peer))
 
-  command = (f'python -m experiments.reproduce --experiment=baselines --data_dir={data_dir}'
-             + (f' --seeds={",".join(flags_values.seeds)}' if seeds != [0, 1, 2] else ''))
+  command = 'python -m experiments.reproduce --experiment=baselines' + (
+      f' --data_dir={data_dir}' if data_dir else f' --dataset={flags_values.dataset}') + (
+          f' --seeds={",".join(str(s) for s in seeds)}' if seeds != list(DEFAULT_SEEDS) else '')
   entries = []
 
   def entry(e, selection, seeds_used, how, extra=None):
@@ -389,26 +559,37 @@ def run(flags_values, reproduce) -> dict:
                         valid_hr=row['valid_hr'], selection=selection, seeds=seeds_used,
                         command=how, **(extra or {})))
 
-  entry(ease, f"λ={ease_best['regularization']:g} of {list(grids['ease'])} on validation HR@10",
-        'deterministic (closed form; no seed)', ease_best['command'])
-  entry(ials, f'(α0, λ)={chosen} of {list(grids["ials"])} on validation HR@10; epoch on '
-        'validation', seeds[:1], ials_best['command'],
-        dict(seed_mean=out['seeds']['ials']))
-  if have_implicit:
-    entry(peer, f"(α, λ)=({peer_best['alpha']:g}, {peer_best['regularization']:g}) of "
-          f'{list(grids["implicit"])} on validation HR@10; {IMPLICIT_ITERATIONS} iterations',
-          seeds[:1], command, dict(fit_seconds=out['timing']))
+  entry(ease, _lattice_note(ease_search, ('λ',), EASE_STEPS),
+        'deterministic (closed form: no seed; one run per λ)', ease_best['command'])
+  entry(ials, _lattice_note(ials_search, ('α0', 'λ'), ALS_STEPS) + '; epoch on validation',
+        seeds[:1], ials_best['command'], dict(seed_stats=_brief(out['seeds']['ials'])))
+  if peer is not None:
+    entry(peer, _lattice_note(out['searches']['implicit-als'], ('α', 'λ'), ALS_STEPS)
+          + f'; {IMPLICIT_ITERATIONS} iterations', seeds[:1], command,
+          dict(fit_seconds=out['timing'], seed_stats=_brief(out['seeds']['implicit-als'])))
   for e in members[2:]:
     entry(e, 'epoch on validation', 'one run', e.info.get('workdir', ''))
   for e in ensembles:
-    entry(e, 'weights on validation HR@10 (grid step 0.1)', 'the members\' runs', command,
-          dict(weights=e.info['weights'], members=e.info['members']))
+    entry(e, 'weights on validation HR@10 (grid step 0.1)', seeds[:1], command,
+          dict(weights=e.info['weights'], members=e.info['members'],
+               seed_stats=_brief(out['seeds'][_ensemble_key(e)])))
   out['baselines'] = entries
   out['best'] = dict(model=best.name, **{k: rows[id(best)][k] for k in (
       'hr', 'ndcg', 'hr_ci95', 'ndcg_ci95', 'full_hr', 'full_ndcg', 'corrected_hr',
-      'valid_hr')})
+      'valid_hr')}, seed_stats=_brief(best_seeds) if best_seeds else
+      'deterministic or a single run: no seeds')
+  out['seeds_used'] = seeds
   out['command'] = command
   return out
+
+
+def _ensemble_key(e: Evaluated) -> str:
+  return 'ensemble(' + ', '.join(e.info['members']) + ')'
+
+
+def _brief(stats: dict) -> dict:
+  """The seed statistics without the per-run rows (those are in baselines.json)."""
+  return {k: v for k, v in stats.items() if k != 'runs'}
 
 
 def _ci(pair) -> str:
@@ -430,13 +611,27 @@ def markdown(out: dict) -> str:
                  f"{_ci(e['ndcg_ci95'])} | {e['corrected_hr']:.4f} | {e['full_hr']:.4f} | "
                  f"{e['full_ndcg']:.4f} | {e['valid_hr']:.4f} | {e['selection']} | "
                  f"{e['seeds']} |")
-  s = out['seeds'].get('ials')
-  if s:
-    lines += ['', '## iALS over seeds (the chosen setting)', '']
+  for name, s in out['seeds'].items():
+    lines += ['', f"## {name} over seeds {', '.join(str(r['seed']) for r in s['runs'])} "
+              '(the chosen setting; each seed on its own split, whose validation holdout the '
+              'seed draws; ensembles: the first seed\'s weights)', '']
     for m in ('hr', 'ndcg', 'full_hr', 'full_ndcg'):
       ci = s[m]['ci95']
       lines.append(f"- {m}: mean {s[m]['mean']:.4f}"
-                   + (f", 95% t-interval {_ci(ci)} over {s[m]['n']} seeds" if ci else ''))
+                   + (f", 95% t-interval {_ci(ci)} over {s[m]['n']} seeds" if ci else '')
+                   + ' (per seed: ' + ', '.join(f"{r[m]:.4f}" for r in s['runs']) + ')')
+  best = out.get('best')
+  if best:
+    lines += ['', f"## Best (validation-selected): {best['model']}", '',
+              f"test HR@10 {best['hr']:.4f} {_ci(best['hr_ci95'])}, NDCG@10 {best['ndcg']:.4f} "
+              f"{_ci(best['ndcg_ci95'])} (first seed); over seeds: "
+              + (f"HR@10 {best['seed_stats']['hr']['mean']:.4f} "
+                 f"{_ci(best['seed_stats']['hr']['ci95'])}, NDCG@10 "
+                 f"{best['seed_stats']['ndcg']['mean']:.4f} "
+                 f"{_ci(best['seed_stats']['ndcg']['ci95'])} (95% t-interval, "
+                 f"{best['seed_stats']['hr']['n']} seeds)"
+                 if isinstance(best['seed_stats'], dict) and best['seed_stats']['hr']['ci95']
+                 else str(best['seed_stats']))]
   if out.get('timing'):
     t = out['timing']
     lines += ['', '## Fit time beside implicit', '',
@@ -454,7 +649,7 @@ def markdown(out: dict) -> str:
   for name, grid in out['grids'].items():
     keys = [k for k in ('regularization', 'unobserved_weight', 'alpha', 'fit_seconds')
             if k in grid[0]]
-    lines += ['', f'## Grid: {name}', '',
+    lines += ['', f'## Grid: {name} (in evaluation order: initial grid, then the search)', '',
               '| ' + ' | '.join(keys) + ' | valid HR@10 | HR@10 | NDCG@10 | full HR@10 |',
               '|' + '---|' * (len(keys) + 4)]
     for row in grid:
@@ -462,31 +657,3 @@ def markdown(out: dict) -> str:
                    + f" | {row['valid_hr']:.4f} | {row['hr']:.4f} | {row['ndcg']:.4f} | "
                    f"{row['full_hr']:.4f} |")
   return '\n'.join(lines) + '\n'
-
-
-def wald_hr_interval(hr: float, num_users: int) -> tuple[float, float]:
-  """The normal-approximation 95% interval of a mean of per-user hits (for stored entries
-  whose runs, hence per-user data, are not at hand: HR only, NDCG needs the ranks)."""
-  half = 1.96 * np.sqrt(hr * (1 - hr) / num_users)
-  return (float(hr - half), float(hr + half))
-
-
-WALD_NOTE = ('95% normal-approximation (Wald) interval of HR@10 over 6,040 users from the '
-             'stored HR alone: these runs are not on the machine that made the baselines, so '
-             'their per-user ranks (needed for bootstrap intervals and NDCG intervals) were '
-             'not recomputed; `python -m experiments.reproduce --experiment=baselines '
-             '--mf_workdirs=...` with the runs present adds bootstrap intervals for MF-192.')
-
-
-def add_wald_intervals(summary: dict, num_users: int = 6040) -> dict:
-  """`hr_ci95_wald` on summary.json's table2 and best entries (and the best's single runs)."""
-  for row in summary.get('table2', []):
-    row['hr_ci95_wald'] = wald_hr_interval(row['hr'], num_users)
-    row['ci_note'] = WALD_NOTE
-  best = summary.get('best')
-  if best:
-    best['hr_ci95_wald'] = wald_hr_interval(best['hr'], num_users)
-    best['ci_note'] = WALD_NOTE
-    for run in best.get('single_runs', []):
-      run['hr_ci95_wald'] = wald_hr_interval(run['hr'], num_users)
-  return summary

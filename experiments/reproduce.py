@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from experiments import report
+from experiments import stream
 from ncf_jax import cli
 from ncf_jax import config_checks
 from ncf_jax import ensemble
@@ -355,6 +356,7 @@ def write_results(experiment: str, runs: list[Run]) -> list[dict]:
   lines = [f'# {experiment} (ML-1M)\n', f'Made by `{command}`; each run\'s own command is in '
            f'`{experiment}.json`. "best": the epoch chosen on the selection split; "last": '
            'the final epoch; full: full-ranking HR@10 / NDCG@10 of the best checkpoint.\n',
+           stream.stream_line() + '\n',
            '| run | ' + ' | '.join(run_labels) + ' | best epoch | HR@10 | NDCG@10 '
            '| last HR@10 | last NDCG@10 | full HR@10 | full NDCG@10 | paper |',
            '|---|' + '---|' * (len(run_labels) + 8)]
@@ -406,9 +408,11 @@ def main(argv):
     baselines.write_json(os.path.join(FLAGS.results_dir, 'baselines.json'), out)
     _update_summary(FLAGS.results_dir, 'baselines',
                     json.loads(json.dumps(out['baselines'], default=baselines._json_default)))
+    # The stored entries whose runs are elsewhere: exact HR intervals from their counts.
+    from experiments import stored_intervals  # pylint: disable=g-import-not-at-top
     path = os.path.join(FLAGS.results_dir, 'summary.json')
     with open(path, encoding='utf-8') as f:
-      summary = baselines.add_wald_intervals(json.load(f))
+      summary = stored_intervals.update_summary(json.load(f))
     atomic_write_text(path, json.dumps(summary, indent=2) + '\n')
     print(baselines.markdown(out))
     return

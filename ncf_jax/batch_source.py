@@ -210,9 +210,15 @@ class DeviceBatches(_Plan):
     g = step * jnp.uint32(self.batch_size) + jnp.arange(self.batch_size, dtype=jnp.uint32)
     g = jax.lax.with_sharding_constraint(g, self._batch)
     valid = g < self.num_examples
-    users, items, labels = epoch_lib.device_examples(
-        self.spec, inputs['arrays'], inputs['keys'],
-        jnp.minimum(g, jnp.uint32(self.num_examples - 1)))
+    examples = lambda arrays, keys, g: epoch_lib.device_examples(self.spec, arrays, keys, g)
+    if self.layout.num_devices > 1:
+      # Each device its own slice: the lanes left go through a buffer per device, with no
+      # exchange between devices (the global batch's compaction would gather it).
+      examples = jax.shard_map(examples, mesh=self.layout.mesh,
+                               in_specs=(P(), P(), P(sharding.DATA)),
+                               out_specs=P(sharding.DATA), check_vma=False)
+    users, items, labels = examples(inputs['arrays'], inputs['keys'],
+                                    jnp.minimum(g, jnp.uint32(self.num_examples - 1)))
     return _padded_batch(users, items, labels, valid)
 
   def inputs_sharding(self):

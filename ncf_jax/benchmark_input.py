@@ -5,8 +5,9 @@ whether the host feeder keeps the device busy.
   python -m ncf_jax.benchmark --sections=input_overlap --shape=ml-20m --out=F.json
 
 `input`: examples/s of the host executor on one thread and on all of them, of the device
-executor (the default backend), CPU seconds per example of one host thread (a figure a
-busy machine distorts less than wall time), and the bytes the host keeps. `input_overlap`:
+executor (the default backend), examples per CPU-second of one host thread and of the device
+executor (figures a busy machine distorts less than wall time), their ratios, and the bytes
+the host keeps. `input_overlap`:
 one epoch of NeuMF-8 at batch 65,536 through the real loop with `sampler=host`, against
 making the epoch's batches alone and training on ready batches alone.
 """
@@ -48,9 +49,10 @@ def _host_rate(spec, arrays, batch_size: int, steps: int, threads: int, min_exam
   return done / wall, cpu / done, inflight
 
 
-def _device_rate(spec, arrays, batch_size: int, steps: int, repeats: int) -> float:
-  """Examples/s of the device executor: `steps` batches per compiled call, reduced to a
-  checksum so nothing is optimised away."""
+def _device_rate(spec, arrays, batch_size: int, steps: int, repeats: int):
+  """(examples/s wall, CPU s per example) of the device executor: `steps` batches per
+  compiled call, reduced to a checksum so nothing is optimised away. The CPU time counts
+  every thread of the process (XLA's CPU backend may use several)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ncf_jax import batch_source, sharding  # pylint: disable=g-import-not-at-top
@@ -66,12 +68,14 @@ def _device_rate(spec, arrays, batch_size: int, steps: int, repeats: int) -> flo
 
   inputs, _ = next(source.chunks(1))
   jax.block_until_ready(run(inputs))
-  times = []
+  times, cpu = [], []
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(run(inputs))
     times.append(time.perf_counter() - t0)
-  return steps * batch_size / float(np.median(times))
+    cpu.append(time.process_time() - c0)
+  return (steps * batch_size / float(np.median(times)),
+          float(np.median(cpu)) / (steps * batch_size))
 
 
 def bench_input(dataset, repeats: int, batch_size: int = 65536) -> dict:
@@ -85,7 +89,7 @@ def bench_input(dataset, repeats: int, batch_size: int = 65536) -> dict:
   target = min(spec.num_examples, 8 * steps * batch_size)
   one, cpu_per_example, _ = _host_rate(spec, arrays, batch_size, steps, 1, target)
   many, _, inflight = _host_rate(spec, arrays, batch_size, steps, threads, target)
-  device = _device_rate(spec, arrays, batch_size, 4, repeats)
+  device, device_cpu_per_example = _device_rate(spec, arrays, batch_size, 4, repeats)
   state = epoch_lib.state_bytes(arrays)
   planned = {name: epoch_lib.planned_state_bytes(u, i, p) for name, (u, i, p) in dict(
       **{'ml-1m': (6_040, 3_706, 994_169), 'ml-20m': (138_493, 26_744, 19_861_770),
@@ -96,7 +100,10 @@ def bench_input(dataset, repeats: int, batch_size: int = 65536) -> dict:
               host_examples_per_s_one_thread=one, host_examples_per_s=many,
               host_threads=threads, host_speedup=many / one,
               host_examples_per_cpu_s_one_thread=1 / cpu_per_example,
-              device_examples_per_s=device, membership='bitmap' if spec.use_bitmap else 'csr',
+              device_examples_per_s=device, device_examples_per_cpu_s=1 / device_cpu_per_example,
+              device_over_host_one_thread=device / one,
+              device_over_host_one_thread_cpu=cpu_per_example / device_cpu_per_example,
+              membership='bitmap' if spec.use_bitmap else 'csr',
               host_state_bytes=state, host_inflight_bytes=inflight,
               host_bytes_per_example=(state + inflight) / spec.num_examples,
               planned_state_bytes=planned)

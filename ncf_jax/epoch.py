@@ -22,7 +22,8 @@ fallback's modulo, bias below (I - known) / 2^32, on the rare entries that reach
 
 Nothing depends on how many devices or processes share the work, or on which executor
 computes it: `host_examples` (NumPy, compacting the entries still to do) and
-`device_examples` (jax.numpy inside jit, masking them) run the same uint32 arithmetic
+`device_examples` (jax.numpy inside jit: every lane gets what almost every lane needs, the
+few lanes left go through a small fixed-size buffer) run the same uint32 arithmetic
 (`counter_random`) and return the same integers.
 
 Membership ("has user u interacted with item i") uses a bitmap of users x items bits when it
@@ -73,6 +74,8 @@ class EpochSpec:
   reject: bool  # draw negatives among the user's unknown items (else among all items)
   use_bitmap: bool
   search_steps: int  # binary-search steps covering the largest known-item list
+  # Expected share of first candidates rejected (sizes the device executor's buffers only).
+  first_reject_rate: float = 0.0
 
   @property
   def num_examples(self) -> int:
@@ -123,8 +126,15 @@ def build_arrays(train_users: np.ndarray, train_items: np.ndarray, known_users: 
       bitmap[word] = np.add.reduceat(np.left_shift(np.uint32(1), (cells & 31).astype(np.uint32)),
                                      first).astype(np.uint32)
   sentinel = np.array([num_items], np.int32)  # never found; keeps gathers in range when empty
+  word_rejected = (2**32 % num_items) / 2**32
+  known_share = 0.0
+  if reject and num_positives:  # negatives are drawn per positive: weight users by positives
+    per_user = np.bincount(train_users, minlength=num_users)
+    known_share = float(per_user @ degree[:len(per_user)].astype(np.float64)) / (
+        num_positives * num_items)
   spec = EpochSpec(num_positives, num_items, num_negatives, bool(reject), bool(use_bitmap),
-                   search_steps=int(degree.max(initial=0)).bit_length() + 1)
+                   search_steps=int(degree.max(initial=0)).bit_length() + 1,
+                   first_reject_rate=min(1.0, word_rejected + known_share))
   arrays = dict(pos_users=train_users.astype(np.int32), pos_items=train_items.astype(np.int32),
                 offsets=offsets, known=np.concatenate([items, sentinel]),
                 known_rank=np.concatenate([rank, sentinel]), bitmap=bitmap)
@@ -171,13 +181,20 @@ def feistel(xp, spec: EpochSpec, keys, x):
 def _lower_bound(xp, values, lo, hi, target, steps: int):
   """First index in [lo, hi) whose value is >= target (hi if none); values sorted there."""
   last = values.shape[0] - 1
-  for _ in range(steps):
+
+  def step(lo, hi):
     active = lo < hi
     mid = lo + (hi - lo) // 2
     right = active & (values[xp.minimum(mid, last)] < target)
-    lo = xp.where(right, mid + 1, lo)
-    hi = xp.where(active & ~right, mid, hi)
-  return lo
+    return xp.where(right, mid + 1, lo), xp.where(active & ~right, mid, hi)
+
+  if xp is np:
+    for _ in range(steps):
+      lo, hi = step(lo, hi)
+    return lo
+  import jax  # pylint: disable=g-import-not-at-top
+  # A rolled loop: unrolled, each step's gather took XLA's CPU compiler ~0.15 s.
+  return jax.lax.fori_loop(0, steps, lambda _, c: step(*c), (lo, hi))[0]
 
 
 def contains(xp, spec: EpochSpec, arrays, users, items):
@@ -262,40 +279,142 @@ def host_examples(spec: EpochSpec, arrays, keys: np.ndarray, g: np.ndarray):
   return users, items, positive.astype(np.float32)
 
 
-# --- the device executor's driver (jax.numpy inside jit; fixed shapes, masks) ---------------
+# --- the device executor's driver (jax.numpy inside jit; fixed shapes) ---------------------
+#
+# A vectorised loop runs until its slowest lane is done: the cycle walk's while loop over a
+# whole batch ran ~9 Feistel passes where the host needs 1.35 per index on average, and the
+# rejection loop checked two candidates of every lane per round where almost every lane
+# takes its first. So every lane gets the passes almost all need (two Feistel passes, the
+# first candidate), and the few lanes left are gathered into a small buffer of a static size
+# (expected count + 6 standard deviations) where the loops run to the end; while lanes are
+# left (a batch with more than the buffer holds: rare), the next ones go through the buffer.
+# The same integers for any buffer size: the buffer only decides which lanes compute when.
+# (One copy of each loop in the program: a full-batch fallback beside the buffer tripled
+# the compile time.)
 
-def device_examples(spec: EpochSpec, arrays, keys, g):
-  """`host_examples` of the same indices (any, clamped to < M), computed with jax.numpy."""
+BUFFER_SIGMAS = 6.0
+BUFFER_MARGIN = 32
+PERMUTE_PASSES_FOR_ALL = 2
+
+
+def buffer_size(lanes: int, fraction: float) -> int:
+  """Buffer for the lanes left of `lanes`, each left with probability `fraction`: the
+  expected count plus BUFFER_SIGMAS standard deviations plus BUFFER_MARGIN, a multiple of 8."""
+  mean = lanes * fraction
+  size = math.ceil(mean + BUFFER_SIGMAS * math.sqrt(mean) + BUFFER_MARGIN)
+  return min(lanes, -(-size // 8) * 8)
+
+
+def _compact(jnp, lax, mask, size: int):
+  """The positions of `mask`'s first `size` True entries in order, padded with len(mask).
+
+  Without a scatter or a prefix sum over every lane (both slow on XLA's CPU backend): the
+  mask packed into 32-bit words, a prefix sum of their popcounts, and for each buffer slot a
+  binary search for its word and then for its bit within the word. (`jnp.searchsorted` and
+  `lax.associative_scan` each took seconds to compile here.)"""
+  n = mask.shape[0]
+  bits = jnp.pad(mask, (0, -n % 32)).reshape(-1, 32).astype(jnp.uint32)
+  lane = jnp.arange(32, dtype=jnp.uint32)
+  words = jnp.sum(bits << lane[None, :], axis=1, dtype=jnp.uint32)
+  counts = lax.population_count(words).astype(jnp.int32)
+  through = jnp.cumsum(counts)  # set bits in words 0..w
+  k = jnp.arange(size, dtype=jnp.int32)
+  last = words.shape[0] - 1
+  w = _lower_bound(jnp, through, jnp.zeros_like(k), jnp.full_like(k, last + 1), k + 1,
+                   (last + 1).bit_length())  # the word of slot k
+  wc = jnp.minimum(w, last)
+  rank = k - (through[wc] - counts[wc])  # slot k is this set bit of its word (from 0)
+  word, bit = words[wc], jnp.zeros_like(k)
+  for step in (16, 8, 4, 2, 1):
+    below = lax.population_count(word & ((jnp.uint32(1) << (bit + step).astype(jnp.uint32))
+                                         - jnp.uint32(1))).astype(jnp.int32)
+    bit = jnp.where(below <= rank, bit + step, bit)
+  return jnp.where(w <= last, wc * 32 + bit, n)
+
+
+def _gather(jnp, x, index, fill):
+  return x.at[index].get(mode='fill', fill_value=fill)
+
+
+def _through_buffer(jax, jnp, size: int, finish, left, lanes: tuple, fills: tuple, results):
+  """`results` (a tuple of (n,) arrays) with every `left` lane's entries replaced by
+  `finish(*lanes)` of it, computed `size` lanes at a time (padding lanes get `fills`)."""
+  if size >= left.shape[0]:
+    done = finish(*lanes)
+    return tuple(jnp.where(left, d, r) for d, r in zip(done, results))
+
+  def one_buffer(carry):
+    left, results = carry
+    index = _compact(jnp, jax.lax, left, size)
+    done = finish(*(_gather(jnp, x, index, f) for x, f in zip(lanes, fills)))
+    results = tuple(r.at[index].set(d, mode='drop') for r, d in zip(results, done))
+    return left.at[index].set(False, mode='drop'), results
+
+  return jax.lax.while_loop(lambda c: jnp.any(c[0]), one_buffer, (left, results))[1]
+
+
+def device_permute(spec: EpochSpec, keys, g, max_buffer: int | None = None):
+  """`host_permute` of g with jax.numpy."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   m = spec.num_examples
 
   def walk(x):
-    return jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
+    step = lambda x: jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
+    return (jax.lax.while_loop(lambda x: jnp.any(x >= m), step, x),)
 
-  s = jax.lax.while_loop(lambda x: jnp.any(x >= m), walk,
-                         feistel(jnp, spec, keys, g.astype(jnp.uint32)))
+  x = feistel(jnp, spec, keys, g.astype(jnp.uint32))
+  for _ in range(PERMUTE_PASSES_FOR_ALL - 1):
+    x = jnp.where(x >= m, feistel(jnp, spec, keys, x), x)
+  left = 1 - m / 2**spec.perm_bits  # of [0, 2^w) outside [0, M): each pass leaves that share
+  size = buffer_size(x.shape[0], left**PERMUTE_PASSES_FOR_ALL)
+  size = size if max_buffer is None else min(size, max_buffer)
+  return _through_buffer(jax, jnp, size, walk, x >= m, (x,), (0,), (x,))[0]
+
+
+def device_negatives(spec: EpochSpec, arrays, keys, users, t, done,
+                     max_buffer: int | None = None):
+  """Negative items of the lanes not `done`, as `host_negatives` draws them (0 elsewhere)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def draw(users, t, done):
+    """Every round for every lane not done, then the fallback where some lane needs it.
+    Starting again from the first round is exact: a lane left has rejected the first word."""
+    def one_round(carry):  # word r of the lanes: word r % 2 of counter pair (t, r // 2)
+      r, items, done = carry
+      words = candidate_words(jnp, keys, t, r // 2)
+      item, ok = candidate(jnp, spec, arrays, users, jnp.where(r % 2 == 0, *words))
+      return r + 1, jnp.where(ok & ~done, item, items), done | ok
+
+    _, items, done = jax.lax.while_loop(
+        lambda c: (c[0] < NEGATIVE_ROUNDS // 2 * 2) & ~jnp.all(c[2]), one_round,
+        (jnp.uint32(0), jnp.zeros(t.shape, jnp.int32), done))
+    return (jax.lax.cond(
+        jnp.all(done), lambda: items,
+        lambda: jnp.where(done, items, rank_select(jnp, spec, arrays, users, keys, t))),)
+
+  items = jnp.zeros(t.shape, jnp.int32)
+  if NEGATIVE_ROUNDS // 2:  # the first candidate of every lane, which almost every lane takes
+    item, ok = candidate(jnp, spec, arrays, users, candidate_words(jnp, keys, t, 0)[0])
+    items, done = jnp.where(ok & ~done, item, items), done | ok
+  size = buffer_size(t.shape[0], spec.num_negatives / (1 + spec.num_negatives)
+                     * spec.first_reject_rate)
+  size = size if max_buffer is None else min(size, max_buffer)
+  return _through_buffer(jax, jnp, size, draw, ~done, (users, t, done), (0, 0, True),
+                         (items,))[0]
+
+
+def device_examples(spec: EpochSpec, arrays, keys, g, max_buffer: int | None = None):
+  """`host_examples` of the same indices (any, clamped to < M), computed with jax.numpy.
+  `max_buffer` caps the buffers of lanes left (for tests: any cap gives the same integers)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  s = device_permute(spec, keys, g, max_buffer)
   positive = s < spec.num_positives
   t = s - jnp.uint32(spec.num_positives)
   j = jnp.where(positive, s, t // jnp.uint32(spec.num_negatives))
   users = arrays['pos_users'][j]
   t = jnp.where(positive, jnp.uint32(0), t)
-
-  def draw(carry):
-    pair, items, done = carry
-    words = candidate_words(jnp, keys, t, pair)
-    for word in words:
-      item, ok = candidate(jnp, spec, arrays, users, word)
-      take = ok & ~done
-      items, done = jnp.where(take, item, items), done | ok
-    return pair + 1, items, done
-
-  _, drawn, done = jax.lax.while_loop(
-      lambda c: (c[0] < NEGATIVE_ROUNDS // 2) & ~jnp.all(c[2]), draw,
-      (jnp.uint32(0), jnp.zeros(g.shape, jnp.int32), positive))
-  # The fallback is rare: computed only when some entry of the batch needs it.
-  drawn = jax.lax.cond(
-      jnp.all(done), lambda: drawn,
-      lambda: jnp.where(done, drawn, rank_select(jnp, spec, arrays, users, keys, t)))
+  drawn = device_negatives(spec, arrays, keys, users, t, positive, max_buffer)
   items = jnp.where(positive, arrays['pos_items'][jnp.where(positive, j, 0)], drawn)
   return users, items, positive.astype(jnp.float32)

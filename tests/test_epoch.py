@@ -204,3 +204,65 @@ def test_planned_state_bytes_match_the_built_arrays(dataset, use_bitmap):
                                    use_bitmap=use_bitmap)
   assert planned['total'] == ep.state_bytes(arrays)
   assert planned['use_bitmap'] == use_bitmap
+
+
+# A typical mask; more set than the buffer holds; a length not a multiple of 32, all set, a
+# buffer longer than the mask (padding).
+@pytest.mark.parametrize('n,share,size', [(4096, 0.07, 400), (100, 0.3, 10), (37, 1.0, 40)])
+def test_compaction_lists_the_set_positions_in_order(n, share, size):
+  mask = np.random.default_rng(n + size).random(n) < share
+  got = jax.jit(lambda m: ep._compact(jnp, jax.lax, m, size))(mask)
+  expected = np.flatnonzero(mask)[:size]
+  expected = np.concatenate([expected, np.full(size - len(expected), n)])
+  np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def _lanes_left(spec, arrays, keys, g):
+  """Per batch of indices g (rows): lanes still out of range after the passes every lane
+  gets, and negatives whose first candidate is rejected (NumPy, for the coverage checks)."""
+  x = ep.feistel(np, spec, keys, g.astype(np.uint32))
+  for _ in range(ep.PERMUTE_PASSES_FOR_ALL - 1):
+    x = np.where(x >= spec.num_examples, ep.feistel(np, spec, keys, x), x)
+  s = ep.host_permute(spec, keys, g.ravel()).reshape(g.shape)
+  t = s - np.uint32(spec.num_positives)
+  neg = s >= spec.num_positives
+  users = arrays['pos_users'][np.where(neg, t // np.uint32(spec.num_negatives), s)]
+  word = ep.candidate_words(np, keys, t.ravel(), 0)[0].reshape(g.shape)
+  _, ok = ep.candidate(np, spec, arrays, users.ravel(), word.ravel())
+  rejected = neg & ~ok.reshape(g.shape)
+  return (x >= spec.num_examples).sum(axis=1), rejected.sum(axis=1)
+
+
+@pytest.mark.parametrize('use_bitmap', [True, False])
+def test_device_buffers_of_any_size_give_the_host_integers(use_bitmap):
+  # Sparse data (few rejections): the device executor's buffers are smaller than a batch.
+  data = synthetic.generate(num_users=300, num_items=400, interactions_per_user=12,
+                            num_test_negatives=10, seed=4)
+  spec, arrays = ep.build_arrays(data.train_users, data.train_items, data.train_users,
+                                 data.train_items, data.num_users, data.num_items, 4, True,
+                                 use_bitmap)
+  lanes = 512
+  batches = -(-spec.num_examples // lanes)
+  g = np.minimum(np.arange(batches * lanes), spec.num_examples - 1).reshape(batches, lanes)
+  keys = ep.epoch_keys(2, 5)
+  host = ep.host_examples(spec, arrays, keys, g.ravel())
+  permute_left, negatives_left = _lanes_left(spec, arrays, keys, g)
+  permute_buffer = ep.buffer_size(lanes, (1 - spec.num_examples / 2**spec.perm_bits)**2)
+  negative_buffer = ep.buffer_size(lanes, 0.8 * spec.first_reject_rate)
+  buffers = (None, 8)
+  for max_buffer in buffers:
+    cap = lambda size: size if max_buffer is None else min(size, max_buffer)
+    # The case is what it claims: the batches' lanes left fit the buffers, or some overflow.
+    for left, size in ((permute_left, cap(permute_buffer)), (negatives_left, cap(negative_buffer))):
+      assert size < lanes
+      if max_buffer is None:
+        assert np.all(left <= size) and np.any(left > 0)
+      else:
+        assert np.any(left > size)
+  # One batch at a time, as in training (lax.map keeps each batch's own path); both buffer
+  # sizes in one program (one compilation).
+  run = jax.jit(lambda a, k, g: [jax.lax.map(
+      lambda row, b=b: ep.device_examples(spec, a, k, row, b), g) for b in buffers])
+  for device in run(arrays, keys, g.astype(np.uint32)):
+    for h, d in zip(host, device):
+      np.testing.assert_array_equal(h, np.asarray(d).ravel())
