@@ -34,6 +34,7 @@ import numpy as np
 from experiments import stream
 from ncf_jax import evaluation
 from ncf_jax import models
+from ncf_jax import run_settings
 from ncf_jax import statistics
 from ncf_jax import trained_run
 from ncf_jax.data import registry
@@ -317,7 +318,7 @@ def load_dataset(data_dir: str | None, dataset_name: str, synthetic_users=None, 
     config.synthetic.num_users = synthetic_users
   if data_dir:
     config.data_dir = os.path.abspath(data_dir)
-  return registry.load_dataset(config)
+  return registry.load_dataset(run_settings.data_settings(config))
 
 
 def _select(rows: list[dict]) -> dict:

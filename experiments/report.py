@@ -46,7 +46,7 @@ def full_ranking_at_best(workdir: str, epoch: int | None = None) -> dict:
 def summarize_run(workdir: str, full_ranking: bool = False) -> dict:
   """The numbers of one workdir, as a dict; `full_ranking` adds full_hr/full_ndcg."""
   run = run_dir.RunDir(workdir)
-  config = run_dir.config_to_dict(run.read_config())
+  config = run.read_config_json()
   records = run.read_metrics()
   on_valid = run_dir.selection_key(records) == 'valid_hr'
   best = run_dir.best_record(records)

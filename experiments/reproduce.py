@@ -56,6 +56,7 @@ from ncf_jax import config_checks
 from ncf_jax import ensemble
 from ncf_jax import evaluation
 from ncf_jax import pipeline
+from ncf_jax import run_settings
 from ncf_jax import train
 from ncf_jax import run_dir
 from ncf_jax.data import registry
@@ -234,7 +235,7 @@ def check_before_training(runs: list[Run]) -> None:
   for run in runs:
     config_checks.validate(run.config())
   if runs:
-    registry.load_dataset(runs[0].config())
+    registry.load_dataset(run_settings.data_settings(runs[0].config()))
 
 
 def execute(run: Run) -> None:
@@ -266,7 +267,8 @@ def item_popularity_row() -> dict:
   config.dataset, config.validation = FLAGS.dataset, FLAGS.validation
   if FLAGS.data_dir:
     config.data_dir = os.path.abspath(FLAGS.data_dir)
-  result = evaluation.item_popularity(registry.load_dataset(config), config.top_k)
+  dataset = registry.load_dataset(run_settings.data_settings(config))
+  result = evaluation.item_popularity(dataset, config.top_k)
   return dict(name='itempop', model='itempop', factors=None, hr=result['hr'],
               ndcg=result['ndcg'], best_epoch=None, selection='none (no training)',
               command='python -m experiments.reproduce --experiment=factors (ItemPop row)')

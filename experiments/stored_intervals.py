@@ -105,10 +105,11 @@ class RankSource:
   def dataset(self):
     if self._dataset is None:  # the paper protocol's split (no validation holdout)
       from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
+      from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
       from ncf_jax.data import registry  # pylint: disable=g-import-not-at-top
       config = default.get_config()
       config.dataset, config.validation, config.data_dir = 'ml-1m', False, self.data_dir
-      self._dataset = registry.load_dataset(config)
+      self._dataset = registry.load_dataset(run_settings.data_settings(config))
     return self._dataset
 
   def ranks(self, row: dict):

@@ -4,7 +4,7 @@
 lock, resume from `latest`, the epoch-0 evaluation, metrics.jsonl, the best checkpoint,
 the evaluators) is the same as for SGD models. An iALS epoch is one sweep (users, then
 items); an EASE epoch is the closed-form solve (the same B every epoch: `num_epochs=1`).
-The state keeps the SGD state's layout (step, params, the config's optimizer state, unused)
+The state keeps the SGD state's layout (step, params, the run's optimizer state, unused)
 so `trained_run.load_best`, `recommend` and the ensemble read these runs unchanged.
 """
 
@@ -14,27 +14,16 @@ import jax
 import jax.numpy as jnp
 from ncf_jax import ease
 from ncf_jax import ials
-from ncf_jax.errors import ConfigError, NonFiniteError
+from ncf_jax.errors import NonFiniteError
 
 FITTED_MODELS = ('ials', 'ease')
-
-
-def ials_settings(config) -> ials.Settings:
-  for field in ('unobserved_weight', 'regularization', 'cg_steps'):
-    if field not in config:
-      raise ConfigError(f'config.{field} is missing: iALS needs it (see configs/ials.py)')
-  if config.unobserved_weight < 0 or config.regularization < 0 or config.cg_steps < 1:
-    raise ConfigError('config.unobserved_weight and config.regularization must be >= 0 and '
-                      'config.cg_steps >= 1')
-  return ials.Settings(float(config.unobserved_weight), float(config.regularization),
-                       float(config.get('regularization_exponent', 1.0)), int(config.cg_steps))
 
 
 class IALSFitter:
   """One sweep per epoch on the dataset's training pairs."""
 
-  def __init__(self, config, dataset):
-    self.settings = ials_settings(config)
+  def __init__(self, settings: ials.Settings, dataset):
+    self.settings = settings
     users, items = dataset.train_users, dataset.train_items
     self.num_users, self.num_items = dataset.num_users, dataset.num_items
     self.by_user = ials.Pairs.build(users, items, self.num_users, self.settings.block,
@@ -58,10 +47,8 @@ class IALSFitter:
 class EASEFitter:
   """X's rows as the user table and B's columns as the item table."""
 
-  def __init__(self, config, dataset):
-    if 'regularization' not in config or config.regularization <= 0:
-      raise ConfigError('config.regularization: EASE needs a positive λ (see configs/ease.py)')
-    self.regularization = float(config.regularization)
+  def __init__(self, regularization: float, dataset):
+    self.regularization = regularization
     self.x = ease.interaction_matrix(dataset.train_users, dataset.train_items,
                                      dataset.num_users, dataset.num_items)
 
@@ -76,24 +63,24 @@ class EASEFitter:
 FITTERS = {'ials': IALSFitter, 'ease': EASEFitter}
 
 
-def train_epochs(experiment, progress, state, done_epoch: int, evaluate, record_epoch):
+def train_epochs(experiment, recorder, state, done_epoch: int, evaluate, record_epoch):
   """Fits, evaluates and records epochs after `done_epoch` up to `num_epochs` (the
   `evaluate` and `record_epoch` of `train`). Returns the state."""
-  config = experiment.config
-  fit = FITTERS[config.model](config, experiment.dataset)
-  for epoch in range(done_epoch + 1, config.num_epochs + 1):
+  settings = experiment.run
+  fit = FITTERS[settings.model.name](settings.fit, experiment.dataset)
+  for epoch in range(done_epoch + 1, settings.training.num_epochs + 1):
     t0 = time.time()
     params, loss = fit(state['params'])
     params = jax.block_until_ready(params)
     seconds = time.time() - t0
     if not all(bool(jnp.all(jnp.isfinite(t))) for t in jax.tree_util.tree_leaves(params)):
-      raise NonFiniteError(f'epoch {epoch}: the {config.model} solve produced NaN or infinite '
-                           'values; nothing of this epoch was saved')
+      raise NonFiniteError(f'epoch {epoch}: the {settings.model.name} solve produced NaN or '
+                           'infinite values; nothing of this epoch was saved')
     params = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding),
                                     params, state['params'])
     state = dict(state, params=params, step=state['step'] + 1)
     record = dict(evaluate(experiment, state, epoch, loss), train_seconds=seconds,
                   samples_per_second=experiment.dataset.num_train / seconds,
                   devices=experiment.layout.num_devices, processes=jax.process_count())
-    record_epoch(progress, record, state)
+    record_epoch(recorder, record, state)
   return state

@@ -141,10 +141,12 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
   from ncf_jax import batch_source, models, optimizers, row_sharded, sharding, train, train_step
+  from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
   batch_size = config.batch_size
-  layout = sharding.create_layout(config)
-  model = models.create_model(config, dataset.num_users, dataset.num_items, layout.num_devices)
-  optimizer_ = optimizers.create_optimizer(config)
+  layout = sharding.create_layout(config.num_devices, batch_size, config.embedding_sharding)
+  model = models.create_model(run_settings.model_settings(config), dataset.num_users,
+                              dataset.num_items, layout.num_devices)
+  optimizer_ = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer_),
                                      model.table_specs())
   with jax.set_mesh(layout.mesh):  # as train.initial_state: each device draws its rows
@@ -152,7 +154,7 @@ def bench_train(dataset, config, samples: int, repeats: int) -> dict:
                                                   model), out_shardings=shardings)()
   make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
                 else train_step.make_train_chunk)
-  chunk_fn = make_chunk(model, optimizer_, train_step.Regularization.from_config(config), layout,
+  chunk_fn = make_chunk(model, optimizer_, run_settings.regularization(config), layout,
                         shardings)
   steps = config.steps_per_dispatch
   source = batch_source.HostBatches(*train.epoch_definition(dataset, 4, True, False), 0,
@@ -251,9 +253,10 @@ def bench_lookup(num_rows: int, dim: int, batch_size: int, repeats: int) -> list
 
 def bench_eval(dataset, repeats: int, full_ranking: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from ncf_jax import evaluation, models  # pylint: disable=g-import-not-at-top
+  from ncf_jax import evaluation, models, run_settings  # pylint: disable=g-import-not-at-top
   config = _config('neumf', 256, 'adam')
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  model = models.create_model(run_settings.model_settings(config), dataset.num_users,
+                              dataset.num_items)
   params = models.init_params(model, 0)
   sampled = evaluation.SampledEvaluator(model, dataset.test, config.eval_users_per_block)
   out = dict(rows=len(dataset.test), candidates=dataset.test.negatives.shape[1] + 1,
@@ -429,6 +432,7 @@ def main(argv):
   if 'communication' in sections:
     _force_cpu_devices(FLAGS.num_devices)  # before the first import of jax below
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry, synthetic  # pylint: disable=g-import-not-at-top
   results = dict(environment=_environment())
   print(json.dumps(results['environment']))
@@ -441,8 +445,8 @@ def main(argv):
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir
   if sections & {'sampler', 'train', 'eval', 'devices', 'lookup'} and not FLAGS.skip_ml1m:
-    _dataset_sections('ml-1m', registry.load_dataset(config), sections, results, FLAGS.models,
-                      FLAGS.batch_sizes)
+    _dataset_sections('ml-1m', registry.load_dataset(run_settings.data_settings(config)),
+                      sections, results, FLAGS.models, FLAGS.batch_sizes)
   if 'epoch' in sections:
     results['ml-1m/epoch'] = r = bench_epoch(FLAGS.data_dir)
     _print_table('ml-1m: whole epochs, paper settings (sampling included)', [r], list(r))

@@ -114,14 +114,16 @@ def bench_input_overlap(dataset, batch_size: int = 65536, steps: int = 4) -> dic
   how long the loop waited for input."""
   import jax  # pylint: disable=g-import-not-at-top
   from ncf_jax import models, optimizers, train, train_step  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
   from ncf_jax import batch_source, sharding  # pylint: disable=g-import-not-at-top
   from ncf_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.batch_size, config.steps_per_dispatch = batch_size, steps
   spec, arrays = train.epoch_definition(dataset, 4, True, False)
   layout = sharding.single_device_layout()
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
-  optimizer = optimizers.create_optimizer(config)
+  model = models.create_model(run_settings.model_settings(config), dataset.num_users,
+                              dataset.num_items)
+  optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer),
                                      model.table_specs())
   fresh = lambda: jax.jit(lambda: train_step.init_state(models.init_params(model, 0), optimizer,

@@ -79,16 +79,17 @@ def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
   bytes of tables (and their optimizer state) each device holds; nothing is allocated.
   With `init_memory`, also the compiled temporary bytes of the sharded initialisation."""
   from ncf_jax import models, optimizers, row_sharded, sharding  # pylint: disable=g-import-not-at-top
-  from ncf_jax import train_step  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings, train_step  # pylint: disable=g-import-not-at-top
   devices = devices if devices is not None else jax.devices()
   layout = sharding.Layout(Mesh(np.array(devices[:num_devices]), (sharding.DATA,)),
                            config.embedding_sharding)
-  model = models.create_model(config, num_users, num_items, num_devices)
-  optimizer = optimizers.create_optimizer(config)
+  model = models.create_model(run_settings.model_settings(config), num_users, num_items,
+                              num_devices)
+  optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   specs = model.table_specs()
   abstract = train_step.abstract_state(model, optimizer)
   shardings = layout.state_shardings(abstract, specs)
-  regularization = train_step.Regularization.from_config(config)
+  regularization = run_settings.regularization(config)
   batch_sharding = NamedSharding(layout.mesh, P(sharding.DATA))
   batch = {k: jax.ShapeDtypeStruct((config.batch_size,), jnp.int32 if k in ('users', 'items')
                                    else jnp.float32, sharding=batch_sharding)
@@ -147,11 +148,13 @@ def measure_full_ranking(config, num_users: int, num_items: int, num_devices: in
   `rows` ran before it was routed: XLA gathers the tables). Per-block collectives repeat
   once per block of users (`lax.map`), so `per_evaluation` multiplies them by the blocks."""
   from ncf_jax import evaluation, models, sharding  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
   from ncf_jax.data.dataset import HeldOut  # pylint: disable=g-import-not-at-top
   devices = devices if devices is not None else jax.devices()
   layout = sharding.Layout(Mesh(np.array(devices[:num_devices]), (sharding.DATA,)),
                            config.embedding_sharding)
-  model = models.create_model(config, num_users, num_items, num_devices)
+  model = models.create_model(run_settings.model_settings(config), num_users, num_items,
+                              num_devices)
   rng = np.random.default_rng(0)
   users = rng.choice(num_users, heldout_users, replace=False).astype(np.int32)
   heldout = HeldOut(users, rng.integers(0, num_items, heldout_users).astype(np.int32),

@@ -1,7 +1,8 @@
 """Configuration validation: the one place that decides whether a config can run.
 
 `validate(config)` raises ConfigError naming the first field whose value cannot
-work; the factories (`create_model`, `create_optimizer`, ...) then trust it.
+work; `run_settings.read` calls it first, and the factories (`create_model`,
+`create_optimizer`, ...) then trust the settings read from it.
 """
 
 import math
@@ -31,9 +32,9 @@ _SYNTHETIC = dict(num_users=(1, True), num_items=(2, True), interactions_per_use
                   num_test_negatives=(1, True), seed=(0, True))
 
 
-def _choice(config, field: str, choices) -> None:
-  if config[field] not in choices:
-    raise ConfigError(f'config.{field}: unknown {field.replace("_", " ")} {config[field]!r}; '
+def _choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ConfigError(f'config.{field}: unknown {field.replace("_", " ")} {value!r}; '
                       f'choose from {", ".join(choices)}')
 
 
@@ -41,17 +42,16 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_layers(config) -> tuple:
-  layers = config.layers
+def _check_layers(layers, num_factors: int) -> tuple:
   if not isinstance(layers, (tuple, list)) or not all(_is_int(w) for w in layers):
     raise ConfigError(f'config.layers={layers!r}: must be a tuple of integer widths, e.g. '
                       '--config.layers="(64,32,16,8)" (empty: from num_factors)')
-  return tuple(layers) or models.default_layers(config.num_factors)
+  return tuple(layers) or models.default_layers(num_factors)
 
 
-def _check_synthetic(config) -> None:
-  """The generated dataset's fields, before anything is generated."""
-  synthetic = config.get('synthetic')
+def _check_synthetic(synthetic, dataset: str | None, data_dir: str | None) -> None:
+  """The generated dataset's fields (`synthetic`: a mapping, or None), before anything is
+  generated."""
   if synthetic is None:
     return
   for field, (minimum, integer) in _SYNTHETIC.items():
@@ -62,10 +62,10 @@ def _check_synthetic(config) -> None:
       raise ConfigError(f'config.synthetic.{field}={value!r}: must be an integer')
     if value < minimum:
       raise ConfigError(f'config.synthetic.{field}={value}: must be >= {minimum}')
-  if config.get('dataset') != 'synthetic':
+  if dataset != 'synthetic':
     return
-  if config.get('data_dir'):
-    raise ConfigError(f'config.data_dir={config.data_dir}: config.dataset=synthetic generates '
+  if data_dir:
+    raise ConfigError(f'config.data_dir={data_dir}: config.dataset=synthetic generates '
                       'its data and reads no folder; drop data_dir or pick a dataset')
   negatives, clusters = synthetic.num_test_negatives, synthetic.num_clusters
   need = max(negatives + 2, 2 * clusters)
@@ -76,7 +76,7 @@ def _check_synthetic(config) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """ConfigError naming the first field whose value cannot work."""
-  for key, value in flat_fields(config).items():
+  for key, value in flat_fields(config.to_dict()).items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f'config.{key}={value}: must be a finite number')
   for field in _INTEGER:
@@ -88,11 +88,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in _NON_NEGATIVE:
     if field in config and config[field] < 0:
       raise ConfigError(f'config.{field}={config[field]}: must be >= 0')
-  _choice(config, 'model', tuple(models.MODELS))
-  _choice(config, 'optimizer', optimizers.OPTIMIZERS)
-  _choice(config, 'learning_rate_schedule', optimizers.SCHEDULES)
-  _choice(config, 'embedding_sharding', sharding.EMBEDDING_SHARDINGS)
-  _choice(config, 'compute_dtype', tuple(models.COMPUTE_DTYPES))
+  for field, choices in (('model', tuple(models.MODELS)), ('optimizer', optimizers.OPTIMIZERS),
+                         ('learning_rate_schedule', optimizers.SCHEDULES),
+                         ('embedding_sharding', sharding.EMBEDDING_SHARDINGS),
+                         ('compute_dtype', tuple(models.COMPUTE_DTYPES))):
+    _choice(field, config[field], choices)
   for field in _UNIT_INTERVAL:
     if field in config and not 0.0 <= config[field] < 1.0:
       raise ConfigError(f'config.{field}={config[field]}: must be in [0, 1) (a decay rate)')
@@ -102,10 +102,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'of {config.steps_per_dispatch} x batch_size {config.batch_size} = '
                       f'{chunk:,} examples is above {MAX_CHUNK_EXAMPLES:,} (16 bytes each, on '
                       'the host and every device); lower steps_per_dispatch')
-  _check_synthetic(config)
+  _check_synthetic(config.get('synthetic'), config.get('dataset'), config.get('data_dir'))
   if 'sampler' in config:
-    _choice(config, 'sampler', ('host', 'device'))
-  layers = _check_layers(config)
+    _choice('sampler', config.sampler, ('host', 'device'))
+  layers = _check_layers(config.layers, config.num_factors)
   if layers[0] % 2 or any(w <= 0 for w in layers):
     raise ConfigError(f'config.layers={layers}: widths must be positive and the first '
                       '(user + item embedding width) even')

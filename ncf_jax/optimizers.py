@@ -186,49 +186,58 @@ class LazySgd:
     return table.at[ids].add((-learning_rate * row_grads).astype(table.dtype)), None
 
 
-def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
-  """Step -> learning rate: `config.learning_rate` throughout, or (`cosine`) decayed
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """What `create_optimizer` builds (run_settings reads it from a config)."""
+  name: str  # one of OPTIMIZERS
+  learning_rate: float
+  schedule: str = 'constant'  # one of SCHEDULES
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+
+
+def learning_rate_schedule(settings: OptimizerSettings, total_steps: int) -> optax.Schedule:
+  """Step -> learning rate: `settings.learning_rate` throughout, or (`cosine`) decayed
   along a half cosine to 0 at `total_steps`."""
-  lr = float(config.learning_rate)
-  if config.get('learning_rate_schedule', 'constant') == 'cosine':
-    return optax.cosine_decay_schedule(lr, max(int(total_steps), 1))
-  return optax.constant_schedule(lr)
+  if settings.schedule == 'cosine':
+    return optax.cosine_decay_schedule(settings.learning_rate, max(int(total_steps), 1))
+  return optax.constant_schedule(settings.learning_rate)
 
 
-def _adam(config, rate):
-  return optax.adam(rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+def _adam(settings: OptimizerSettings, rate):
+  return optax.adam(rate, b1=settings.adam_b1, b2=settings.adam_b2, eps=settings.adam_eps)
 
 
 # name -> the optax transformation of the parameters it updates densely (all of them, or the
 # non-table ones of a row-sparse optimizer); name -> the row rule of a row-sparse optimizer.
-_DENSE: dict[str, Callable[[Any, Any], optax.GradientTransformation]] = {
+_DENSE: dict[str, Callable[[OptimizerSettings, Any], optax.GradientTransformation]] = {
     'adam': _adam,
     'lazy_adam': _adam,
-    'sgd': lambda config, rate: optax.sgd(rate),
-    'lazy_sgd': lambda config, rate: optax.sgd(rate),
-    'adagrad': lambda config, rate: optax.adagrad(rate),
-    'rmsprop': lambda config, rate: optax.rmsprop(rate),
+    'sgd': lambda settings, rate: optax.sgd(rate),
+    'lazy_sgd': lambda settings, rate: optax.sgd(rate),
+    'adagrad': lambda settings, rate: optax.adagrad(rate),
+    'rmsprop': lambda settings, rate: optax.rmsprop(rate),
 }
-_ROW_RULES: dict[str, Callable[[Any], RowRule]] = {
-    'lazy_adam': lambda config: LazyAdam(float(config.adam_b1), float(config.adam_b2),
-                                         float(config.adam_eps)),
-    'lazy_sgd': lambda config: LazySgd(),
+_ROW_RULES: dict[str, Callable[[OptimizerSettings], RowRule]] = {
+    'lazy_adam': lambda settings: LazyAdam(settings.adam_b1, settings.adam_b2, settings.adam_eps),
+    'lazy_sgd': lambda settings: LazySgd(),
 }
 OPTIMIZERS = tuple(_DENSE)
 
 
-def create_optimizer(config, total_steps: int = 1) -> Optimizer:
-  """The optimizer `config.optimizer` names (a validated config).
+def create_optimizer(settings: OptimizerSettings, total_steps: int = 1) -> Optimizer:
+  """The optimizer `settings.name` names.
 
   `total_steps` (the whole run's) only matters to a decaying schedule; the state's
   structure does not depend on it, so restoring may pass any value.
   """
-  schedule = learning_rate_schedule(config, total_steps)
+  schedule = learning_rate_schedule(settings, total_steps)
   # A constant rate stays a float: the optax state then has no step count.
-  constant = config.get('learning_rate_schedule', 'constant') == 'constant'
-  dense = _DENSE[config.optimizer](config, float(config.learning_rate) if constant else schedule)
-  if config.optimizer in _ROW_RULES:
-    return RowSparseOptimizer(dense, _ROW_RULES[config.optimizer](config), schedule)
+  constant = settings.schedule == 'constant'
+  dense = _DENSE[settings.name](settings, settings.learning_rate if constant else schedule)
+  if settings.name in _ROW_RULES:
+    return RowSparseOptimizer(dense, _ROW_RULES[settings.name](settings), schedule)
   return DenseOptimizer(dense)
 
 

@@ -42,6 +42,7 @@ from ncf_jax import cli
 from ncf_jax import config_checks
 from ncf_jax import provenance
 from ncf_jax import run_dir
+from ncf_jax import run_settings
 from ncf_jax import train
 from ncf_jax import workdir_flags
 from ncf_jax.configs import gmf as gmf_config
@@ -94,8 +95,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, l
     config_checks.validate(stage_config)
   for name, stage_config, stage_dir in stages:
     if run_dir.RunDir(stage_dir).is_finished(stage_config.num_epochs, stage_config.target_hr):
-      provenance.check_same_run(run_dir.RunDir(stage_dir), stage_config,
-                                *provenance.config_data(stage_config))  # not other data
+      settings = run_settings.read(stage_config)
+      provenance.check_same_run(run_dir.RunDir(stage_dir), settings.computing_fields,
+                                *provenance.data_identity(settings.data))  # not other data
       print(f'[{name}] finished earlier: {stage_dir}', flush=True)
       continue
     print(f'[{name}] {stage_dir}', flush=True)

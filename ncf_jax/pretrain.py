@@ -1,6 +1,6 @@
 """NeuMF initialised from pretrained GMF and MLP runs (He et al., 2017, section 3.4.1).
 
-`merged_params(config, abstract_params)` is the hook `train.py` calls when
+`merged_params(sources, data, abstract_params)` is the hook `train.py` calls when
 `config.gmf_workdir` / `config.mlp_workdir` are set: it restores each run's
 best parameters (`load_best_params`, through `trained_run`) and merges them
 (`merge_params`) as the original code does:
@@ -23,7 +23,9 @@ import ml_collections
 
 from ncf_jax import checkpoints as checkpoints_lib
 from ncf_jax import run_dir as run_dir_lib
+from ncf_jax import run_settings
 from ncf_jax import trained_run
+from ncf_jax.data import registry
 from ncf_jax.errors import CheckpointError, ConfigError
 
 
@@ -97,41 +99,31 @@ def merge_params(gmf_params: dict, mlp_params: dict, neumf_abstract_params: dict
                                 merged)
 
 
-def _check_same_data(config, source, workdir: str) -> None:
+def _check_same_data(data: registry.DataSettings, source: registry.DataSettings,
+                     workdir: str) -> None:
   """A pretrained run on other data would merge tables whose rows mean other users."""
-  if source.get('dataset') != config.dataset:
-    raise CheckpointError(f'{workdir}: trained on dataset {source.get("dataset")!r}, '
-                          f'config.dataset is {config.dataset!r}')
-  if bool(source.get('validation')) != bool(config.get('validation')):
+  if source.dataset != data.dataset:
+    raise CheckpointError(f'{workdir}: trained on dataset {source.dataset!r}, '
+                          f'config.dataset is {data.dataset!r}')
+  if source.validation != data.validation:
     # Without the holdout, pretraining trained on the items NeuMF selects epochs on.
-    raise CheckpointError(f'{workdir}: trained with validation={source.get("validation")}, '
-                          f'config.validation is {config.get("validation")}')
-  if config.dataset == 'synthetic':
+    raise CheckpointError(f'{workdir}: trained with validation={source.validation}, '
+                          f'config.validation is {data.validation}')
+  if data.dataset == 'synthetic' and (source.synthetic, source.seed) != (data.synthetic,
+                                                                           data.seed):
     # The synthetic data is a function of its settings and the seed.
-    ours = (config.synthetic.to_dict(), config.seed)
-    synthetic = source.get('synthetic')
-    theirs = (synthetic.to_dict() if synthetic is not None else None, source.get('seed'))
-    if ours != theirs:
-      raise CheckpointError(f'{workdir}: trained on other synthetic data (config.synthetic or '
-                            'config.seed differ)')
+    raise CheckpointError(f'{workdir}: trained on other synthetic data (config.synthetic or '
+                          'config.seed differ)')
 
 
-def merged_params(config: ml_collections.ConfigDict, abstract_params: dict, specs=()) -> dict:
-  """NeuMF params merged from `config.gmf_workdir` and `config.mlp_workdir` with `config.alpha`
-  (tables re-padded to NeuMF's table `specs`)."""
-  gmf_dir, mlp_dir = config.get('gmf_workdir'), config.get('mlp_workdir')
-  if not gmf_dir or not mlp_dir:
-    missing = 'config.mlp_workdir' if gmf_dir else 'config.gmf_workdir'
-    raise ConfigError(f'{missing}: not set; pretraining needs both config.gmf_workdir and '
-                      'config.mlp_workdir')
-  if config.model != 'neumf':
-    raise ConfigError(f'config.model={config.model!r}: pretrained GMF and MLP runs initialise '
-                      "'neumf' only")
-  alpha = float(config.get('alpha', 0.5))
-  gmf_dir, mlp_dir = os.path.abspath(gmf_dir), os.path.abspath(mlp_dir)
+def merged_params(sources: run_settings.PretrainSources, data: registry.DataSettings,
+                  abstract_params: dict, specs=()) -> dict:
+  """NeuMF params merged from the best checkpoints of `sources`' GMF and MLP runs (both
+  trained on `data`) with `sources.alpha` (tables re-padded to NeuMF's table `specs`)."""
+  gmf_dir, mlp_dir = os.path.abspath(sources.gmf_workdir), os.path.abspath(sources.mlp_workdir)
   gmf_params, gmf_config = load_best_params(gmf_dir, 'gmf')
   mlp_params, mlp_config = load_best_params(mlp_dir, 'mlp')
-  _check_same_data(config, gmf_config, gmf_dir)
-  _check_same_data(config, mlp_config, mlp_dir)
-  return merge_params(gmf_params, mlp_params, abstract_params, alpha, gmf_where=gmf_dir,
+  _check_same_data(data, run_settings.data_settings(gmf_config), gmf_dir)
+  _check_same_data(data, run_settings.data_settings(mlp_config), mlp_dir)
+  return merge_params(gmf_params, mlp_params, abstract_params, sources.alpha, gmf_where=gmf_dir,
                       mlp_where=mlp_dir, specs=specs)

@@ -17,15 +17,16 @@ differs from the run's (except the learning rate, which a diverged run lowers), 
 Files are hashed once per process and (path, size, mtime) — a changed file is hashed again.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 from ncf_jax import run_dir as run_dir_lib
-from ncf_jax.config_fields import flat_fields
+from ncf_jax import run_settings
+from ncf_jax.config_fields import PROVENANCE, computing_fields, differing_fields, flat_fields
 from ncf_jax.data import id_maps
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
@@ -33,7 +34,7 @@ from ncf_jax.data.files import atomic_write_text
 from ncf_jax.data.spec import SYNTHETIC
 from ncf_jax.errors import ConfigError, DataError
 
-KEY = 'provenance'
+KEY = PROVENANCE  # config.json's key of the provenance object
 # Files a data folder's loader may read, after `<name>.`; id maps change what a run's ids mean.
 _DATA_SUFFIXES = ('train.rating', 'test.rating', 'test.negative', 'test.negative.npy',
                   'valid.rating', 'valid.negative', 'valid.negative.npy')
@@ -95,35 +96,23 @@ def dataset_fingerprint(dataset: Dataset) -> str:
   return arrays_fingerprint(dataset)
 
 
-def computing_fields(config) -> dict:
-  """The config (a ConfigDict or config.json's dict) without the fields that do not change
-  what a run computes, nor the provenance: nested, as config.json holds it."""
-  tree = config if isinstance(config, dict) else run_dir_lib.config_to_dict(config)
-  return {k: v for k, v in sorted(tree.items())
-          if k != KEY and k not in run_dir_lib.NON_COMPUTING_FIELDS}
-
-
 def _differences(ours: dict, theirs: dict, only_theirs: bool = False) -> list[str]:
   """Dotted fields whose values differ (`only_theirs`: fields `theirs` has)."""
-  ours, theirs = flat_fields(ours), flat_fields(theirs)
-  return [k for k in sorted(set(ours) | set(theirs))
-          if (k in theirs or not only_theirs) and ours.get(k) != theirs.get(k)]
+  differ = differing_fields(ours, theirs)
+  return [k for k in differ if k in flat_fields(theirs)] if only_theirs else differ
 
 
-def describe(config, dataset: Dataset) -> dict:
-  """The provenance object of a run of `config` on `dataset`."""
+def describe(computing: dict, dataset: Dataset) -> dict:
+  """The provenance object of a run on `dataset` whose config's computing fields are
+  `computing` (`config_fields.computing_fields`)."""
   return dict(data_dir=dataset.source_dir, data_name=dataset.name,
-              data_fingerprint=dataset_fingerprint(dataset),
-              computing_fields=computing_fields(config))
+              data_fingerprint=dataset_fingerprint(dataset), computing_fields=computing)
 
 
 def _read_json(run: run_dir_lib.RunDir) -> dict | None:
-  path = run.file(run_dir_lib.CONFIG)
-  if not os.path.isfile(path):
+  if not os.path.isfile(run.file(run_dir_lib.CONFIG)):
     return None
-  run.read_config()  # one-line errors for an unreadable file
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  return run.read_config_json()
 
 
 def recorded(run: run_dir_lib.RunDir) -> dict | None:
@@ -167,16 +156,16 @@ def _data_mismatch(where: str, trained: dict, directory: str | None, fingerprint
           f'({directory or "synthetic"})')
 
 
-def check_same_run(run: run_dir_lib.RunDir, config, directory: str | None,
+def check_same_run(run: run_dir_lib.RunDir, computing: dict, directory: str | None,
                    fingerprint: str) -> list[str]:
-  """Before resuming (or skipping as finished) the run in `run` with `config` on data of
-  `fingerprint`: ConfigError/DataError, one line, if it would mix two runs. Returns the
-  fields of RESUMABLE_CHANGES that differ (for a note)."""
+  """Before resuming (or skipping as finished) the run in `run` with a config of computing
+  fields `computing` on data of `fingerprint`: ConfigError/DataError, one line, if it would
+  mix two runs. Returns the fields of RESUMABLE_CHANGES that differ (for a note)."""
   saved = _read_json(run)
   if saved is None:
     return []
   check_not_edited(run)
-  ours, theirs = computing_fields(config), computing_fields(saved)
+  ours, theirs = computing, computing_fields(saved)
   differ = [k for k in _differences(ours, theirs, only_theirs=True) if k not in _LOCATION_FIELDS]
   changed = [k for k in differ if k not in RESUMABLE_CHANGES]
   ours, theirs = flat_fields(ours), flat_fields(theirs)
@@ -193,18 +182,18 @@ def check_same_run(run: run_dir_lib.RunDir, config, directory: str | None,
   return [k for k in differ if k in RESUMABLE_CHANGES]
 
 
-def config_data(config) -> tuple[str | None, str]:
-  """(absolute folder or None, fingerprint) of the data `config` names, without parsing the
+def data_identity(data: registry.DataSettings) -> tuple[str | None, str]:
+  """(absolute folder or None, fingerprint) of the data `data` names, without parsing the
   files when they are there (synthetic data is generated)."""
   directory = None
-  if config.dataset != SYNTHETIC:
-    if config.get('data_dir'):
-      directory = config.data_dir
-    elif config.dataset in registry.REGISTRY:
-      directory = registry.default_data_dir(config.dataset)
-  if directory is not None and registry.has_ncf_files(directory, config.dataset):
-    return os.path.abspath(directory), folder_fingerprint(directory, config.dataset)
-  dataset = registry.load_dataset(config)
+  if data.dataset != SYNTHETIC:
+    if data.data_dir:
+      directory = data.data_dir
+    elif data.dataset in registry.REGISTRY:
+      directory = registry.default_data_dir(data.dataset)
+  if directory is not None and registry.has_ncf_files(directory, data.dataset):
+    return os.path.abspath(directory), folder_fingerprint(directory, data.dataset)
+  dataset = registry.load_dataset(data)
   return dataset.source_dir, dataset_fingerprint(dataset)
 
 
@@ -213,14 +202,13 @@ def load_run_dataset(workdir: str, data_dir: str | None = None) -> Dataset:
   recorded (if it still exists), else where its config points in this shell; DataError if
   its fingerprint is not the one the run trained on."""
   run = run_dir_lib.RunDir(workdir)
-  config = run.read_config()
+  data = run_settings.data_settings(run.read_config())
   check_not_edited(run)
   trained = recorded(run)
   folder = data_dir or (trained or {}).get('data_dir')
-  if folder and (data_dir or os.path.isdir(folder)) and config.dataset != SYNTHETIC:
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.data_dir = folder
-  dataset = registry.load_dataset(config)
+  if folder and (data_dir or os.path.isdir(folder)) and data.dataset != SYNTHETIC:
+    data = dataclasses.replace(data, data_dir=folder)
+  dataset = registry.load_dataset(data)
   if trained is not None:
     fingerprint = dataset_fingerprint(dataset)
     if fingerprint != trained.get('data_fingerprint'):
@@ -244,11 +232,11 @@ def check_same_data(workdirs: list[str]) -> None:
                       f'({first[1].get("data_dir") or "synthetic"})')
 
 
-def check_sources(config, dataset: Dataset) -> None:
+def check_sources(sources: run_settings.PretrainSources, dataset: Dataset) -> None:
   """For a pretrained NeuMF: its GMF and MLP runs trained on this dataset (DataError)."""
   fingerprint = None
   for key in ('gmf_workdir', 'mlp_workdir'):
-    workdir = config.get(key)
+    workdir = getattr(sources, key)
     trained = recorded(run_dir_lib.RunDir(workdir)) if workdir else None
     if trained is None:
       continue

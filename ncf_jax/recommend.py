@@ -33,8 +33,8 @@ import scipy.sparse
 from ncf_jax import cli
 from ncf_jax import models
 from ncf_jax import provenance
-from ncf_jax import run_dir
 from ncf_jax import trained_run
+from ncf_jax import workdir_flags
 from ncf_jax.data import files
 from ncf_jax.data import id_maps as id_maps_lib
 from ncf_jax.errors import ConfigError, DataError, NcfError
@@ -264,7 +264,8 @@ def main(argv: list[str]) -> None:
       raise ConfigError(f'--{name} goes with --users_file')
   workdir = FLAGS.workdir
   if workdir is None and FLAGS.config is not None:
-    workdir = run_dir.default_workdir(FLAGS[cli.CONFIG_FLAG].config_filename, FLAGS.config)
+    workdir = workdir_flags.default_workdir(FLAGS[cli.CONFIG_FLAG].config_filename,
+                                            FLAGS.config)
   if workdir is None:
     raise ConfigError('--workdir (or the --config of a run in its default workdir) is required')
   recommender = Recommender.from_workdir(workdir)

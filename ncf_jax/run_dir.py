@@ -34,7 +34,7 @@ from typing import Iterator
 import ml_collections
 
 from ncf_jax import checkpoints as checkpoints_lib
-from ncf_jax.config_fields import flat_fields
+from ncf_jax.config_fields import computing_fields, flat_fields
 from ncf_jax.data.files import atomic_write_text, make_dirs, remove_empty_dirs
 from ncf_jax.errors import CheckpointError, WorkdirError
 
@@ -43,14 +43,8 @@ CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
 CHECKPOINTS = 'checkpoints'
 LOCK = 'run.lock'
-PROVENANCE = 'provenance'  # config.json's record of the data (ncf_jax/provenance.py)
 KEEP_LATEST = 2  # a damaged newest checkpoint leaves the one before it to resume from
 LEGACY_BEST = 'best'  # checkpoints/best/: the best epoch's copy in run folders of format 1
-# Fields that do not change what a run computes: a run may be resumed or extended with
-# other values of them. `target_hr`, like `num_epochs`, decides only when training stops
-# (epoch k computes the same with any target), so raising it continues a run.
-NON_COMPUTING_FIELDS = ('num_epochs', 'log_every_seconds', 'steps_per_dispatch',
-                        'eval_users_per_block', 'num_devices', 'target_hr', 'sampler')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -61,41 +55,12 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def config_differences(config: ml_collections.ConfigDict,
-                       reference: ml_collections.ConfigDict) -> dict:
-  """{dotted field: value} where `config` differs from `reference` in what it computes
-  (config.json's `provenance` is not a field: provenance.py checks the data)."""
-  ours, theirs = (flat_fields({k: v for k, v in config_to_dict(c).items() if k != PROVENANCE})
-                  for c in (config, reference))
-  return {k: ours.get(k) for k in sorted(set(ours) | set(theirs))
-          if k not in NON_COMPUTING_FIELDS and ours.get(k) != theirs.get(k)}
-
-
-def run_identity(config) -> str:
-  """A digest of what a run computes: its config (a ConfigDict or config.json's dict) without
-  NON_COMPUTING_FIELDS and config.json's `provenance` (provenance.py checks the data). Every
-  checkpoint carries it: one of another run is recognised as such."""
-  plain = config if isinstance(config, dict) else config_to_dict(config)
-  plain = {k: v for k, v in plain.items() if k != PROVENANCE}  # its data: provenance.py
-  fields = {k: v for k, v in flat_fields(plain).items() if k not in NON_COMPUTING_FIELDS}
+def run_identity(computing: dict) -> str:
+  """A digest of what a run computes: of its config's `config_fields.computing_fields` (the
+  data is checked by provenance.py). Every checkpoint carries it: one of another run is
+  recognised as such."""
+  fields = flat_fields(computing)
   return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def default_workdir(config_file: str, config: ml_collections.ConfigDict, prefix: str = '',
-                    cwd: str | None = None) -> str:
-  """`workdirs/<prefix><config file's stem>[-<digest>]` under `cwd` (the current directory).
-
-  The digest (8 hex digits) is of the fields whose values differ from the config
-  file's own, so runs that compute different things never share a folder, while
-  `num_epochs` and other fields in NON_COMPUTING_FIELDS may change and continue a run.
-  """
-  stem = os.path.splitext(os.path.basename(config_file.split(':')[0]))[0]
-  differences = config_differences(config, load_config_file(config_file.split(':')[0]))
-  name = prefix + stem
-  if differences:
-    text = json.dumps(differences, sort_keys=True)
-    name += '-' + hashlib.sha256(text.encode()).hexdigest()[:8]
-  return os.path.abspath(os.path.join(cwd or os.getcwd(), WORKDIRS, name))
 
 
 def json_safe(value):
@@ -109,11 +74,6 @@ def json_safe(value):
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
-
-
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-  """A config as the plain (JSON) dict that config.json holds."""
-  return json.loads(config.to_json_best_effort())
 
 
 def selection_key(records: list[dict]) -> str:
@@ -168,25 +128,27 @@ class RunDir:
     return os.path.join(self.path, name)
 
   # config.json
-  def read_config(self) -> ml_collections.ConfigDict:
+  def read_config_json(self) -> dict:
+    """config.json as the plain dict it holds; WorkdirError if missing or unreadable."""
     path = self.file(CONFIG)
     if not os.path.isfile(path):
       raise WorkdirError(f'{path}: missing (not a training workdir, or its run never started)')
     try:
       with open(path, encoding='utf-8') as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
     except (OSError, ValueError, TypeError) as e:
       raise WorkdirError(f'{path}: unreadable ({checkpoints_lib.describe_error(e)})') from None
+    if not isinstance(saved, dict):
+      raise WorkdirError(f'{path}: unreadable (a JSON {type(saved).__name__}, not an object)')
+    return saved
 
-  def write_config(self, config: ml_collections.ConfigDict) -> None:
-    text = json.dumps(config_to_dict(config), indent=2, sort_keys=True, allow_nan=False)
+  def read_config(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(self.read_config_json())
+
+  def write_config(self, config: dict) -> None:
+    """Writes config.json: `config` as the plain dict `run_settings.config_json` makes."""
+    text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
     atomic_write_text(self.file(CONFIG), text + '\n')
-
-  def changed_fields(self, config: ml_collections.ConfigDict) -> list[str]:
-    """Fields that change what is computed whose value differs from the saved config."""
-    if not os.path.isfile(self.file(CONFIG)):
-      return []
-    return sorted(config_differences(config, self.read_config()))
 
   # metrics.jsonl
   def _scan_metrics(self) -> tuple[list[dict], list[int], tuple[int, int] | None]:
@@ -317,7 +279,8 @@ class RunDir:
     """(params, epoch) of the best checkpoint, parameters only (no optimizer state), onto
     one device or `shardings`, tables re-padded (`tables`: their TableSpecs); CheckpointError
     naming it if missing or damaged."""
-    identity = run_identity(self.read_config()) if os.path.isfile(self.file(CONFIG)) else None
+    identity = (run_identity(computing_fields(self.read_config_json()))
+                if os.path.isfile(self.file(CONFIG)) else None)
     with self.best_checkpoint() as (best, epoch):
       params, _ = best.restore_params(epoch, abstract_params, shardings, identity=identity,
                                       tables=tables)

@@ -123,14 +123,14 @@ def single_device_layout() -> Layout:
   return Layout(Mesh(np.array(jax.devices()[:1]), (DATA,)))
 
 
-def create_layout(config) -> Layout:
-  """The layout `config` asks for (`num_devices`, `embedding_sharding`) over jax.devices()."""
+def create_layout(num_devices: int, batch_size: int,
+                  embedding_sharding: str = 'replicated') -> Layout:
+  """The layout of `num_devices` devices of jax.devices() (0: all that divide `batch_size`),
+  with `embedding_sharding` (auto | replicated | rows) for the tables."""
   devices = jax.devices()
-  count = num_devices_for(int(config.get('num_devices', 0)), int(config.batch_size),
-                          len(devices))
+  count = num_devices_for(int(num_devices), int(batch_size), len(devices))
   if jax.process_count() > 1 and count != len(devices):
     raise ConfigError(f'config.num_devices: a run of {jax.process_count()} processes uses all '
                       f'{len(devices)} devices, and they must divide config.batch_size='
-                      f'{config.batch_size}')
-  return Layout(Mesh(np.array(devices[:count]), (DATA,)),
-                config.get('embedding_sharding', 'replicated'))
+                      f'{batch_size}')
+  return Layout(Mesh(np.array(devices[:count]), (DATA,)), embedding_sharding)

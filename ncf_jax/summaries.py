@@ -41,22 +41,6 @@ def scalars(record: dict) -> dict[str, float]:
   return {tag: float(value) for tag, value in out.items()}
 
 
-def hparams(config_dict: dict) -> dict:
-  """The config's fields as TensorBoard hyperparameters (dotted names; bool, number or str)."""
-  out = {}
-
-  def visit(tree: dict, prefix: str) -> None:
-    for key, value in sorted(tree.items()):
-      if isinstance(value, dict):
-        visit(value, f'{prefix}{key}.')
-      elif isinstance(value, (bool, int, float, str)):
-        out[prefix + key] = value
-      elif value is not None:
-        out[prefix + key] = json.dumps(value)
-  visit(config_dict, '')
-  return out
-
-
 class RunSummaries:
   """The TensorBoard event file of one run (process 0)."""
 
@@ -64,6 +48,21 @@ class RunSummaries:
     self.workdir, self.config_dict = workdir, config_dict
     self._writer = None
     self._unavailable = False
+
+  def hparams(self) -> dict:
+    """The config's fields as TensorBoard hyperparameters (dotted names; bool, number or str)."""
+    out = {}
+
+    def visit(tree: dict, prefix: str) -> None:
+      for key, value in sorted(tree.items()):
+        if isinstance(value, dict):
+          visit(value, f'{prefix}{key}.')
+        elif isinstance(value, (bool, int, float, str)):
+          out[prefix + key] = value
+        elif value is not None:
+          out[prefix + key] = json.dumps(value)
+    visit(self.config_dict, '')
+    return out
 
   def _open(self, first_epoch: int, top_k: int) -> None:
     try:
@@ -80,7 +79,7 @@ class RunSummaries:
     writer.file_writer.add_event(event_pb2.Event(
         step=first_epoch, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
     metric_tags = {f'test/hr_{top_k}': 0.0, f'test/ndcg_{top_k}': 0.0, 'train/loss': 0.0}
-    for summary in tbx_summary.hparams(hparams(self.config_dict), metric_tags):
+    for summary in tbx_summary.hparams(self.hparams(), metric_tags):
       writer.file_writer.add_summary(summary)
     writer.add_text('config', '```\n' + json.dumps(self.config_dict, indent=2) + '\n```',
                     first_epoch)

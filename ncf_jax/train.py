@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: a training run in a few named steps, callable from a
 notebook.
 
-  build         the dataset, model, optimizer and evaluators a config names
+  build         the dataset, model, optimizer and evaluators of the run's settings
+                (`run_settings.read(config)`: the one reading of the config)
   start         a fresh state evaluated at epoch 0, or the state of the last intact checkpoint
   train_epoch   one epoch of compiled chunks of steps; one host sync at its end
   evaluate      test (and validation, full ranking) metrics of the params
@@ -22,7 +23,7 @@ import numpy as np
 
 from ncf_jax import als_fit
 from ncf_jax import batch_source as batch_source_lib
-from ncf_jax import config_checks
+from ncf_jax import config_fields
 from ncf_jax import epoch as epoch_lib
 from ncf_jax import evaluation
 from ncf_jax import interrupts
@@ -32,6 +33,7 @@ from ncf_jax import pretrain
 from ncf_jax import provenance
 from ncf_jax import row_sharded
 from ncf_jax import run_dir as run_dir_lib
+from ncf_jax import run_settings
 from ncf_jax import sharding
 from ncf_jax import summaries as summaries_lib
 from ncf_jax import tables
@@ -39,6 +41,7 @@ from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.data.dataset import Dataset
 from ncf_jax.errors import CheckpointError, DamagedCheckpointError, NonFiniteError
+from ncf_jax.run_settings import TrainingSettings
 
 
 class Evaluators:
@@ -70,24 +73,10 @@ class Evaluators:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingSettings:
-  """The plain values the training loop reads, taken from the config once, in `build`."""
-  seed: int
-  num_epochs: int
-  batch_size: int
-  steps_per_dispatch: int
-  sampler: str  # host | device: which executor computes the epoch's batches
-  learning_rate: float  # named in the divergence message
-  log_every_seconds: float
-  top_k: int
-  target_hr: float
-
-
 @dataclasses.dataclass
 class Experiment:
   """What a run needs that does not change while it trains."""
-  config: ml_collections.ConfigDict  # written into the run folder; not read below `build`
+  run: run_settings.RunSettings  # what the config says, read once (`run_settings.read`)
   dataset: Dataset
   model: models.ScoringModel
   optimizer: optimizers.Optimizer
@@ -119,31 +108,22 @@ class Experiment:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
-  """The dataset, model, optimizer, evaluators and device layout `config` names (a validated
-  config)."""
-  layout = sharding.create_layout(config)
-  dataset = registry.load_dataset(config)
-  model = models.create_model(config, dataset.num_users, dataset.num_items, layout.num_devices)
-  settings = TrainingSettings(
-      seed=int(config.seed), num_epochs=int(config.num_epochs),
-      batch_size=int(config.batch_size), steps_per_dispatch=int(config.steps_per_dispatch),
-      sampler=config.get('sampler', 'host'), learning_rate=float(config.learning_rate),
-      log_every_seconds=float(config.log_every_seconds), top_k=int(config.top_k),
-      target_hr=float(config.get('target_hr', 0.0)))
-  spec, arrays = epoch_definition(dataset, int(config.num_negatives),
-                                  bool(config.reject_positives),
-                                  bool(config.get('exclude_heldout_from_negatives', False)))
+def build(run: run_settings.RunSettings) -> Experiment:
+  """The dataset, model, optimizer, evaluators and device layout of a run's settings."""
+  layout = sharding.create_layout(run.devices.num_devices, run.training.batch_size,
+                                  run.devices.embedding_sharding)
+  dataset = registry.load_dataset(run.data)
+  model = models.create_model(run.model, dataset.num_users, dataset.num_items,
+                              layout.num_devices)
+  settings = run.training
+  spec, arrays = epoch_definition(dataset, run.epoch.num_negatives, run.epoch.reject_positives,
+                                  run.epoch.exclude_heldout)
   total_steps = settings.num_epochs * epoch_lib.num_batches_per_epoch(
       dataset.num_train, spec.num_negatives, settings.batch_size)
-  regularization = train_step_lib.Regularization(
-      float(config.l2_embeddings), float(config.l2_layers),
-      bool(config.get('l2_embeddings_per_example', False)))
-  return Experiment(config, dataset, model, optimizers.create_optimizer(config, total_steps),
-                    Evaluators(dataset, model, layout, settings.top_k,
-                               int(config.eval_users_per_block), bool(config.full_ranking)),
-                    total_steps, layout, settings,
-                    regularization, spec, arrays)
+  evaluators = Evaluators(dataset, model, layout, run.evaluation.top_k,
+                          run.evaluation.users_per_block, run.evaluation.full_ranking)
+  return Experiment(run, dataset, model, optimizers.create_optimizer(run.optimizer, total_steps),
+                    evaluators, total_steps, layout, settings, run.regularization, spec, arrays)
 
 
 def epoch_definition(dataset: Dataset, num_negatives: int, reject_positives: bool,
@@ -169,15 +149,15 @@ def initial_state(experiment: Experiment):
   a row-sharded table). Embedding tables are equal on every mesh (`row_init`); the dense
   layers' draws may differ in the last bit of a few values.
   """
-  config, model, optimizer = experiment.config, experiment.model, experiment.optimizer
+  model, optimizer = experiment.model, experiment.optimizer
   seed = experiment.settings.seed
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
   init_params = lambda: models.init_params(model, seed)
-  # A config with the pretraining fields (configs/neumf_pretrained.py) must set them:
-  # otherwise it would silently fine-tune a fresh NeuMF with its SGD settings.
-  if 'gmf_workdir' in config or 'mlp_workdir' in config:
-    params = pretrain.merged_params(config, jax.eval_shape(init_params), model.table_specs())
-    provenance.check_sources(config, experiment.dataset)
+  sources = experiment.run.pretrain
+  if sources is not None:
+    params = pretrain.merged_params(sources, experiment.run.data, jax.eval_shape(init_params),
+                                    model.table_specs())
+    provenance.check_sources(sources, experiment.dataset)
   elif experiment.layout.num_devices == 1:
     params = init_params()
   else:
@@ -230,8 +210,9 @@ def format_record(record: dict, num_epochs: int = 0, seconds_left: float | None 
 
 
 @dataclasses.dataclass
-class Progress:
-  """The run folder being written, and the run's clock and records so far. In a run of
+class RunRecorder:
+  """Records a run as it trains: the run folder being written, its checkpoints, and the
+  run's clock and records so far. In a run of
   several processes only process 0 (`primary`) writes files other than checkpoints, holds
   the lock and prints; every process keeps the same history and takes part in checkpoints.
 
@@ -293,30 +274,30 @@ def evaluate(experiment: Experiment, state, epoch: int, loss: float | None) -> d
   return record
 
 
-def mark_target(progress: Progress, record: dict) -> None:
+def mark_target(recorder: RunRecorder, record: dict) -> None:
   """Marks `record` if it is the first to reach the target: `reached_target`, the target,
   and `seconds_to_target` (from process start, like `elapsed_seconds`)."""
-  target = progress.target_hr
-  if target and run_dir_lib.target_record([*progress.history, record], target) is record:
+  target = recorder.target_hr
+  if target and run_dir_lib.target_record([*recorder.history, record], target) is record:
     record.update(reached_target=True, target_hr=target,
                   seconds_to_target=record['elapsed_seconds'])
 
 
-def record_epoch(progress: Progress, record: dict, state) -> None:
+def record_epoch(recorder: RunRecorder, record: dict, state) -> None:
   """Commits the previous epoch, prints `record` and starts saving `state` with it; the
-  record is appended to metrics.jsonl once the checkpoint is durable (`Progress.commit`)."""
-  record['elapsed_seconds'] = time.time() - progress.start_time
-  progress.commit()
-  mark_target(progress, record)
+  record is appended to metrics.jsonl once the checkpoint is durable (`RunRecorder.commit`)."""
+  record['elapsed_seconds'] = time.time() - recorder.start_time
+  recorder.commit()
+  mark_target(recorder, record)
   record = run_dir_lib.json_safe(record)
-  progress.say(format_record(record, progress.num_epochs,
-                            run_seconds_left([*progress.history, record], progress.num_epochs)))
-  progress.latest.save(record['epoch'], state, dict(
-      epoch=record['epoch'], step=record['step'], run_identity=progress.identity, record=record))
-  progress.pending = record
+  recorder.say(format_record(record, recorder.num_epochs,
+                            run_seconds_left([*recorder.history, record], recorder.num_epochs)))
+  recorder.latest.save(record['epoch'], state, dict(
+      epoch=record['epoch'], step=record['step'], run_identity=recorder.identity, record=record))
+  recorder.pending = record
 
 
-def _restore_latest(progress: Progress, abstract_state,
+def _restore_latest(recorder: RunRecorder, abstract_state,
                     tables=()) -> tuple[object, int, dict] | None:
   """(state, epoch, meta) of the newest intact checkpoint the records reach (its epoch at
   most one past the last record); None when there is none.
@@ -324,102 +305,104 @@ def _restore_latest(progress: Progress, abstract_state,
   A damaged newest checkpoint (unreadable, contents differing from its digests, or not the
   epoch or run its folder says) is passed over for the one before it, with a note.
   """
-  recorded = [r['epoch'] for r in progress.history]
-  epochs = progress.latest.epochs()
+  recorded = [r['epoch'] for r in recorder.history]
+  epochs = recorder.latest.epochs()
   reachable = [e for e in epochs if e <= (recorded[-1] if recorded else -1) + 1]
   for epoch in sorted(set(epochs) - set(reachable)):
-    progress.say(f'note: {progress.latest.where(epoch)}: passed over: '
-                 f'{progress.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
+    recorder.say(f'note: {recorder.latest.where(epoch)}: passed over: '
+                 f'{recorder.run.file(run_dir_lib.METRICS)} has no record of epoch {epoch - 1}')
   for i, epoch in enumerate(reversed(reachable)):
     try:
-      state, meta = progress.latest.restore(epoch, abstract_state, identity=progress.identity,
+      state, meta = recorder.latest.restore(epoch, abstract_state, identity=recorder.identity,
                                             tables=tables)  # re-padded from another mesh
       return state, epoch, meta
     except DamagedCheckpointError as e:
       if i == len(reachable) - 1:
         raise
-      progress.say(f'note: {e}; resuming from the checkpoint before it')
+      recorder.say(f'note: {e}; resuming from the checkpoint before it')
   return None
 
 
-def _reconcile_records(progress: Progress, epoch: int, meta: dict) -> None:
+def _reconcile_records(recorder: RunRecorder, epoch: int, meta: dict) -> None:
   """Makes the records end at `epoch`, the checkpoint resumed from: a record lost between
   its durable checkpoint and the append (a crash, a torn last line) is restored from the
   checkpoint; records of later epochs (whose checkpoints are gone) are removed."""
-  run, metrics = progress.run, progress.run.file(run_dir_lib.METRICS)
-  recorded = [r['epoch'] for r in progress.history]
+  run, metrics = recorder.run, recorder.run.file(run_dir_lib.METRICS)
+  recorded = [r['epoch'] for r in recorder.history]
   if epoch not in recorded:
     record = meta.get('record')
     if record is None or record.get('epoch') != epoch:
       raise CheckpointError(f'{metrics}: no record of epoch {epoch}, and its checkpoint '
-                            f'{progress.latest.where(epoch)} holds none')
-    if progress.primary:
+                            f'{recorder.latest.where(epoch)} holds none')
+    if recorder.primary:
       run.append_metrics(record)
-    progress.history.append(record)
-    progress.say(f'note: {metrics}: the record of epoch {epoch} was missing (the run stopped '
+    recorder.history.append(record)
+    recorder.say(f'note: {metrics}: the record of epoch {epoch} was missing (the run stopped '
                  'after its checkpoint was saved); restored from the checkpoint')
   removed = [e for e in recorded if e > epoch]
   if removed:
-    if progress.primary:
+    if recorder.primary:
       run.remove_metrics_after(epoch)
-    progress.history[:] = [r for r in progress.history if r['epoch'] <= epoch]
-    progress.say(f'note: {metrics}: records of epoch(s) {", ".join(map(str, removed))} removed: '
+    recorder.history[:] = [r for r in recorder.history if r['epoch'] <= epoch]
+    recorder.say(f'note: {metrics}: records of epoch(s) {", ".join(map(str, removed))} removed: '
                  'their checkpoints are missing or damaged, so they are trained again')
 
 
-def _check_best_checkpoint(progress: Progress) -> None:
+def _check_best_checkpoint(recorder: RunRecorder) -> None:
   """CheckpointError when the best recorded epoch's checkpoint is gone: the run's product
   cannot be recreated by resuming."""
-  best = run_dir_lib.best_record(progress.history)['epoch']
-  legacy = os.path.join(progress.run.file(run_dir_lib.CHECKPOINTS), run_dir_lib.LEGACY_BEST,
+  best = run_dir_lib.best_record(recorder.history)['epoch']
+  legacy = os.path.join(recorder.run.file(run_dir_lib.CHECKPOINTS), run_dir_lib.LEGACY_BEST,
                         str(best))
-  if best not in progress.latest.epochs() and not os.path.isdir(legacy):
+  if best not in recorder.latest.epochs() and not os.path.isdir(legacy):
     raise CheckpointError(
-        f'{progress.latest.where(best)}: missing: the checkpoint of the best epoch ({best}, by '
-        f'{progress.run.file(run_dir_lib.METRICS)}); put it back, or start over with --restart')
+        f'{recorder.latest.where(best)}: missing: the checkpoint of the best epoch ({best}, by '
+        f'{recorder.run.file(run_dir_lib.METRICS)}); put it back, or start over with --restart')
 
 
-def start(experiment: Experiment, progress: Progress) -> tuple[object, int]:
+def start(experiment: Experiment, recorder: RunRecorder) -> tuple[object, int]:
   """(state, last finished epoch): resumed from the latest intact checkpoint, or fresh
   (then evaluated and saved as epoch 0)."""
-  config, run = experiment.config, progress.run
-  trained_on = provenance.describe(config, experiment.dataset)
-  changed = provenance.check_same_run(run, config, trained_on['data_dir'],
+  settings, run = experiment.run, recorder.run
+  trained_on = provenance.describe(settings.computing_fields, experiment.dataset)
+  changed = provenance.check_same_run(run, settings.computing_fields, trained_on['data_dir'],
                                       trained_on['data_fingerprint'])  # never mix two runs
-  note = run.repair_metrics() if progress.primary else None
+  note = run.repair_metrics() if recorder.primary else None
   if note:
-    progress.say(note)
-  progress.history[:] = run.read_metrics()
+    recorder.say(note)
+  recorder.history[:] = run.read_metrics()
   saved_config = os.path.isfile(run.file(run_dir_lib.CONFIG))
-  progress.identity = run_dir_lib.run_identity(run.read_config() if saved_config else config)
-  resumed = _restore_latest(progress, experiment.abstract_state(), experiment.model.table_specs())
+  recorder.identity = run_dir_lib.run_identity(
+      config_fields.computing_fields(run.read_config_json()) if saved_config
+      else settings.computing_fields)
+  resumed = _restore_latest(recorder, experiment.abstract_state(), experiment.model.table_specs())
   if resumed is not None:
     state, epoch, meta = resumed
-    _reconcile_records(progress, epoch, meta)
-    _check_best_checkpoint(progress)
-    progress.say(f'resuming after epoch {epoch} from {progress.latest.directory}')
+    _reconcile_records(recorder, epoch, meta)
+    _check_best_checkpoint(recorder)
+    recorder.say(f'resuming after epoch {epoch} from {recorder.latest.directory}')
     if changed:
-      progress.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
+      recorder.say(f'note: config differs from the run being resumed in: {", ".join(changed)}')
   else:
     metrics = run.file(run_dir_lib.METRICS)
-    if progress.history:
-      epochs = [r['epoch'] for r in progress.history]
+    if recorder.history:
+      epochs = [r['epoch'] for r in recorder.history]
       raise CheckpointError(
-          f'{progress.latest.directory}: no checkpoint, but {metrics} records epochs '
+          f'{recorder.latest.directory}: no checkpoint, but {metrics} records epochs '
           f'{epochs[0]}..{epochs[-1]}; put the checkpoints back, or start over with --restart')
-    if progress.latest.epochs():
+    if recorder.latest.epochs():
       raise CheckpointError(
-          f'{metrics}: no records, but {progress.latest.directory} holds epochs '
-          f'{", ".join(map(str, progress.latest.epochs()))}; put metrics.jsonl back, or start '
+          f'{metrics}: no records, but {recorder.latest.directory} holds epochs '
+          f'{", ".join(map(str, recorder.latest.epochs()))}; put metrics.jsonl back, or start '
           'over with --restart')
     state, epoch = initial_state(experiment), 0
-  if progress.primary:
-    run.write_config(config)
+  if recorder.primary:
+    run.write_config(settings.config_json)
     provenance.record(run, trained_on)
   if resumed is None:
-    progress.identity = run_dir_lib.run_identity(config)
+    recorder.identity = run_dir_lib.run_identity(settings.computing_fields)
     record = evaluate(experiment, state, 0, loss=None)
-    record_epoch(progress, dict(record, train_seconds=None, samples_per_second=None,
+    record_epoch(recorder, dict(record, train_seconds=None, samples_per_second=None,
                                 devices=experiment.layout.num_devices,
                                 processes=jax.process_count()), state)
   return state, epoch
@@ -491,13 +474,13 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
                            devices=experiment.layout.num_devices, processes=jax.process_count())
 
 
-def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: int):
+def train_epochs(experiment: Experiment, recorder: RunRecorder, state, done_epoch: int):
   """Trains, evaluates and records epochs after `done_epoch` up to `num_epochs`; stops
   after the epoch reaching the target, or at once if an earlier one did. Returns the state."""
-  if run_dir_lib.target_record(progress.history, progress.target_hr):
+  if run_dir_lib.target_record(recorder.history, recorder.target_hr):
     return state  # the run is finished: resuming it trains nothing
-  if experiment.config.model in als_fit.FITTED_MODELS:  # fit by least squares, not by SGD
-    return als_fit.train_epochs(experiment, progress, state, done_epoch, evaluate, record_epoch)
+  if experiment.run.model.name in als_fit.FITTED_MODELS:  # fit by least squares, not by SGD
+    return als_fit.train_epochs(experiment, recorder, state, done_epoch, evaluate, record_epoch)
   num_epochs = experiment.settings.num_epochs
   source = experiment.batch_source(last_epoch=num_epochs)
   source.start(done_epoch + 1)  # the first batches are made while the step compiles
@@ -512,7 +495,7 @@ def train_epochs(experiment: Experiment, progress: Progress, state, done_epoch: 
     for epoch in range(done_epoch + 1, num_epochs + 1):
       state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, source)
       record = dict(evaluate(experiment, state, epoch, loss), **timings)
-      record_epoch(progress, record, state)
+      record_epoch(recorder, record, state)
       if record.get('reached_target'):
         break
   finally:
@@ -542,36 +525,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   Returns (final train state, list of metric records).
   """
   start_time = time.time()
-  config_checks.validate(config)
+  settings = run_settings.read(config)  # the one reading of the config; plain values below
   run = run_dir_lib.RunDir(workdir)
   primary = jax.process_index() == 0
   with run.writer() if primary else contextlib.nullcontext():  # one writer: process 0
-    experiment = build(config)
+    experiment = build(settings)
     dataset, layout = experiment.dataset, experiment.layout
-    progress = Progress(run, run.checkpoints('latest', create=True), start_time, [],
-                        config.get('target_hr', 0.0), primary,
-                        summaries=(summaries_lib.RunSummaries(run.path,
-                                                              run_dir_lib.config_to_dict(config))
-                                   if primary else None),
-                        num_epochs=config.num_epochs)
-    progress.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
-                 f'{dataset.num_train} training positives; model {config.model} on '
+    recorder = RunRecorder(run, run.checkpoints('latest', create=True), start_time, [],
+                           settings.training.target_hr, primary,
+                           summaries=(summaries_lib.RunSummaries(run.path, settings.config_json)
+                                      if primary else None),
+                           num_epochs=settings.training.num_epochs)
+    recorder.say(f'{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, '
+                 f'{dataset.num_train} training positives; model {settings.model.name} on '
                  f'{layout.num_devices} device(s), {jax.process_count()} process(es); '
                  f'workdir {run.path}')
-    progress.say(f'embedding_sharding={config.get("embedding_sharding", "replicated")}: '
+    recorder.say(f'embedding_sharding={settings.devices.embedding_sharding}: '
                  + tables.describe(experiment.model.table_specs(), layout.num_devices))
     try:
-      state, done_epoch = start(experiment, progress)
-      state = train_epochs(experiment, progress, state, done_epoch)
+      state, done_epoch = start(experiment, recorder)
+      state = train_epochs(experiment, recorder, state, done_epoch)
     finally:
-      progress.close()  # a pending save is finished (and recorded), not left half-written
-      if progress.summaries is not None:
-        progress.summaries.close()
-  history = progress.history
+      recorder.close()  # a pending save is finished (and recorded), not left half-written
+      if recorder.summaries is not None:
+        recorder.summaries.close()
+  history = recorder.history
   best = run_dir_lib.best_record(history)
   selection = 'validation' if run_dir_lib.selection_key(history) == 'valid_hr' else 'test'
-  progress.say(f"best epoch {best['epoch']} (selected on {selection}): "
-               f"test HR@{config.top_k} {best['hr']:.4f} NDCG@{config.top_k} {best['ndcg']:.4f}")
-  if progress.target_hr:
-    progress.say(target_line(history, progress.target_hr, config.top_k))
+  top_k = settings.training.top_k
+  recorder.say(f"best epoch {best['epoch']} (selected on {selection}): "
+               f"test HR@{top_k} {best['hr']:.4f} NDCG@{top_k} {best['ndcg']:.4f}")
+  if recorder.target_hr:
+    recorder.say(target_line(history, recorder.target_hr, top_k))
   return state, history

@@ -3,7 +3,8 @@
 `train_step(state, batch) -> (state, metrics)` takes one batch; `train_chunk`
 runs it over a stack of batches in one `lax.fori_loop`, so one dispatch covers
 many steps and metrics stay on the device. The step reads no config: the model, the
-optimizer and the `Regularization` (made once from the config by `from_config`) are handed in.
+optimizer and the `Regularization` (read once from the config by `run_settings`) are
+handed in.
 """
 
 import dataclasses
@@ -31,11 +32,6 @@ class Regularization:
   l2_embeddings: float = 0.0
   l2_layers: float = 0.0
   per_example: bool = False
-
-  @classmethod
-  def from_config(cls, config) -> 'Regularization':
-    return cls(float(config.l2_embeddings), float(config.l2_layers),
-               bool(config.get('l2_embeddings_per_example', False)))
 
 
 def init_state(params: dict, optimizer: optimizers.Optimizer,

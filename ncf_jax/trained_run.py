@@ -13,6 +13,7 @@ import ml_collections
 
 from ncf_jax import models
 from ncf_jax import run_dir as run_dir_lib
+from ncf_jax import run_settings
 from ncf_jax.errors import CheckpointError
 
 
@@ -49,11 +50,12 @@ def load_best(workdir: str, num_users: int | None = None,
   """
   run = run_dir_lib.RunDir(workdir)
   config = run.read_config()
+  settings = run_settings.model_settings(config)
   if num_users is None or num_items is None:
-    rows = _table_rows(run.stored_best_tree(), models.create_model(config, 1, 1),
+    rows = _table_rows(run.stored_best_tree(), models.create_model(settings, 1, 1),
                        run.file(run_dir_lib.CHECKPOINTS))
     num_users, num_items = rows['users'], rows['items']
-  model = models.create_model(config, num_users, num_items)
+  model = models.create_model(settings, num_users, num_items)
   params, epoch = run.restore_best_params(models.abstract_params(model),
                                           tables=model.table_specs())
   return TrainedModel(config, model, params, epoch, run.path)

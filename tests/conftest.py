@@ -7,6 +7,7 @@ compile the same small programs again), removed when the session ends.
 
 import atexit
 import contextlib
+import hashlib
 import importlib
 import io
 import os
@@ -35,6 +36,12 @@ from ncf_jax.configs import test as test_config
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_blob_sha1(data: bytes) -> str:
+  """The id git gives a file with these bytes (`git hash-object`): the reference the
+  downloader's chunked digest is checked against."""
+  return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
 
 
 def make_config(**overrides):

@@ -22,6 +22,7 @@ from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import row_sharded
+from ncf_jax import run_settings
 from ncf_jax import trained_run
 from ncf_jax import sharding
 from ncf_jax import tables
@@ -37,8 +38,8 @@ NUM_USERS, NUM_ITEMS = 150, 90
 
 
 def _layout(num_devices, embedding_sharding):
-  return sharding.create_layout(make_config(num_devices=num_devices,
-                                            embedding_sharding=embedding_sharding))
+  config = make_config(num_devices=num_devices, embedding_sharding=embedding_sharding)
+  return sharding.create_layout(config.num_devices, config.batch_size, embedding_sharding)
 
 
 def _shardings(layout, model, optimizer):
@@ -59,7 +60,7 @@ def _experiment(config, num_devices=0):
   config = copy.deepcopy(config)
   config.num_devices = num_devices
   config.synthetic.update(num_users=NUM_USERS, num_items=NUM_ITEMS)
-  return train.build(config)
+  return train.build(run_settings.read(config))
 
 
 def _train_on(num_devices, config, params, batches):
@@ -72,9 +73,7 @@ def _train_on(num_devices, config, params, batches):
   # As train's epoch loop chooses it: routed under shard_map when a table is row-sharded.
   make_chunk = (row_sharded.make_train_chunk if row_sharded.has_row_sharded(model.table_specs())
                 else train_step_lib.make_train_chunk)
-  chunk = make_chunk(model, optimizer,
-                     train_step_lib.Regularization.from_config(experiment.config), layout,
-                     shardings)
+  chunk = make_chunk(model, optimizer, experiment.regularization, layout, shardings)
   state, _ = chunk(state, layout.put_chunk(batches), np.int32(len(batches['users'])))
   assert layout.num_devices == num_devices
   return state, layout
@@ -122,8 +121,8 @@ def test_row_sharded_tables_take_an_eighth_of_the_memory_per_device():
   config = make_config(model='neumf', embedding_sharding='rows', num_factors=16)
   for embedding_sharding in ('replicated', 'rows'):
     config.embedding_sharding = embedding_sharding
-    model = models.create_model(config, 6040, 3706)  # ML-1M's tables
-    optimizer = optimizers.create_optimizer(config)
+    model = models.create_model(run_settings.model_settings(config), 6040, 3706)  # ML-1M's tables
+    optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config))
     layout = _layout(8, embedding_sharding)
     ids = jnp.zeros((1,), jnp.int32)
     shardings = _shardings(layout, model, optimizer)['params']
@@ -140,15 +139,17 @@ def test_row_sharded_tables_take_an_eighth_of_the_memory_per_device():
 @pytest.mark.parametrize('embedding_sharding', ['replicated', 'rows'])
 def test_evaluation_over_8_devices_ranks_as_on_one(embedding_sharding):
   config = make_config(embedding_sharding=embedding_sharding)
-  dataset = registry.load_dataset(config)
-  model = models.create_model(config, dataset.num_users, dataset.num_items)
+  dataset = registry.load_dataset(run_settings.data_settings(config))
+  model = models.create_model(run_settings.model_settings(config), dataset.num_users,
+                              dataset.num_items)
   ids = jnp.zeros((1,), jnp.int32)
   params = jax.tree_util.tree_map(lambda x: x * 30,
                                   model.init(jax.random.key(1), ids, ids)['params'])
   results = []
   for num_devices in (1, 8):
     layout = _layout(num_devices, embedding_sharding)
-    shardings = _shardings(layout, model, optimizers.create_optimizer(config))['params']
+    optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config))
+    shardings = _shardings(layout, model, optimizer)['params']
     placed = jax.device_put(params, shardings)
     sampled = evaluation.SampledEvaluator(model, dataset.test, 16, layout=layout)
     full = evaluation.full_ranking_evaluator(model, dataset, layout)
@@ -181,7 +182,7 @@ def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero
   state, history = train_quietly(config, tmp_path)
   assert len(traces) == 1
   assert all(r['devices'] == 8 and r['processes'] == 1 for r in history)
-  dataset = registry.load_dataset(config)
+  dataset = registry.load_dataset(run_settings.data_settings(config))
   table = np.asarray(state['params']['gmf']['user_embedding'])
   assert table.shape[0] == tables.ROW_MULTIPLE and table.shape[0] > dataset.num_users
   assert not table[dataset.num_users:].any()  # padding rows: never looked up, never moved
@@ -203,7 +204,8 @@ def test_a_checkpoint_of_8_devices_resumes_on_1_2_and_4_and_is_read_on_one(tmp_p
   # Epoch 2 trained on 1, 2 and 4 devices from the same 8-device checkpoint: the same run.
   for other in finals[1:]:
     assert finals[0]['loss'] == pytest.approx(other['loss'], rel=1e-4)
-    assert abs(finals[0]['hr'] - other['hr']) <= 3 / len(registry.load_dataset(config(1, 1)).test)
+    test = registry.load_dataset(run_settings.data_settings(config(1, 1))).test
+    assert abs(finals[0]['hr'] - other['hr']) <= 3 / len(test)
   best = trained_run.load_best(str(tmp_path / 'eight'))  # a reader: one device
   assert all(len(leaf.devices()) == 1 for leaf in jax.tree_util.tree_leaves(best.params))
 
@@ -216,7 +218,7 @@ def test_device_count_follows_the_batch_or_the_config():
     sharding.num_devices_for(3, 256, 8)
   with pytest.raises(ConfigError, match='only 8 devices'):
     sharding.num_devices_for(16, 256, 8)
-  layout = train.build(make_config(batch_size=96)).layout
+  layout = train.build(run_settings.read(make_config(batch_size=96))).layout
   assert layout.num_devices == 8
 
 
@@ -243,7 +245,7 @@ def _owner_counts(ids, num_devices, shard_rows):
 def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(optimizer):
   num_users = num_items = 1000  # padded to 1,024: 128 rows per device
   config = make_config(model='neumf', optimizer=optimizer, learning_rate=0.001)
-  replicated_model = models.create_model(config, num_users, num_items)
+  replicated_model = models.create_model(run_settings.model_settings(config), num_users, num_items)
   ids = jnp.zeros((1,), jnp.int32)
   params = jax.tree_util.tree_map(
       np.asarray, replicated_model.init(jax.random.key(0), ids, ids)['params'])
@@ -262,18 +264,19 @@ def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(op
     results = []
     for sharding_, devices in (('replicated', 1), ('rows', 8)):
       config.embedding_sharding = sharding_
-      model = models.create_model(config, num_users, num_items, devices)
+      model = models.create_model(run_settings.model_settings(config), num_users, num_items,
+                                  devices)
       padded = flax.traverse_util.flatten_dict(params)
       for spec in model.table_specs():
         padded[spec.path] = np.pad(padded[spec.path], ((0, spec.shape[0] - spec.rows), (0, 0)))
       layout = _layout(devices, sharding_)
-      optimizer_ = optimizers.create_optimizer(config)
+      optimizer_ = optimizers.create_optimizer(run_settings.optimizer_settings(config))
       shardings = _shardings(layout, model, optimizer_)
       state = jax.device_put(train_step_lib.init_state(
           flax.traverse_util.unflatten_dict(padded), optimizer_, model), shardings)
       make_chunk = (row_sharded.make_train_chunk if sharding_ == 'rows'
                     else train_step_lib.make_train_chunk)
-      chunk = make_chunk(model, optimizer_, train_step_lib.Regularization.from_config(config),
+      chunk = make_chunk(model, optimizer_, run_settings.regularization(config),
                          layout, shardings)
       state, metrics = chunk(state, layout.put_chunk(batches), np.int32(4))
       results.append((_unpadded(state['params'], model), float(metrics['loss_sum'])))
@@ -312,10 +315,11 @@ def test_bfloat16_rows_cross_devices_in_bfloat16():
 def test_auto_replicates_small_tables_and_shards_large_ones_across_meshes():
   config = make_config(model='gmf', embedding_sharding='auto', num_factors=64)
   big = tables.AUTO_ROWS_MIN_BYTES // (4 * 64)  # rows of a table at the threshold
-  specs = {s.path: s for s in models.create_model(config, big, 1000, 8).table_specs()}
+  settings = run_settings.model_settings(config)
+  specs = {s.path: s for s in models.create_model(settings, big, 1000, 8).table_specs()}
   assert specs['gmf', 'user_embedding'].placement == 'rows'
   assert specs['gmf', 'item_embedding'].placement == 'replicated'
-  one = {s.path: s for s in models.create_model(config, big, 1000, 1).table_specs()}
+  one = {s.path: s for s in models.create_model(settings, big, 1000, 1).table_specs()}
   assert one['gmf', 'user_embedding'].placement == 'replicated'
   # The same padded rows on one device: a state moves between the two.
   assert one['gmf', 'user_embedding'].shape == specs['gmf', 'user_embedding'].shape

@@ -18,6 +18,7 @@ from ncf_jax import checkpoints
 from ncf_jax import communication
 from ncf_jax import evaluation
 from ncf_jax import models
+from ncf_jax import run_settings
 from ncf_jax import sharding
 from ncf_jax import train
 from ncf_jax import trained_run
@@ -53,7 +54,8 @@ def test_full_ranking_under_rows_equals_numpy_on_3_and_4_devices_and_is_not_fool
   problem = ranking_problem()
   for num_devices in (3, 4):
     layout = _layout(num_devices)
-    model = models.create_model(mf_config('rows'), NUM_USERS, NUM_ITEMS, num_devices)
+    model = models.create_model(run_settings.model_settings(mf_config('rows')), NUM_USERS,
+                                NUM_ITEMS, num_devices)
     params = exact_params(model)  # the same real rows whatever the padding
     expected = reference_ranks(params, *problem)
     evaluator = _full_ranking(model, layout, problem)
@@ -76,7 +78,8 @@ def test_neumf_full_ranking_under_rows_on_4_devices_ranks_as_replicated_on_one()
   ranks = []
   for embedding_sharding, num_devices in (('replicated', 1), ('rows', 4)):
     config.embedding_sharding = embedding_sharding
-    model = models.create_model(config, NUM_USERS, NUM_ITEMS, num_devices)
+    model = models.create_model(run_settings.model_settings(config), NUM_USERS, NUM_ITEMS,
+                                num_devices)
     layout = _layout(num_devices, embedding_sharding)
     params = jax.tree_util.tree_map(lambda x: x * 30, models.init_params(model, 1))
     ranks.append(_full_ranking(model, layout, problem).user_ranks(
@@ -87,7 +90,7 @@ def test_neumf_full_ranking_under_rows_on_4_devices_ranks_as_replicated_on_one()
 def test_compiled_full_ranking_under_rows_routes_ids_and_gathers_no_table():
   # Compile only: tables of 40,960 x 20,480 rows, 64 held-out users.
   config = make_config(model='neumf', embedding_sharding='rows')
-  model = models.create_model(config, 40_000, 20_000, 4)
+  model = models.create_model(run_settings.model_settings(config), 40_000, 20_000, 4)
   layout = _layout(4)
   rng = np.random.default_rng(0)
   heldout = HeldOut(rng.integers(0, 40_000, 64).astype(np.int32),
@@ -110,14 +113,14 @@ def test_tables_are_drawn_alike_on_any_mesh_without_whole_table_temporaries():
   tables = {}
   for num_devices in (1, 3, 4):
     config.num_devices = num_devices
-    experiment = train.build(config)
+    experiment = train.build(run_settings.read(config))
     state = train.initial_state(experiment)
     flat = flax.traverse_util.flatten_dict(state['params'])
     tables[num_devices] = {s.path: (np.asarray(flat[s.path]), s.rows)
                            for s in experiment.model.table_specs()}
     if num_devices == 1:  # as drawn eagerly, unpadded, before tables were drawn by row
-      plain = models.create_model(make_config(model='neumf'), experiment.model.num_users,
-                                  experiment.model.num_items)
+      plain = models.create_model(run_settings.model_settings(make_config(model='neumf')),
+                                  experiment.model.num_users, experiment.model.num_items)
       eager = flax.traverse_util.flatten_dict(models.init_params(plain, config.seed))
   for path, (table, rows) in tables[4].items():
     np.testing.assert_array_equal(table, tables[1][path][0])  # same padding: all rows
@@ -125,8 +128,8 @@ def test_tables_are_drawn_alike_on_any_mesh_without_whole_table_temporaries():
     np.testing.assert_array_equal(table[:rows], np.asarray(eager[path]))
     assert not tables[3][path][0][rows:].any() and not table[rows:].any()
   # Compiled, not run: 400,000 x 16 user rows over 4 devices, drawn per device in blocks.
-  model = models.create_model(make_config(model='gmf', num_factors=16, embedding_sharding='rows'),
-                              400_000, 1000, 4)
+  config = make_config(model='gmf', num_factors=16, embedding_sharding='rows')
+  model = models.create_model(run_settings.model_settings(config), 400_000, 1000, 4)
   layout = _layout(4)
   shardings = layout.state_shardings(models.abstract_params(model), model.table_specs())
   init = jax.jit(lambda: models.init_params(model, 0), out_shardings=shardings)
@@ -139,7 +142,7 @@ def test_tables_are_drawn_alike_on_any_mesh_without_whole_table_temporaries():
 def _restored_on(workdir, num_devices, config):
   """The newest checkpoint of `workdir` restored onto `num_devices` devices (re-padded)."""
   config.num_devices = num_devices
-  experiment = train.build(config)
+  experiment = train.build(run_settings.read(config))
   directory = checkpoints.CheckpointDir(str(workdir / 'checkpoints' / 'latest'))
   try:
     epoch = directory.epochs()[-1]
@@ -176,7 +179,7 @@ def test_a_state_moves_between_meshes_of_different_padding(tmp_path):
                if 'user_embedding' in jax.tree_util.keystr(path)]
     assert moments and all(m.shape[0] == model.table_specs()[0].shape[0] for m in moments)
   # A reader on one device (1,024-row padding) of the run written on 6 (3,072).
-  dataset = registry.load_dataset(config(6, 1))
+  dataset = registry.load_dataset(run_settings.data_settings(config(6, 1)))
   sized = trained_run.load_best(str(tmp_path / 'six'), dataset.num_users, dataset.num_items)
   as_stored = trained_run.load_best(str(tmp_path / 'six'))  # tables of the stored 3,072 rows
   for spec in sized.model.table_specs():

@@ -92,13 +92,15 @@ def test_lattice_search_moves_the_choice_off_the_grid_edge():
 def test_table2_batch256_per_user_intervals_from_the_best_checkpoint(tmp_path):
   from conftest import make_config, train_quietly  # pylint: disable=g-import-not-at-top
   from experiments import table2_batch256  # pylint: disable=g-import-not-at-top
+  from ncf_jax import run_settings  # pylint: disable=g-import-not-at-top
   from ncf_jax.data import registry  # pylint: disable=g-import-not-at-top
   config = make_config(num_epochs=2)
   train_quietly(config, tmp_path / 'run')
   status = {'run': table2_batch256.run_status(str(tmp_path / 'run')),
             'stale': dict(table2_batch256.run_status(str(tmp_path / 'run')), hr=0.0),
             'absent': table2_batch256.run_status(str(tmp_path / 'absent'))}
-  table2_batch256.add_per_user_intervals(status, registry.load_dataset(config))
+  table2_batch256.add_per_user_intervals(
+      status, registry.load_dataset(run_settings.data_settings(config)))
   run = status['run']
   assert run['hr_ci95'][0] <= run['hr'] <= run['hr_ci95'][1]
   assert run['ndcg_ci95'][0] <= run['ndcg'] <= run['ndcg_ci95'][1]

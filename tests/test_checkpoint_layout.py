@@ -12,6 +12,7 @@ import pytest
 
 from conftest import make_config, read_records, run_module, train_quietly
 from ncf_jax import checkpoints
+from ncf_jax import config_fields
 from ncf_jax import run_dir
 from ncf_jax import trained_run
 from ncf_jax import shard_digests
@@ -37,7 +38,7 @@ def test_one_folder_per_kept_epoch_the_last_two_and_the_best(finished):
 
 
 def test_each_checkpoint_holds_its_epoch_step_run_identity_and_record(finished):
-  config = run_dir.RunDir(str(finished)).read_config()
+  config = run_dir.RunDir(str(finished)).read_config_json()
   by_epoch = {r['epoch']: r for r in read_records(finished)}
   for name in os.listdir(finished / 'checkpoints' / 'latest'):
     meta = json.loads((finished / 'checkpoints' / 'latest' / name / 'meta' / 'metadata')
@@ -45,7 +46,7 @@ def test_each_checkpoint_holds_its_epoch_step_run_identity_and_record(finished):
     assert meta['epoch'] == int(name)
     assert meta['step'] == by_epoch[int(name)]['step']
     assert meta['record'] == by_epoch[int(name)]
-    assert meta['run_identity'] == run_dir.run_identity(config)
+    assert meta['run_identity'] == run_dir.run_identity(config_fields.computing_fields(config))
 
 
 def test_load_best_restores_the_parameters_alone_onto_one_device(finished, monkeypatch):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -209,9 +208,8 @@ def test_permission_errors_as_a_user_without_root(shared_dir):
 # ------------------------------------------------------------ loading NCF files
 
 
-def _config(**fields):
-  return ml_collections.ConfigDict(dict(dict(dataset='ml-1m', data_dir='', validation=False,
-                                             seed=0), **fields))
+def _data(**fields):
+  return registry.DataSettings(**dict(dict(dataset='ml-1m'), **fields))
 
 
 def test_a_named_data_dir_must_exist_and_is_never_downloaded_into(tmp_path, monkeypatch):
@@ -219,19 +217,19 @@ def test_a_named_data_dir_must_exist_and_is_never_downloaded_into(tmp_path, monk
     raise AssertionError('downloaded')
   monkeypatch.setattr(download, 'fetch', no_download)
   with pytest.raises(DataError, match=r'/nothing: no such directory$'):
-    registry.load_dataset(_config(data_dir=str(tmp_path / 'nothing')))
+    registry.load_dataset(_data(data_dir=str(tmp_path / 'nothing')))
   assert os.listdir(tmp_path) == []
   (tmp_path / 'file').write_text('x')
   with pytest.raises(DataError, match=r'/file: is a file, not a directory of NCF files$'):
-    registry.load_dataset(_config(data_dir=str(tmp_path / 'file')))
+    registry.load_dataset(_data(data_dir=str(tmp_path / 'file')))
   with pytest.raises(DataError, match=r'no ml-1m.train.rating / .test.rating / .test.negative'):
-    registry.load_dataset(_config(data_dir=str(tmp_path)))
+    registry.load_dataset(_data(data_dir=str(tmp_path)))
 
 
 def test_missing_ncf_data_dir_root_is_an_error(tmp_path, monkeypatch):
   monkeypatch.setenv('NCF_DATA_DIR', str(tmp_path / 'typo'))
   with pytest.raises(DataError, match=r'\$NCF_DATA_DIR=.*typo: no such directory$'):
-    registry.load_dataset(_config())
+    registry.load_dataset(_data())
   assert os.listdir(tmp_path) == []
 
 
@@ -297,9 +295,9 @@ def test_datasets_without_maps(tmp_path):
   data = dataset_lib.load_ncf_dir(_toy(tmp_path), 'toy')
   assert id_maps.read_id_maps(str(tmp_path)) is None and id_maps.id_maps_for(data) is None
   assert id_maps.read_manifest(str(tmp_path)) is None
-  synthetic = registry.load_dataset(_config(
-      dataset='synthetic', synthetic=dict(num_users=20, num_items=120, interactions_per_user=5,
-                                           seed=0)))
+  synthetic = registry.load_dataset(_data(
+      dataset='synthetic', synthetic=tuple(dict(num_users=20, num_items=120,
+                                                interactions_per_user=5, seed=0).items())))
   assert synthetic.source_dir is None and id_maps.id_maps_for(synthetic) is None
   (tmp_path / 'users.tsv').write_text('a\nb\nc\n')
   with pytest.raises(DataError, match='items.tsv: missing, but .*users.tsv is there'):

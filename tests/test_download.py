@@ -11,6 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import git_blob_sha1
+
 from ncf_jax.data import dataset as dataset_lib
 from ncf_jax.data import download
 from ncf_jax.data import registry
@@ -94,14 +96,14 @@ def server():
 
 def test_git_blob_sha1_matches_git():
   # `git hash-object` of an empty file and of "hello\n".
-  assert download.git_blob_sha1(b'') == 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'
-  assert download.git_blob_sha1(b'hello\n') == 'ce013625030ba8dba906f756967f9e9ca394464a'
+  assert git_blob_sha1(b'') == 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'
+  assert git_blob_sha1(b'hello\n') == 'ce013625030ba8dba906f756967f9e9ca394464a'
 
 
 def test_download_verifies_and_renames(server, tmp_path):
   path = tmp_path / 'sub' / 'good.txt'
   download.download_file(f'{server}/good.txt', str(path),
-                         expected_blob=download.git_blob_sha1(GOOD),
+                         expected_blob=git_blob_sha1(GOOD),
                          expected_md5=hashlib.md5(GOOD).hexdigest())
   assert path.read_bytes() == GOOD
   assert os.listdir(path.parent) == ['good.txt']
@@ -121,7 +123,7 @@ def test_failed_download_leaves_nothing(server, tmp_path, case):
   path = tmp_path / 'file.txt'
   url = f'{server}{route}'
   with pytest.raises(DataError) as info:
-    download.download_file(url, str(path), expected_blob=download.git_blob_sha1(GOOD),
+    download.download_file(url, str(path), expected_blob=git_blob_sha1(GOOD),
                            timeout=10)
   message = str(info.value)
   assert message.startswith(url) and words in message and '\n' not in message, message
@@ -162,7 +164,7 @@ def test_offline_fetch_leaves_no_cache_folder(tmp_path):
 
 def _ncf_spec(server: str, blobs: dict | None = None) -> registry.DatasetSpec:
   files = _ncf_files()
-  blobs = blobs or {s: download.git_blob_sha1(text) for s, text in files.items()}
+  blobs = blobs or {s: git_blob_sha1(text) for s, text in files.items()}
   return registry.DatasetSpec('toy', {s: (f'{server}/ncf/toy.{s}', blobs[s]) for s in files})
 
 
@@ -183,7 +185,7 @@ def test_fetch_keeps_files_already_present(server, tmp_path):
 
 
 def test_fetch_with_a_corrupt_file_keeps_it_out(server, tmp_path):
-  blobs = {s: download.git_blob_sha1(t) for s, t in _ncf_files().items()}
+  blobs = {s: git_blob_sha1(t) for s, t in _ncf_files().items()}
   blobs['test.negative'] = '0' * 40
   with pytest.raises(DataError, match='toy.test.negative: downloaded file has git blob'):
     download.fetch(_ncf_spec(server, blobs), str(tmp_path))

@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+from conftest import git_blob_sha1
+
 from ncf_jax.data import download
 from ncf_jax.data import spec as spec_lib
 from ncf_jax.errors import DataError
@@ -32,7 +34,7 @@ def test_default_folder_is_created_on_a_fresh_machine(fresh_home, monkeypatch):
   files = {'train.rating': b'0\t0\t1\t0\n', 'test.rating': b'0\t1\t1\t0\n',
            'test.negative': b'(0,1)\t2\n'}
   spec = spec_lib.DatasetSpec('toy', {suffix: (f'http://example.invalid/toy.{suffix}',
-                                               download.git_blob_sha1(data))
+                                               git_blob_sha1(data))
                                       for suffix, data in files.items()})
   served = {f'http://example.invalid/toy.{s}': d for s, d in files.items()}
   monkeypatch.setattr(urllib.request, 'urlopen', lambda url, timeout: _Response(served[url]))

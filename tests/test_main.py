@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, error_lines, make_config, read_records, run_entry, run_module
 from conftest import train_quietly
 from ncf_jax import cli
-from ncf_jax import run_dir
+from ncf_jax import workdir_flags
 from ncf_jax.errors import NcfError, WorkdirError
 
 CONFIG = '--config=configs/test.py'
@@ -55,15 +55,15 @@ def test_bare_command_uses_the_default_workdir_and_resumes(tmp_path):
   # An override that changes the run: a folder of its own, named by a digest.
   other = _main(CONFIG, '--config.learning_rate=0.002', '--config.num_epochs=1', cwd=tmp_path)
   assert other.returncode == 0, other.stderr
-  digest_dir = run_dir.default_workdir(cli.shipped_config('configs/test.py'),
-                                       make_config(learning_rate=0.002), cwd=str(tmp_path))
+  digest_dir = workdir_flags.default_workdir(cli.shipped_config('configs/test.py'),
+                                             make_config(learning_rate=0.002), cwd=str(tmp_path))
   assert other.stdout.splitlines()[0].startswith(f'workdir: {digest_dir} ')
   assert _default_dirs(tmp_path) == ['test', os.path.basename(digest_dir)]
 
 
 def test_default_workdir_names_differ_exactly_when_the_computation_does(tmp_path):
   config_file = cli.shipped_config('configs/test.py')
-  name = lambda **overrides: os.path.basename(run_dir.default_workdir(
+  name = lambda **overrides: os.path.basename(workdir_flags.default_workdir(
       config_file, make_config(**overrides), cwd=str(tmp_path)))
   assert name() == 'test'
   assert name(num_epochs=7, log_every_seconds=3.0, steps_per_dispatch=2) == 'test'

@@ -11,8 +11,10 @@ from conftest import ROOT, make_config, read_records, train_quietly
 from ncf_jax import cli
 from ncf_jax import epoch as epoch_lib
 from ncf_jax import run_dir
+from ncf_jax import run_settings
 from ncf_jax import trained_run
 from ncf_jax import train
+from ncf_jax import workdir_flags
 from ncf_jax.data import prepare
 from ncf_jax.data import synthetic
 from ncf_jax.data import registry
@@ -172,11 +174,11 @@ def test_target_with_validation_is_checked_on_valid_hr(tmp_path, capsys):
 def test_target_does_not_change_the_default_workdir():
   config_file = cli.shipped_config('configs/mlperf.py')
   config = run_dir.load_config_file(config_file)
-  plain = run_dir.default_workdir(config_file, config, cwd=ROOT)
+  plain = workdir_flags.default_workdir(config_file, config, cwd=ROOT)
   config.target_hr = 0.0
-  assert run_dir.default_workdir(config_file, config, cwd=ROOT) == plain
+  assert workdir_flags.default_workdir(config_file, config, cwd=ROOT) == plain
   config.exclude_heldout_from_negatives = True
-  assert run_dir.default_workdir(config_file, config, cwd=ROOT) != plain
+  assert workdir_flags.default_workdir(config_file, config, cwd=ROOT) != plain
 
 
 @pytest.mark.parametrize('overrides,field', [
@@ -244,5 +246,5 @@ def test_training_samples_against_heldout_items_only_when_asked(tmp_path, monkey
   monkeypatch.setattr(train, 'epoch_definition', recording)
   train_quietly(make_config(num_epochs=1), tmp_path / 'off')
   train_quietly(make_config(num_epochs=1, exclude_heldout_from_negatives=True), tmp_path / 'on')
-  dataset = registry.load_dataset(make_config())
+  dataset = registry.load_dataset(run_settings.data_settings(make_config()))
   assert known == [dataset.num_train, dataset.num_train + len(dataset.test)]

@@ -9,6 +9,7 @@ import pytest
 from ncf_jax.configs import default
 from ncf_jax import config_checks
 from ncf_jax import models
+from ncf_jax import run_settings
 from ncf_jax.errors import ConfigError
 
 
@@ -94,7 +95,7 @@ def test_layers_follow_num_factors_unless_given():
     config = default.get_config()
     config.update(overrides)
     config_checks.validate(config)
-    return models.create_model(config, 5, 5).layers
+    return models.create_model(run_settings.model_settings(config), 5, 5).layers
 
   assert layers(num_factors=8) == (64, 32, 16, 8)
   assert layers(num_factors=32) == (256, 128, 64, 32)
@@ -118,7 +119,7 @@ def test_every_model_satisfies_the_contract(name):
   # (user, item) pair that score_matrix's program holds (read from its jaxpr).
   config = default.get_config()
   config.model, config.num_factors = name, 4
-  model = models.create_model(config, 11, 7)
+  model = models.create_model(run_settings.model_settings(config), 11, 7)
   params = flax.traverse_util.flatten_dict(_init(model))
   tables = model.embedding_tables()
   assert tables

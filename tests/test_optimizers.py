@@ -10,6 +10,7 @@ import pytest
 from conftest import make_config as _config
 from ncf_jax import models
 from ncf_jax import optimizers
+from ncf_jax import run_settings
 from ncf_jax import train_step as train_step_lib
 
 
@@ -20,9 +21,9 @@ def _params(model, seed=0):
 
 def _stepper(model, config, total_steps=1):
   """(jitted train step, fresh state) for `config`'s optimizer."""
-  optimizer = optimizers.create_optimizer(config, total_steps)
+  optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config), total_steps)
   step = jax.jit(train_step_lib.make_train_step(
-      model, optimizer, train_step_lib.Regularization.from_config(config)))
+      model, optimizer, run_settings.regularization(config)))
   return step, optimizer
 
 
@@ -52,7 +53,7 @@ def test_only_the_lazy_optimizers_are_row_sparse_and_only_dense_adam_moves_absen
   for name in optimizers.OPTIMIZERS:
     config = _config(model='mf', optimizer=name, learning_rate=0.05,
                      l2_embeddings_per_example=True)
-    model = models.create_model(config, 20, 15)
+    model = models.create_model(run_settings.model_settings(config), 20, 15)
     step, optimizer = _stepper(model, config)
     state = train_step_lib.init_state(_params(model), optimizer, model)
     state, _ = step(state, first)
@@ -73,7 +74,7 @@ def test_lazy_sgd_equals_dense_sgd_with_per_example_l2():
   # applied, so the two paths agree step after step, padding (weight 0) included.
   config = _config(model='mf', optimizer='lazy_sgd', learning_rate=0.5, l2_embeddings=0.01,
                    l2_embeddings_per_example=True, embedding_stddev=0.1)
-  model = models.create_model(config, 20, 15)
+  model = models.create_model(run_settings.model_settings(config), 20, 15)
   params = _params(model)
   lazy = _train(model, config, params, [_mf_batch()] * 3)
   config.optimizer = 'sgd'
@@ -90,7 +91,7 @@ def test_per_example_l2_is_rendle_per_example_sgd():
   lr, l2 = 0.1, 0.05
   config = _config(model='mf', optimizer='lazy_sgd', learning_rate=lr, l2_embeddings=l2,
                    l2_embeddings_per_example=True, embedding_stddev=0.5)
-  model = models.create_model(config, 6, 5)
+  model = models.create_model(run_settings.model_settings(config), 6, 5)
   params = _params(model, seed=3)
   batch = dict(users=jnp.array([2], jnp.int32), items=jnp.array([4], jnp.int32),
                labels=jnp.array([1.]), weights=jnp.array([1.]))
@@ -113,7 +114,7 @@ def test_per_example_l2_is_rendle_per_example_sgd():
 @pytest.mark.parametrize('model_name', ['gmf', 'mlp', 'neumf', 'mf'])
 def test_embedding_stddev_sets_the_initial_spread(model_name):
   config = _config(model=model_name, embedding_stddev=0.1, num_factors=16)
-  model = models.create_model(config, 500, 400)
+  model = models.create_model(run_settings.model_settings(config), 500, 400)
   flat = flax.traverse_util.flatten_dict(_params(model))
   tables = [v for k, v in flat.items() if k[-1].endswith('_embedding')]
   assert tables
@@ -170,7 +171,7 @@ def test_unique_rows_pads_with_distinct_sorted_out_of_range_ids():
 @pytest.mark.parametrize('optimizer', ['adam', 'lazy_adam', 'lazy_sgd'])
 def test_train_chunk_equals_single_steps(optimizer):
   config = _config(model='neumf', optimizer=optimizer, learning_rate=0.05)
-  model = models.create_model(config, 30, 25)
+  model = models.create_model(run_settings.model_settings(config), 30, 25)
   params = _params(model, seed=4)
   rng = np.random.default_rng(0)
   batches = dict(users=rng.integers(0, 30, (5, 16)).astype(np.int32),
@@ -179,7 +180,7 @@ def test_train_chunk_equals_single_steps(optimizer):
                  weights=np.ones((5, 16), np.float32))
   singles = _train(model, config, params,
                    [{k: v[i] for k, v in batches.items()} for i in range(4)])
-  optimizer_ = optimizers.create_optimizer(config)
+  optimizer_ = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   chunk = train_step_lib.make_train_chunk(model, optimizer_)
   state = train_step_lib.init_state(jax.tree_util.tree_map(jnp.copy, params), optimizer_, model)
   state, metrics = chunk(state, batches, np.int32(4))  # the 5th batch must not run
@@ -196,7 +197,7 @@ def test_cosine_schedule_starts_at_the_rate_and_ends_at_zero(optimizer):
   total = 3
   config = _config(model='mf', optimizer=optimizer, learning_rate=0.1,
                    l2_embeddings_per_example=True)
-  model = models.create_model(config, 20, 15)
+  model = models.create_model(run_settings.model_settings(config), 20, 15)
   params = _params(model)
 
   def run(schedule, num_steps):

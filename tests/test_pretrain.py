@@ -17,6 +17,7 @@ from ncf_jax import models
 from ncf_jax import pipeline
 from ncf_jax import pretrain
 from ncf_jax import recommend
+from ncf_jax import run_settings
 from ncf_jax import train
 from ncf_jax.data import registry
 from ncf_jax.errors import CheckpointError, ConfigError, WorkdirError
@@ -160,7 +161,8 @@ def test_epoch0_of_pretrained_neumf_scores_the_mean_of_the_two_runs_logits(pipel
   workdir, config = pipeline_dir
   record = _records(os.path.join(workdir, 'neumf'))[0]
   assert record['epoch'] == 0 and record['loss'] is None
-  test = registry.load_dataset(pipeline.stage_configs(config, workdir)[2][1]).test
+  neumf_config = pipeline.stage_configs(config, workdir)[2][1]
+  test = registry.load_dataset(run_settings.data_settings(neumf_config)).test
   candidates = np.concatenate([test.items[:, None], test.negatives], axis=1)
   users = jnp.asarray(np.repeat(test.users, candidates.shape[1]), jnp.int32)
   items = jnp.asarray(candidates.ravel(), jnp.int32)

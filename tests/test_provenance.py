@@ -16,6 +16,7 @@ from ncf_jax import pipeline
 from ncf_jax import provenance
 from ncf_jax import recommend
 from ncf_jax import run_dir
+from ncf_jax import run_settings
 from ncf_jax.data import ncf_format
 from ncf_jax.data import synthetic
 from ncf_jax.errors import ConfigError, DataError
@@ -188,15 +189,13 @@ def test_finished_pipeline_stage_on_other_data_is_refused(tmp_path, monkeypatch)
 def test_pretrained_towers_on_other_data_are_refused(tmp_path):
   fake = run_dir.RunDir(str(tmp_path / 'gmf'))
   os.makedirs(fake.path)
-  fake.write_config(make_config(model='gmf'))
+  fake.write_config(run_settings.config_json(make_config(model='gmf')))
   provenance.record(fake, dict(data_dir='/elsewhere', data_name='x',
                                data_fingerprint='sha256:0000', computing_fields={}))
   dataset = synthetic.generate(**SMALL)
-  config = make_config(model='neumf')
-  with config.unlocked():
-    config.gmf_workdir = fake.path
+  sources = run_settings.PretrainSources(gmf_workdir=fake.path, mlp_workdir='', alpha=0.5)
   with pytest.raises(DataError, match=r'sha256:0000 \(/elsewhere\).*config.gmf_workdir'):
-    provenance.check_sources(config, dataset)
+    provenance.check_sources(sources, dataset)
 
 
 def test_synthetic_fingerprint_is_the_data_not_the_validation_carve():

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import make_config, run_entry, train_quietly
 from ncf_jax import recommend
+from ncf_jax import run_settings
 from ncf_jax.data import registry
 from ncf_jax.errors import NcfError
 
@@ -19,7 +20,7 @@ def trained(tmp_path_factory):
   config = make_config(num_epochs=1)
   train_quietly(config, workdir)
   rec = recommend.Recommender.from_workdir(str(workdir), batch_size=BATCH)
-  return workdir, rec, registry.load_dataset(config)
+  return workdir, rec, registry.load_dataset(run_settings.data_settings(config))
 
 
 def _model_probabilities(rec, users, items):

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import error_lines, run_entry
 from ncf_jax import recommend
+from ncf_jax import run_settings
 from ncf_jax.data import registry
 from ncf_jax.errors import NcfError
 from test_own_data import prepared_run  # pylint: disable=unused-import
@@ -25,7 +26,7 @@ def rec(prepared_run):  # pylint: disable=redefined-outer-name
 def _reference(rec, root, user_ids, k):
   """Per user: every item scored by the model's pairwise call, training items dropped,
   sorted by score then item index; as (original item id, probability)."""
-  dataset = registry.load_dataset(registry_config(root))
+  dataset = registry.load_dataset(run_settings.data_settings(registry_config(root)))
   users_tsv = (root / 'data' / 'users.tsv').read_text().splitlines()
   items_tsv = (root / 'data' / 'items.tsv').read_text().splitlines()
   out = []

@@ -9,6 +9,7 @@ from conftest import make_config
 from ncf_jax import communication
 from ncf_jax import models
 from ncf_jax import row_sharded
+from ncf_jax import run_settings
 from ncf_jax import tables
 
 
@@ -23,7 +24,7 @@ def test_padding_rule_on_power_of_two_and_other_device_counts():
 
 def test_the_models_parameters_are_what_their_specs_say():
   config = make_config(model='mf', embedding_sharding='rows', num_factors=5)
-  model = models.create_model(config, 37, 2000, 4)
+  model = models.create_model(run_settings.model_settings(config), 37, 2000, 4)
   ids = jnp.zeros((1,), jnp.int32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids)['params'])['mf']
   assert params['user_embedding'].shape == (1024, 5)
@@ -70,8 +71,8 @@ def test_the_hlo_reader_counts_operand_bytes_and_branches():
 def test_a_row_sharded_step_on_one_device_equals_the_plain_step():
   config = make_config(model='neumf', optimizer='lazy_adam', embedding_sharding='rows')
   from ncf_jax import optimizers, sharding, train_step
-  model = models.create_model(config, 50, 40)
-  optimizer = optimizers.create_optimizer(config)
+  model = models.create_model(run_settings.model_settings(config), 50, 40)
+  optimizer = optimizers.create_optimizer(run_settings.optimizer_settings(config))
   ids = jnp.zeros((1,), jnp.int32)
   params = model.init(jax.random.key(0), ids, ids)['params']
   rng = np.random.default_rng(0)
@@ -82,7 +83,7 @@ def test_a_row_sharded_step_on_one_device_equals_the_plain_step():
   layout = sharding.single_device_layout()
   shardings = layout.state_shardings(train_step.abstract_state(model, optimizer),
                                      model.table_specs())
-  regularization = train_step.Regularization.from_config(config)
+  regularization = run_settings.regularization(config)
   results = []
   for make in (train_step.make_train_chunk, row_sharded.make_train_chunk):
     state = train_step.init_state(jax.tree_util.tree_map(jnp.copy, params), optimizer, model)
@@ -103,8 +104,8 @@ def test_the_program_reader_finds_all_to_all_element_types():
 def test_a_padded_table_starts_with_the_rows_an_unpadded_one_draws_and_zeros():
   config = make_config(model='gmf', num_factors=3)
   ids = jnp.zeros((1,), jnp.int32)
-  draw = lambda sharding_: models.create_model(
-      _with(config, sharding_),
+  draw = lambda sharding_: models.create_model(run_settings.model_settings(
+      _with(config, sharding_)),
       1000, 7).init(jax.random.key(5), ids, ids)['params']['gmf']['user_embedding']
   plain, padded = np.asarray(draw('replicated')), np.asarray(draw('rows'))
   assert plain.shape == (1000, 3) and padded.shape == (1024, 3)

@@ -11,6 +11,7 @@ from conftest import run_module
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import row_init
+from ncf_jax import run_settings
 from ncf_jax import shard_digests
 from ncf_jax import sharding
 from ncf_jax.errors import NonFiniteError
@@ -48,8 +49,10 @@ def _evaluator(model, problem, layout=None):
 
 def test_routed_full_ranking_on_one_device_equals_numpy_and_replicated_and_is_not_fooled():
   problem = ranking_problem()
-  rows_model = models.create_model(mf_config('rows'), NUM_USERS, NUM_ITEMS)
-  plain_model = models.create_model(mf_config('replicated'), NUM_USERS, NUM_ITEMS)
+  rows_model = models.create_model(run_settings.model_settings(mf_config('rows')), NUM_USERS,
+                                   NUM_ITEMS)
+  plain_model = models.create_model(run_settings.model_settings(mf_config('replicated')),
+                                    NUM_USERS, NUM_ITEMS)
   assert rows_model.table_specs()[0].shape[0] == 1024  # padded: padding must never count
   params = exact_params(rows_model)
   expected = reference_ranks(params, *problem)

@@ -11,7 +11,9 @@ import pytest
 
 from conftest import ROOT, error_lines, make_config, numbers, read_records, run_module
 from conftest import train_quietly
+from ncf_jax import config_fields
 from ncf_jax import run_dir
+from ncf_jax import run_settings
 from ncf_jax import trained_run
 from ncf_jax import train
 from ncf_jax.errors import (CheckpointError, CheckpointSaveError, ConfigError,
@@ -274,12 +276,13 @@ def test_a_failed_pretrained_merge_leaves_no_run_folder(tmp_path):
 
 
 def test_run_identity_follows_the_computing_fields_only():
-  base = run_dir.run_identity(make_config())
-  assert run_dir.run_identity(make_config(num_epochs=9)) == base
-  assert run_dir.run_identity(make_config(learning_rate=0.5)) != base
-  assert run_dir.run_identity(run_dir.config_to_dict(make_config())) == base
-  with_fingerprint = dict(run_dir.config_to_dict(make_config()), data_fingerprint='abc')
-  assert run_dir.run_identity(with_fingerprint) != base
+  identity = lambda config: run_dir.run_identity(
+      config_fields.computing_fields(run_settings.config_json(config)))
+  base = identity(make_config())
+  assert identity(make_config(num_epochs=9)) == base
+  assert identity(make_config(learning_rate=0.5)) != base
+  with_fingerprint = dict(run_settings.config_json(make_config()), data_fingerprint='abc')
+  assert run_dir.run_identity(config_fields.computing_fields(with_fingerprint)) != base
 
 
 def test_a_stopped_first_run_removes_the_parent_folders_it_made(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from conftest import make_config as _config
 from conftest import train_quietly
 from ncf_jax import evaluation
 from ncf_jax import run_dir
+from ncf_jax import run_settings
 from ncf_jax import trained_run
 from ncf_jax import train
 from ncf_jax import train_step as train_step_lib
@@ -36,7 +37,7 @@ def test_loss_falls_and_model_beats_popularity(trained):
   config, _, _, history = trained
   losses = [r['loss'] for r in history[1:]]
   assert losses[-1] < 0.8 * losses[0]
-  dataset = registry.load_dataset(config)
+  dataset = registry.load_dataset(run_settings.data_settings(config))
   best_hr = max(r['hr'] for r in history)
   assert best_hr > _popularity_hr(dataset) + 0.1
 
@@ -62,7 +63,7 @@ def test_best_checkpoint_is_the_first_epoch_with_the_best_test_hr(trained):
   assert run_dir.best_record(history)['epoch'] == first_best
   best = trained_run.load_best(str(workdir))
   assert best.epoch == first_best
-  dataset = registry.load_dataset(config)
+  dataset = registry.load_dataset(run_settings.data_settings(config))
   evaluator = evaluation.SampledEvaluator(best.model, dataset.test)
   assert evaluator(best.params, config.top_k)['hr'] == max(hrs)
 

@@ -10,7 +10,6 @@ import scipy.sparse
 
 from ncf_jax.data import ncf_format
 from ncf_jax.data.interactions import InteractionSet
-from ncf_jax.data.spec import NCF_SUFFIXES
 from ncf_jax.errors import DataError
 
 

@@ -66,11 +66,6 @@ def download_directory(name: str, data_dir: str | None = None) -> str:
   return data_dir
 
 
-def git_blob_sha1(data: bytes) -> str:
-  """The id git gives a file with these bytes (`git hash-object`)."""
-  return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
-
-
 def _file_digests(path: str) -> tuple[str, str]:
   """Git blob sha1 and md5 of a file, read in chunks."""
   blob = hashlib.sha1(b'blob %d\0' % os.path.getsize(path))
