@@ -12,6 +12,7 @@ import importlib
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -171,3 +172,10 @@ LONG_FIRST = ('test_many_devices.py', 'test_reproduce.py', 'test_row_sharded_mes
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
+
+
+def free_port() -> int:
+  """A free TCP port on 127.0.0.1 (multi-process tests talk only to this machine)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

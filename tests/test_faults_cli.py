@@ -5,11 +5,10 @@ defined for the call and removed after it."""
 
 import math
 import os
-import socket
 
 import pytest
 
-from conftest import ROOT, make_config, run_entry, run_module, train_quietly
+from conftest import ROOT, make_config, run_entry, run_module, train_quietly, free_port
 from ncf_jax import cli
 from ncf_jax import config_checks
 from ncf_jax import ensemble
@@ -219,14 +218,8 @@ def test_a_healthy_run_never_comes_near_the_divergence_rule(tmp_path):
   assert len(losses) == 3 and max(losses) < math.log(2) < train.DIVERGED_LOSS
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_a_missing_coordinator_or_peer_is_one_line_before_any_folder(empty_cwd):
-  address = f'127.0.0.1:{_free_port()}'  # nobody there
+  address = f'127.0.0.1:{free_port()}'  # nobody there
   common = (f'--config={CONFIG}', f'--coordinator_address={address}', '--num_processes=2',
             '--initialization_timeout=2')
   assert run_main(*common, '--process_id=1') == (

@@ -10,6 +10,7 @@ import pytest
 
 from ncf_jax import launch
 from ncf_jax.launch import LaunchError, Settings
+from conftest import free_port
 
 
 def _flags(**values):
@@ -107,12 +108,6 @@ def test_no_flags_is_one_process_and_named_flags_pass_through():
   assert launch.settings(_flags(distributed=True), {'OMPI_COMM_WORLD_SIZE': '2'}) == 'jax'
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _peer_in_thread(address: str, num_processes: int, process_id: int):
   """A peer's pre-flight on a thread (started): (thread, {'peer': its error line, if any})."""
   errors = {}
@@ -129,7 +124,7 @@ def _peer_in_thread(address: str, num_processes: int, process_id: int):
 
 
 def test_a_missing_coordinator_is_one_line_naming_it():
-  address = f'127.0.0.1:{_free_port()}'  # nobody listens
+  address = f'127.0.0.1:{free_port()}'  # nobody listens
   with pytest.raises(LaunchError) as error:
     launch.preflight(Settings(address, 2, 1), timeout=1.5)
   assert str(error.value) == (f'coordinator {address}: nothing answered within 2 s '
@@ -138,7 +133,7 @@ def test_a_missing_coordinator_is_one_line_naming_it():
 
 
 def test_a_missing_peer_is_one_line_naming_it_and_the_waiting_peer_hears_it():
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   thread, errors = _peer_in_thread(address, num_processes=3, process_id=1)
   with pytest.raises(LaunchError) as error:
     launch.preflight(Settings(address, 3, 0), timeout=2)
@@ -151,7 +146,7 @@ def test_a_missing_peer_is_one_line_naming_it_and_the_waiting_peer_hears_it():
 
 
 def test_every_process_there_passes_and_the_port_is_free_again():
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   done = []
   peers = [threading.Thread(target=lambda i=i: (launch.preflight(Settings(address, 3, i), 20),
                                                 done.append(i))) for i in (1, 2)]
@@ -166,7 +161,7 @@ def test_every_process_there_passes_and_the_port_is_free_again():
 
 
 def test_a_peer_with_another_process_count_is_refused():
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   thread, errors = _peer_in_thread(address, num_processes=3, process_id=1)
   with pytest.raises(LaunchError, match=r'a process came with --num_processes=3, this one has '
                                         r'--num_processes=2$'):

@@ -2,13 +2,12 @@
 forced CPU devices, and a run of 2 processes on 127.0.0.1 against the same run in one."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, numbers, read_records, run_module
+from conftest import ROOT, numbers, read_records, run_module, free_port
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
@@ -23,15 +22,9 @@ def test_checks_on_eight_forced_cpu_devices():
   assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_compute_what_one_process_on_two_devices_does(tmp_path):
   common = ['-m', 'ncf_jax.main', '--config=configs/test.py', '--config.num_epochs=2']
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise')
   start = lambda args, env: subprocess.Popen([sys.executable, *common, *args], cwd=ROOT, env=env,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -3,12 +3,12 @@ with the host executor and the device executor; side by side, they are the one-p
 epoch laid out by hand from `epoch.host_examples`."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+from conftest import free_port
 from test_batch_source import NAMES, _definition, _reference
 
 SEED, BATCH, STEPS_PER_CHUNK, EPOCHS = 4, 64, 2, (1, 2)
@@ -56,15 +56,9 @@ print('saved', len(saved))
 '''
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_make_the_one_process_batches(tmp_path):
   tests = os.path.dirname(os.path.abspath(__file__))
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUMPY_RANK_PROMOTION='raise')
   processes = [subprocess.Popen([sys.executable, '-c', _PROCESS, tests, address, str(i),
                                  str(tmp_path)], cwd=os.path.dirname(tests), env=env,
