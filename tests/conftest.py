@@ -138,6 +138,23 @@ def run_entry(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
   return result
 
 
+def child_output(result: subprocess.CompletedProcess) -> str:
+  """What to show when a child process failed: its stdout's end and stderr's end, and where
+  it died natively (SIGABRT, SIGSEGV) the fatal error and stacks Python printed before the
+  list of extension modules that would otherwise fill the tail."""
+  stderr = result.stderr
+  fatal = stderr.find('Fatal Python error')
+  native = [line for line in stderr.splitlines()
+            if line[:1] in 'FE' and line[1:5].isdigit() or 'Check failed' in line
+            or 'Termination timeout' in line]
+  if fatal >= 0:
+    modules = stderr.find('Extension modules', fatal)
+    stderr = stderr[fatal:modules if modules >= 0 else None][:6000]
+  else:
+    stderr = stderr[-3000:]
+  return '\n'.join([f'exit {result.returncode}', result.stdout[-3000:], *native[-20:], stderr])
+
+
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
   """The `error:` lines of a failed command, after checking it failed without a traceback."""
   assert result.returncode != 0, result.stdout

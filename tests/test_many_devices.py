@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, numbers, read_records, run_module, free_port
+from conftest import ROOT, child_output, free_port, numbers, read_records, run_module
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
@@ -17,7 +17,7 @@ def test_checks_on_eight_forced_cpu_devices():
   # child took 852 s alone (127 s of CPU), and 900 s ran out once.
   result = run_module('pytest', '-q', '-p', 'no:cacheprovider', 'tests/multi_device_checks.py',
                       env=EIGHT_DEVICES, timeout=2400)
-  assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+  assert result.returncode == 0, child_output(result)
   summary = result.stdout.strip().splitlines()[-1]
   assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import child_output, run_module
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import row_init
@@ -116,6 +116,6 @@ def test_checks_on_forced_devices():
                       'tests/row_sharded_mesh_checks.py',
                       env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
                       timeout=900)
-  assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+  assert result.returncode == 0, child_output(result)
   summary = result.stdout.strip().splitlines()[-1]
   assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
