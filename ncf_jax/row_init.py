@@ -122,6 +122,13 @@ def initializer(real_rows: int, stddev: float, row_sharded: bool, axis: str):
     if (row_sharded and not mesh.empty and axis in mesh.axis_names
         and shape[0] % mesh.shape[axis] == 0):
       return sharded_table(key, tuple(shape), real_rows, stddev, mesh, axis).astype(dtype)
-    return table_rows(key, 0, shape[0], shape[1], real_rows, stddev).astype(dtype)
+    return _whole_table(key, shape[0], shape[1], real_rows, stddev).astype(dtype)
 
   return init
+
+
+# One compiled program per table shape where Flax initialises eagerly (a reader, a test):
+# unjitted, each of Threefry's dozens of operations would compile on its own for every
+# shape. `jax.random.normal` is itself such a jitted program, so the values are the same.
+_whole_table = jax.jit(lambda key, rows, width, real_rows, stddev: table_rows(
+    key, 0, rows, width, real_rows, stddev), static_argnums=(1, 2, 3, 4))

@@ -26,6 +26,9 @@ def test_row_init_draws_what_jax_random_normal_draws_at_any_row_range(shape, blo
   rows, width = shape
   whole = row_init.table_rows(key, 0, rows, width, rows, 0.01, block_rows=block)
   np.testing.assert_array_equal(np.asarray(whole), expected)  # bit for bit
+  # As Flax initialises a whole table (one compiled program per shape).
+  init = row_init.initializer(rows, 0.01, row_sharded=False, axis=row_init.AXIS)
+  np.testing.assert_array_equal(np.asarray(init(key, shape)), expected)
   part = jax.jit(lambda k: row_init.table_rows(k, 17, rows - 40, width, rows - 30, 0.01,
                                                block_rows=block))(key)
   np.testing.assert_array_equal(np.asarray(part)[:rows - 47], expected[17:rows - 30])
