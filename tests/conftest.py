@@ -79,7 +79,8 @@ def run_module(module: str, *args: str, cwd=ROOT, env=None, timeout: float = 300
   env = dict(env or {})
   if 'XLA_FLAGS' in env:
     env['XLA_FLAGS'] = f"{os.environ['XLA_FLAGS']} {env['XLA_FLAGS']}"
-  env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise', **env)
+  # glibc reports heap corruption on /dev/tty unless told otherwise: a child has none.
+  env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION='raise', LIBC_FATAL_STDERR_='1', **env)
   return subprocess.run([sys.executable, '-m', module, *args], cwd=str(cwd), env=env,
                         capture_output=True, text=True, timeout=timeout, check=False, **popen)
 
@@ -147,9 +148,9 @@ def child_output(result: subprocess.CompletedProcess) -> str:
   native = [line for line in stderr.splitlines()
             if line[:1] in 'FE' and line[1:5].isdigit() or 'Check failed' in line
             or 'Termination timeout' in line]
-  if fatal >= 0:
+  if fatal >= 0:  # with what was printed just before it (std::terminate's reason)
     modules = stderr.find('Extension modules', fatal)
-    stderr = stderr[fatal:modules if modules >= 0 else None][:6000]
+    stderr = stderr[max(0, fatal - 1500):modules if modules >= 0 else None][:7500]
   else:
     stderr = stderr[-3000:]
   return '\n'.join([f'exit {result.returncode}', result.stdout[-3000:], *native[-20:], stderr])
