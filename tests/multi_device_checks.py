@@ -100,7 +100,9 @@ def test_the_same_global_batches_give_the_same_parameters_on_1_and_8_devices(
   params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), ids, ids)['params'])
   batches = _batches()
   reference, _ = _train_on(1, config, params, batches)
-  for num_devices in (4, 8) if embedding_sharding == 'rows' else (2, 8):
+  # 8 devices for every case; a second mesh (4: 256 of the 1,024 padded rows per device)
+  # for the row-sparse optimizer on row-sharded tables, the most index arithmetic.
+  for num_devices in (4, 8) if optimizer == 'lazy_adam' else (8,):
     state, layout = _train_on(num_devices, config, params, batches)
     for ref, got in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(state)):
       scale = max(float(np.abs(np.asarray(ref)).max()), 1e-30)
@@ -189,19 +191,19 @@ def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero
   assert table[:dataset.num_users].any()
 
 
-def test_a_checkpoint_of_8_devices_resumes_on_1_2_and_4_and_is_read_on_one(tmp_path):
+def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_path):
   # Row-sharded tables: stored padded to a size fixed by the table, whatever the mesh.
   config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
                                                embedding_sharding='rows')
   train_quietly(config(8, 1), tmp_path / 'eight')
   finals = []
-  for devices in (1, 2, 4):
+  for devices in (1, 4):
     resumed = tmp_path / f'on{devices}'
     shutil.copytree(tmp_path / 'eight', resumed)
     _, history = train_quietly(config(devices, 2), resumed)
     assert [r['devices'] for r in history] == [8, 8, devices]
     finals.append(history[-1])
-  # Epoch 2 trained on 1, 2 and 4 devices from the same 8-device checkpoint: the same run.
+  # Epoch 2 trained on 1 and 4 devices from the same 8-device checkpoint: the same run.
   for other in finals[1:]:
     assert finals[0]['loss'] == pytest.approx(other['loss'], rel=1e-4)
     test = registry.load_dataset(run_settings.data_settings(config(1, 1))).test
@@ -257,27 +259,32 @@ def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(op
   capacity = row_sharded.capacity(1024 // 8, 8)
   assert max(_owner_counts(s, 8, 128) for s in spread['users']) <= capacity  # the fast path
   assert min(_owner_counts(s, 8, 128) for s in skewed['users']) > capacity  # the fallback
+  runs = []  # (config's sharding, model, layout, chunk, initial state): built once each
+  for sharding_, devices in (('replicated', 1), ('rows', 8)):
+    config.embedding_sharding = sharding_
+    model = models.create_model(run_settings.model_settings(config), num_users, num_items,
+                                devices)
+    padded = flax.traverse_util.flatten_dict(params)
+    for spec in model.table_specs():
+      padded[spec.path] = np.pad(padded[spec.path], ((0, spec.shape[0] - spec.rows), (0, 0)))
+    layout = _layout(devices, sharding_)
+    optimizer_ = optimizers.create_optimizer(run_settings.optimizer_settings(config))
+    shardings = _shardings(layout, model, optimizer_)
+    make_chunk = (row_sharded.make_train_chunk if sharding_ == 'rows'
+                  else train_step_lib.make_train_chunk)
+    chunk = make_chunk(model, optimizer_, run_settings.regularization(config),
+                       layout, shardings)
+    initial = train_step_lib.init_state(flax.traverse_util.unflatten_dict(padded), optimizer_,
+                                        model)
+    runs.append((model, layout, chunk, initial, shardings))
   for stream in (spread, skewed):
     batches = dict(users=stream['users'].astype(np.int32), items=stream['items'].astype(np.int32),
                    labels=rng.integers(0, 2, (4, 1024)).astype(np.float32),
                    weights=np.ones((4, 1024), np.float32))
     results = []
-    for sharding_, devices in (('replicated', 1), ('rows', 8)):
-      config.embedding_sharding = sharding_
-      model = models.create_model(run_settings.model_settings(config), num_users, num_items,
-                                  devices)
-      padded = flax.traverse_util.flatten_dict(params)
-      for spec in model.table_specs():
-        padded[spec.path] = np.pad(padded[spec.path], ((0, spec.shape[0] - spec.rows), (0, 0)))
-      layout = _layout(devices, sharding_)
-      optimizer_ = optimizers.create_optimizer(run_settings.optimizer_settings(config))
-      shardings = _shardings(layout, model, optimizer_)
-      state = jax.device_put(train_step_lib.init_state(
-          flax.traverse_util.unflatten_dict(padded), optimizer_, model), shardings)
-      make_chunk = (row_sharded.make_train_chunk if sharding_ == 'rows'
-                    else train_step_lib.make_train_chunk)
-      chunk = make_chunk(model, optimizer_, run_settings.regularization(config),
-                         layout, shardings)
+    for model, layout, chunk, initial, shardings in runs:
+      # A fresh copy each time: the chunk donates its state.
+      state = jax.device_put(jax.tree_util.tree_map(np.array, initial), shardings)
       state, metrics = chunk(state, layout.put_chunk(batches), np.int32(4))
       results.append((_unpadded(state['params'], model), float(metrics['loss_sum'])))
     (reference, loss), (got, rows_loss) = results
