@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 
 _CACHE = tempfile.mkdtemp(prefix='ncf_jax_test_compile_cache_')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
@@ -154,6 +155,25 @@ def child_output(result: subprocess.CompletedProcess) -> str:
   else:
     stderr = stderr[-3000:]
   return '\n'.join([f'exit {result.returncode}', result.stdout[-3000:], *native[-20:], stderr])
+
+
+def run_checks_on_8_devices(checks_file: str, timeout: float) -> None:
+  """Runs `checks_file` (tests/...) in a pytest process of 8 forced CPU devices and asserts
+  every check in it passed (none skipped).
+
+  A child killed by a signal (XLA aborted it: seen twice in 2026-12-01's full-suite runs,
+  never when the file ran alone, 14 runs) is run once more, with a warning carrying the
+  first run's fatal-error report; a check that fails is never retried."""
+  run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', checks_file, timeout=timeout,
+                           env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  result = run()
+  if result.returncode < 0:
+    warnings.warn(f'{checks_file}: the child died (signal {-result.returncode}); running it '
+                  f'once more. Its report:\n{child_output(result)}')
+    result = run()
+  assert result.returncode == 0, child_output(result)
+  summary = result.stdout.strip().splitlines()[-1]
+  assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -10,15 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import child_output, make_config, read_records, run_module, train_quietly
+from conftest import make_config, read_records, run_checks_on_8_devices, train_quietly
 from ncf_jax import checkpoints
 from ncf_jax import config_fields
 from ncf_jax import run_dir
 from ncf_jax import trained_run
 from ncf_jax import shard_digests
 from ncf_jax.errors import DamagedCheckpointError
-
-EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
 
 @pytest.fixture(scope='module')
@@ -126,11 +124,7 @@ def test_block_rows_bound_the_record_for_any_table():
 
 
 def test_sharded_checkpoints_on_eight_forced_cpu_devices():
-  result = run_module('pytest', '-q', '-p', 'no:cacheprovider', 'tests/checkpoint_shard_checks.py',
-                      env=EIGHT_DEVICES, timeout=600)
-  assert result.returncode == 0, child_output(result)
-  summary = result.stdout.strip().splitlines()[-1]
-  assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
+  run_checks_on_8_devices('tests/checkpoint_shard_checks.py', timeout=600)
 
 
 def _format_1_digests(state):

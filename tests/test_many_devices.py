@@ -7,19 +7,13 @@ import sys
 
 import pytest
 
-from conftest import ROOT, child_output, free_port, numbers, read_records, run_module
-
-EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+from conftest import ROOT, free_port, numbers, read_records, run_checks_on_8_devices
 
 
 def test_checks_on_eight_forced_cpu_devices():
   # The timeout only guards against a hang: on the shared 2-core machine at a load of 15 this
   # child took 852 s alone (127 s of CPU), and 900 s ran out once.
-  result = run_module('pytest', '-q', '-p', 'no:cacheprovider', 'tests/multi_device_checks.py',
-                      env=EIGHT_DEVICES, timeout=2400)
-  assert result.returncode == 0, child_output(result)
-  summary = result.stdout.strip().splitlines()[-1]
-  assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
+  run_checks_on_8_devices('tests/multi_device_checks.py', timeout=2400)
 
 
 def test_two_processes_compute_what_one_process_on_two_devices_does(tmp_path):

@@ -7,13 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import child_output, run_module
+from conftest import run_checks_on_8_devices
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import row_init
 from ncf_jax import run_settings
 from ncf_jax import shard_digests
-from ncf_jax import sharding
 from ncf_jax.errors import NonFiniteError
 from row_sharded_meshes_shared import (NUM_ITEMS, NUM_USERS, exact_params, metrics, mf_config,
                                        ranking_problem, reference_ranks)
@@ -115,10 +114,4 @@ def test_digests_of_one_padding_verify_another_padding_on_real_rows():
 
 
 def test_checks_on_forced_devices():
-  result = run_module('pytest', '-q', '-p', 'no:cacheprovider',
-                      'tests/row_sharded_mesh_checks.py',
-                      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
-                      timeout=900)
-  assert result.returncode == 0, child_output(result)
-  summary = result.stdout.strip().splitlines()[-1]
-  assert ' passed' in summary and 'skipped' not in summary and 'failed' not in summary, summary
+  run_checks_on_8_devices('tests/row_sharded_mesh_checks.py', timeout=900)
