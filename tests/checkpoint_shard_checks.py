@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np

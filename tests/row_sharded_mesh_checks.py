@@ -8,8 +8,7 @@ import shutil
 
 import flax
 import jax
-import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 import pytest
 

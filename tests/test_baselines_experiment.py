@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from experiments import baselines
-from ncf_jax import evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -125,7 +125,7 @@ def test_ials_trains_into_a_run_folder_and_beats_popularity(tmp_path):
   assert max(r['hr'] for r in records[1:]) > records[0]['hr'] + 0.2
   # Readers restore it like any run, and scores agree with the stored embeddings.
   trained = trained_run.load_best(str(tmp_path))
-  model, params = trained.model, trained.params
+  params = trained.params
   rec = recommend.Recommender.from_workdir(str(tmp_path))
   tables = params
   logits = np.asarray(tables['user_embedding'][3] @ tables['item_embedding'][np.array([1, 7])].T)

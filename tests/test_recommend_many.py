@@ -4,7 +4,6 @@ a plain NumPy reference (score every item, drop training items, sort)."""
 import csv
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, error_lines, make_config, numbers, read_records, run_module
+from conftest import ROOT, error_lines, make_config, numbers, read_records
 from conftest import train_quietly
 from ncf_jax import config_fields
 from ncf_jax import run_dir
