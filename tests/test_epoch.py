@@ -141,13 +141,13 @@ def test_fallback_is_exact_and_uniform(monkeypatch, rounds):
   counts = np.zeros((30, 25))
   for use_bitmap in (True, False):
     spec, arrays = ep.build_arrays(users, items, users, items, 30, 25, 4, True, use_bitmap)
+    device_examples = jax.jit(lambda a, k, g, spec=spec: ep.device_examples(spec, a, k, g))
     for epoch in range(40):
       keys = ep.epoch_keys(0, epoch)
       g = np.arange(spec.num_examples)
       u, i, label = ep.host_examples(spec, arrays, keys, g)
       if epoch < 2:
-        device = jax.jit(lambda a, k, g: ep.device_examples(spec, a, k, g))(
-            arrays, keys, g.astype(np.uint32))
+        device = device_examples(arrays, keys, g.astype(np.uint32))
         np.testing.assert_array_equal(np.asarray(device[1]), i)
       neg = label == 0
       assert not set(zip(u[neg].tolist(), i[neg].tolist())) & known
