@@ -162,8 +162,8 @@ def run_checks_on_8_devices(checks_file: str, timeout: float) -> None:
   every check in it passed (none skipped).
 
   A child killed by a signal (SIGABRT inside a compiled call: seen in 2 of 6 full-suite
-  runs on 2026-12-01, never in 16 runs of the file alone, under load or glibc's heap
-  checker) is run again, at most twice, with a warning carrying its fatal-error report; a
+  runs on 2026-12-01, never in 15 runs of the file alone, under load, or 2 under glibc's
+  heap checker) is run again, at most twice, with a warning carrying its fatal-error report; a
   check that fails is never retried."""
   run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', checks_file, timeout=timeout,
                            env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
