@@ -143,8 +143,9 @@ def epoch_definition(dataset: Dataset, num_negatives: int, reject_positives: boo
 def initial_state(experiment: Experiment):
   """A fresh train state, laid out on the run's devices.
 
-  On one device the parameters are drawn eagerly, as they always were, so published
-  numbers re-run exactly; on several, one jitted init whose outputs carry the state's
+  On one device the parameters are drawn outside `jit`, to the values they always had, so
+  published numbers re-run exactly (a table by one compiled program per shape, `row_init`,
+  equal bit for bit to the unjitted draw); on several, one jitted init whose outputs carry the state's
   shardings creates them (no eager copy is placed first; each device draws its own rows of
   a row-sharded table). Embedding tables are equal on every mesh (`row_init`); the dense
   layers' draws may differ in the last bit of a few values.
