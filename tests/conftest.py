@@ -161,10 +161,10 @@ def run_checks_on_8_devices(checks_file: str, timeout: float) -> None:
   """Runs `checks_file` (tests/...) in a pytest process of 8 forced CPU devices and asserts
   every check in it passed (none skipped).
 
-  A child killed by a signal (SIGABRT inside a compiled call: seen in 2 of 8 full-suite
-  runs on 2026-12-01, never in 15 runs of the file alone, under load, or 2 under glibc's
-  heap checker) is run again, at most twice, with a warning carrying its fatal-error report; a
-  check that fails is never retried."""
+  A child killed by a signal is run again, at most twice, with a warning carrying its
+  fatal-error report; a check that fails is never retried. (XLA's CPU runtime can deadlock
+  an all-reduce on a mesh of 6 of the 8 forced devices under load and then abort: seen in 2
+  of 8 full-suite runs on 2026-12-01; README, "A caveat of forced CPU devices".)"""
   run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', checks_file, timeout=timeout,
                            env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
   result = run()
