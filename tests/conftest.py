@@ -165,7 +165,9 @@ def run_checks_on_8_devices(checks_file: str, timeout: float) -> None:
   fatal-error report; a check that fails is never retried. (XLA's CPU runtime can deadlock
   an all-reduce on a mesh of 6 of the 8 forced devices under load and then abort: seen in 2
   of 8 full-suite runs on 2026-12-01; README, "A caveat of forced CPU devices".)"""
-  run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', checks_file, timeout=timeout,
+  # Without pytest's log capture, XLA's own messages (a stuck rendezvous) reach stderr.
+  run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:logging',
+                           checks_file, timeout=timeout,
                            env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
   result = run()
   for _ in range(2):
