@@ -23,8 +23,10 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
 # The tests' programs are tiny and compiled once or twice each: XLA's backend optimisations
-# cost more time than they save (the same semantics; every comparison runs under the flag).
-FAST_COMPILE = '--xla_backend_optimization_level=0'
+# and its newer fusion emitters cost more time than they save (the same semantics; every
+# comparison runs under these flags).
+FAST_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true '
+                '--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1')
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
