@@ -1,5 +1,5 @@
 """Checkpoint digests of sharded arrays on 8 forced CPU devices (run by
-tests/test_checkpoint_layout.py in such a process; skipped on fewer devices): each piece is
+tests/test_many_devices.py in such a process; skipped on fewer devices): each piece is
 digested from the shard that holds it, keyed by global rows; restoring on 1 or 4 devices
 verifies the same pieces; nothing is gathered."""
 

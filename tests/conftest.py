@@ -159,9 +159,14 @@ def child_output(result: subprocess.CompletedProcess) -> str:
   return '\n'.join([f'exit {result.returncode}', result.stdout[-3000:], *native[-20:], stderr])
 
 
-def run_checks_on_8_devices(checks_file: str, timeout: float) -> None:
-  """Runs `checks_file` (tests/...) in a pytest process of 8 forced CPU devices and asserts
-  every check in it passed (none skipped).
+# Every check that needs 8 devices, in one child process (one start of Python and JAX).
+EIGHT_DEVICE_CHECKS = ('tests/multi_device_checks.py', 'tests/row_sharded_mesh_checks.py',
+                       'tests/checkpoint_shard_checks.py')
+
+
+def run_checks_on_8_devices(checks_files, timeout: float) -> None:
+  """Runs `checks_files` (tests/...) in one pytest process of 8 forced CPU devices and asserts
+  every check in them passed (none skipped).
 
   A child killed by a signal is run again, at most twice, with a warning carrying its
   fatal-error report; a check that fails is never retried. (XLA's CPU runtime can deadlock
@@ -169,13 +174,13 @@ def run_checks_on_8_devices(checks_file: str, timeout: float) -> None:
   of 8 full-suite runs on 2026-12-01; README, "A caveat of forced CPU devices".)"""
   # Without pytest's log capture, XLA's own messages (a stuck rendezvous) reach stderr.
   run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:logging',
-                           checks_file, timeout=timeout,
+                           *checks_files, timeout=timeout,
                            env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
   result = run()
   for _ in range(2):
     if result.returncode >= 0:
       break
-    warnings.warn(f'{checks_file}: the child died (signal {-result.returncode}); running it '
+    warnings.warn(f'{checks_files}: the child died (signal {-result.returncode}); running it '
                   f'again. Its report:\n{child_output(result)}')
     result = run()
   assert result.returncode == 0, child_output(result)
@@ -205,10 +210,7 @@ def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
 # pytest-xdist worker takes the next whole file when it is nearly done, in collection order,
 # so the long files start early, the short ones fill the gaps at the end, and the two
 # workers finish together. The other files keep their order after these.
-# (A worker left with 2 tests takes the next file at once: test_many_devices (2 tests) goes
-# with test_reproduce, and the other 8-device file, test_row_sharded_meshes, to the other.)
-LONG_FIRST = ('test_many_devices.py', 'test_reproduce.py', 'test_row_sharded_meshes.py',
-              'test_resume.py', 'test_signals.py', 'test_optimizers.py', 'test_train.py',
+LONG_FIRST = ('test_many_devices.py', 'test_resume.py', 'test_signals.py', 'test_optimizers.py', 'test_train.py',
               'test_models.py', 'test_provenance.py', 'test_mlperf.py', 'test_pretrain.py',
               'test_main.py', 'test_run_folder_faults.py', 'test_recommend_many.py',
               'test_recommend.py')

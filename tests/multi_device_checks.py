@@ -7,7 +7,6 @@ live, never speed.
 """
 
 import copy
-import shutil
 
 import flax
 import jax
@@ -23,7 +22,6 @@ from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import row_sharded
 from ncf_jax import run_settings
-from ncf_jax import trained_run
 from ncf_jax import sharding
 from ncf_jax import tables
 from ncf_jax import train
@@ -179,8 +177,9 @@ def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero
     return make_step(*args)
 
   monkeypatch.setattr(row_sharded, 'make_local_step', counting)
-  config = make_config(num_epochs=3, steps_per_dispatch=5, embedding_sharding='rows',
-                       optimizer='lazy_adam')
+  # 5 positives a user: 19 steps an epoch, chunks of 5 and a short last one.
+  config = make_config(num_epochs=2, steps_per_dispatch=5, embedding_sharding='rows',
+                       optimizer='lazy_adam', synthetic=dict(interactions_per_user=5))
   state, history = train_quietly(config, tmp_path)
   assert len(traces) == 1
   assert all(r['devices'] == 8 and r['processes'] == 1 for r in history)
@@ -189,27 +188,6 @@ def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero
   assert table.shape[0] == tables.ROW_MULTIPLE and table.shape[0] > dataset.num_users
   assert not table[dataset.num_users:].any()  # padding rows: never looked up, never moved
   assert table[:dataset.num_users].any()
-
-
-def test_a_checkpoint_of_8_devices_resumes_on_1_and_4_and_is_read_on_one(tmp_path):
-  # Row-sharded tables: stored padded to a size fixed by the table, whatever the mesh.
-  config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
-                                               embedding_sharding='rows')
-  train_quietly(config(8, 1), tmp_path / 'eight')
-  finals = []
-  for devices in (1, 4):
-    resumed = tmp_path / f'on{devices}'
-    shutil.copytree(tmp_path / 'eight', resumed)
-    _, history = train_quietly(config(devices, 2), resumed)
-    assert [r['devices'] for r in history] == [8, 8, devices]
-    finals.append(history[-1])
-  # Epoch 2 trained on 1 and 4 devices from the same 8-device checkpoint: the same run.
-  for other in finals[1:]:
-    assert finals[0]['loss'] == pytest.approx(other['loss'], rel=1e-4)
-    test = registry.load_dataset(run_settings.data_settings(config(1, 1))).test
-    assert abs(finals[0]['hr'] - other['hr']) <= 3 / len(test)
-  best = trained_run.load_best(str(tmp_path / 'eight'))  # a reader: one device
-  assert all(len(leaf.devices()) == 1 for leaf in jax.tree_util.tree_leaves(best.params))
 
 
 def test_device_count_follows_the_batch_or_the_config():

@@ -1,8 +1,8 @@
-"""Row sharding across meshes on forced CPU devices (run by test_row_sharded_meshes.py in one
+"""Row sharding across meshes on forced CPU devices (run by test_many_devices.py in one
 process of 8; skipped on fewer): full ranking under `rows` without gathering a table, equal
 to a NumPy reference on 3 and 4 devices; tables initialised to the same numbers on any
 mesh with no whole-table temporaries; states moved between meshes of different padding
-(8 devices: 1,024-row multiples; 6: 3,072)."""
+(8 devices: 1,024-row multiples; 6: 3,072) and from 8 devices onto one."""
 
 import shutil
 
@@ -159,9 +159,11 @@ def _real_rows(state, model):
 
 
 def test_a_state_moves_between_meshes_of_different_padding(tmp_path):
+  # 5 positives a user: 25 steps an epoch (each a few all-to-alls among threads on 2 cores).
   config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
                                                batch_size=96, embedding_sharding='rows',
-                                               optimizer='lazy_adam')
+                                               optimizer='lazy_adam',
+                                               synthetic=dict(interactions_per_user=5))
   eight, _ = train_quietly(config(8, 1), tmp_path / 'eight')  # padded to 1,024 rows
   six, six_history = train_quietly(config(6, 2), tmp_path / 'six')  # to 3,072
   for source, state, target in ((tmp_path / 'eight', eight, 6), (tmp_path / 'six', six, 8)):
@@ -186,11 +188,12 @@ def test_a_state_moves_between_meshes_of_different_padding(tmp_path):
                      for p in (sized.params, as_stored.params))
     assert table.shape[0] == 1024 and stored.shape[0] == 3072
     np.testing.assert_array_equal(np.asarray(table)[:spec.rows], np.asarray(stored)[:spec.rows])
-  resumed = tmp_path / 'resumed'
-  shutil.copytree(tmp_path / 'eight', resumed)
-  _, history = train_quietly(config(6, 2), resumed)
-  assert [r['devices'] for r in history] == [8, 8, 6]
-  # Epoch 2 on 6 devices after epoch 1 on 8 = the run on 6 all along (same batches; the
-  # summed gradients differ only in reduction order).
-  assert history[-1]['loss'] == pytest.approx(six_history[-1]['loss'], rel=1e-4)
-  assert abs(history[-1]['hr'] - six_history[-1]['hr']) <= 3 / len(dataset.test)
+  # Epoch 2 on 6 devices, or on one, after epoch 1 on 8 = the run on 6 all along (same
+  # batches; the summed gradients differ only in reduction order).
+  for devices in (6, 1):
+    resumed = tmp_path / f'resumed_on_{devices}'
+    shutil.copytree(tmp_path / 'eight', resumed)
+    _, history = train_quietly(config(devices, 2), resumed)
+    assert [r['devices'] for r in history] == [8, 8, devices]
+    assert history[-1]['loss'] == pytest.approx(six_history[-1]['loss'], rel=1e-4)
+    assert abs(history[-1]['hr'] - six_history[-1]['hr']) <= 3 / len(dataset.test)

@@ -1,6 +1,7 @@
 """The checkpoint layout: one write per epoch (the best is a kept epoch, not a copy), the
 record each checkpoint carries, digests on a worker thread, readers restoring parameters
-only, and (in a process of 8 forced devices) digests of sharded arrays by global rows."""
+only (digests of sharded arrays by global rows: checkpoint_shard_checks.py, run by
+test_many_devices on 8 forced devices)."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_config, read_records, run_checks_on_8_devices, train_quietly
+from conftest import make_config, read_records, train_quietly
 from ncf_jax import checkpoints
 from ncf_jax import config_fields
 from ncf_jax import run_dir
@@ -121,10 +122,6 @@ def test_block_rows_bound_the_record_for_any_table():
   assert shard_digests.block_rows(138_493) == 1024
   assert shard_digests.block_rows(100_000_000) == 32_768
   assert 100_000_000 / shard_digests.block_rows(100_000_000) <= shard_digests.MAX_BLOCKS
-
-
-def test_sharded_checkpoints_on_eight_forced_cpu_devices():
-  run_checks_on_8_devices('tests/checkpoint_shard_checks.py', timeout=600)
 
 
 def _format_1_digests(state):

@@ -1,5 +1,7 @@
-"""Many devices and many processes, on this CPU: `multi_device_checks.py` in a process of 8
-forced CPU devices, and a run of 2 processes on 127.0.0.1 against the same run in one."""
+"""Many devices and many processes, on this CPU: every check that needs 8 devices
+(`conftest.EIGHT_DEVICE_CHECKS`: multi_device_checks.py, row_sharded_mesh_checks.py,
+checkpoint_shard_checks.py) in one process of 8 forced CPU devices, and a run of 2 processes
+on 127.0.0.1 against the same run in one."""
 
 import os
 import subprocess
@@ -7,13 +9,14 @@ import sys
 
 import pytest
 
-from conftest import ROOT, free_port, numbers, read_records, run_checks_on_8_devices
+from conftest import EIGHT_DEVICE_CHECKS, ROOT, free_port, numbers, read_records
+from conftest import run_checks_on_8_devices
 
 
 def test_checks_on_eight_forced_cpu_devices():
-  # The timeout only guards against a hang: on the shared 2-core machine at a load of 15 this
-  # child took 852 s alone (127 s of CPU), and 900 s ran out once.
-  run_checks_on_8_devices('tests/multi_device_checks.py', timeout=2400)
+  # The timeout only guards against a hang: on the shared 2-core machine at a load of 15 the
+  # first of these files alone took 852 s (127 s of CPU).
+  run_checks_on_8_devices(EIGHT_DEVICE_CHECKS, timeout=2400)
 
 
 def test_two_processes_compute_what_one_process_on_two_devices_does(tmp_path):

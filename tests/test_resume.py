@@ -20,9 +20,9 @@ from ncf_jax import trained_run
 from ncf_jax import train
 from ncf_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
-# Large enough that an epoch takes a while (~3000 steps of batch 64) and a
-# kill lands inside one; small enough for seconds per epoch.
-BIG = dict(num_users=1000, num_items=200, interactions_per_user=30)
+# Large enough that an epoch takes a while (~780 steps of batch 64, about a second) and a
+# kill sent when epoch 1's record appears lands inside epoch 2 (or epoch 1's save).
+BIG = dict(num_users=1000, num_items=200, interactions_per_user=10)
 BIG_FLAGS = {'batch_size': 64, 'steps_per_dispatch': 32, 'num_epochs': 3}
 
 

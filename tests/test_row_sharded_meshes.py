@@ -1,13 +1,12 @@
 """Row sharding across meshes, on one device: tables drawn by global row index (`row_init`),
-routed full ranking against a NumPy reference, digests verified across paddings; and
-`row_sharded_mesh_checks.py` in one child process of 8 forced CPU devices."""
+routed full ranking against a NumPy reference, digests verified across paddings. The checks
+on meshes of forced devices are in `row_sharded_mesh_checks.py` (run by test_many_devices)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_checks_on_8_devices
 from ncf_jax import evaluation
 from ncf_jax import models
 from ncf_jax import row_init
@@ -111,7 +110,3 @@ def test_digests_of_one_padding_verify_another_padding_on_real_rows():
   dirty_record = shard_digests.digest(_copies('t', dirty, [(0, 3072)]))
   assert shard_digests.first_mismatch(dirty_record, _copies('t', written[:1024].copy(),
                                                             [(0, 1024)]), {'t': real})
-
-
-def test_checks_on_forced_devices():
-  run_checks_on_8_devices('tests/row_sharded_mesh_checks.py', timeout=900)

@@ -73,6 +73,14 @@ def _bv_objective(w, m, n, k, gamma):
   return total
 
 
+def test_binomial_pmf_is_scipys():
+  p = np.arange(3706) / 3706  # the sampled-rank probabilities of ML-1M's corrected HR
+  np.testing.assert_allclose(statistics.binomial_pmf(99, p),
+                             stats.binom.pmf(np.arange(100)[None, :], 99, p[:, None]),
+                             rtol=1e-10, atol=1e-300)
+  np.testing.assert_array_equal(statistics.binomial_pmf(4, np.array([0.0]))[0], [1, 0, 0, 0, 0])
+
+
 def test_bv_weights_minimise_the_stated_objective():
   m, n, k, gamma = 6, 40, 3, 0.1
   w = statistics.bv_weights(m, n, k, gamma)
