@@ -87,6 +87,7 @@ class Experiment:
   regularization: train_step_lib.Regularization
   epoch_spec: epoch_lib.EpochSpec
   epoch_arrays: dict  # the epoch definition's positives and membership structure (NumPy)
+  _abstract_state: object = dataclasses.field(default=None, init=False, repr=False)
 
   @property
   def batches_per_epoch(self) -> int:
@@ -101,11 +102,14 @@ class Experiment:
                                    s.batch_size, s.steps_per_dispatch, self.layout, last_epoch)
 
   def abstract_state(self):
-    """Shapes, dtypes and shardings of the train state (nothing allocated)."""
-    abstract = train_step_lib.abstract_state(self.model, self.optimizer)
-    shardings = self.layout.state_shardings(abstract, self.model.table_specs())
-    return jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    """Shapes, dtypes and shardings of the train state (nothing allocated; traced once per
+    experiment, as its model and optimizer never change)."""
+    if self._abstract_state is None:
+      abstract = train_step_lib.abstract_state(self.model, self.optimizer)
+      shardings = self.layout.state_shardings(abstract, self.model.table_specs())
+      self._abstract_state = jax.tree_util.tree_map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return self._abstract_state
 
 
 def build(run: run_settings.RunSettings) -> Experiment:

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from conftest import make_config, train_quietly
+from conftest import make_config
 from ncf_jax import communication
 from ncf_jax import evaluation
 from ncf_jax import models
@@ -77,9 +77,9 @@ def _train_on(num_devices, config, params, batches):
   return state, layout
 
 
-# Replicated and row-sharded tables, each with a dense and a row-sparse optimizer.
-CASES = [('replicated', 'adam', 'neumf'), ('replicated', 'lazy_sgd', 'mf'),
-         ('rows', 'adam', 'neumf'), ('rows', 'lazy_adam', 'neumf')]
+# Replicated tables with a dense and a row-sparse optimizer (row-sharded tables, both kinds:
+# test_rows_on_8_and_4_devices_trains_as_replicated_on_one_fast_path_and_fallback).
+CASES = [('replicated', 'adam', 'neumf'), ('replicated', 'lazy_sgd', 'mf')]
 
 
 @pytest.mark.parametrize('embedding_sharding,optimizer,model_name', CASES)
@@ -98,23 +98,24 @@ def test_the_same_global_batches_give_the_same_parameters_on_1_and_8_devices(
   params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(0), ids, ids)['params'])
   batches = _batches()
   reference, _ = _train_on(1, config, params, batches)
-  # 8 devices for every case; a second mesh (4: 256 of the 1,024 padded rows per device)
-  # for the row-sparse optimizer on row-sharded tables, the most index arithmetic.
-  for num_devices in (4, 8) if optimizer == 'lazy_adam' else (8,):
-    state, layout = _train_on(num_devices, config, params, batches)
-    for ref, got in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(state)):
-      scale = max(float(np.abs(np.asarray(ref)).max()), 1e-30)
-      np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=1e-5 * scale)
-    tables = model.embedding_tables()
-    flat = flax.traverse_util.flatten_dict(state['params'])
-    for path in tables:
-      table = flat[path]
-      expected = P(sharding.DATA, None) if embedding_sharding == 'rows' else P()
-      assert table.sharding.spec == expected
-      rows = {shard.data.shape[0] for shard in table.addressable_shards}
-      assert rows == ({table.shape[0] // num_devices} if embedding_sharding == 'rows'
-                      else {table.shape[0]})
-    assert layout.put_chunk(batches)['users'].sharding.spec == P(None, sharding.DATA)
+  state, layout = _train_on(8, config, params, batches)
+  for ref, got in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(state)):
+    scale = max(float(np.abs(np.asarray(ref)).max()), 1e-30)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=1e-5 * scale)
+  _assert_placed(state, model, layout, 8)
+  assert layout.put_chunk(batches)['users'].sharding.spec == P(None, sharding.DATA)
+
+
+def _assert_placed(state, model, layout, num_devices):
+  """Every table of `state` whole on each device (replicated) or a 1/num_devices block of
+  its rows on each (`rows`)."""
+  flat = flax.traverse_util.flatten_dict(state['params'])
+  for spec in model.table_specs():
+    table = flat[spec.path]
+    by_rows = layout.embedding_sharding == 'rows'
+    assert table.sharding.spec == (P(sharding.DATA, None) if by_rows else P())
+    rows = {shard.data.shape[0] for shard in table.addressable_shards}
+    assert rows == ({table.shape[0] // num_devices} if by_rows else {table.shape[0]})
 
 
 def test_row_sharded_tables_take_an_eighth_of_the_memory_per_device():
@@ -167,29 +168,6 @@ def test_evaluation_over_8_devices_ranks_as_on_one(embedding_sharding):
     assert (one != eight).sum() <= 3  # near-ties may flip with another reduction order
 
 
-def test_a_run_on_8_devices_compiles_once_records_devices_and_keeps_padding_zero(
-    tmp_path, monkeypatch):
-  traces = []
-  make_step = row_sharded.make_local_step  # called once per trace of the chunk
-
-  def counting(*args):
-    traces.append(1)
-    return make_step(*args)
-
-  monkeypatch.setattr(row_sharded, 'make_local_step', counting)
-  # 5 positives a user: 19 steps an epoch, chunks of 5 and a short last one.
-  config = make_config(num_epochs=2, steps_per_dispatch=5, embedding_sharding='rows',
-                       optimizer='lazy_adam', synthetic=dict(interactions_per_user=5))
-  state, history = train_quietly(config, tmp_path)
-  assert len(traces) == 1
-  assert all(r['devices'] == 8 and r['processes'] == 1 for r in history)
-  dataset = registry.load_dataset(run_settings.data_settings(config))
-  table = np.asarray(state['params']['gmf']['user_embedding'])
-  assert table.shape[0] == tables.ROW_MULTIPLE and table.shape[0] > dataset.num_users
-  assert not table[dataset.num_users:].any()  # padding rows: never looked up, never moved
-  assert table[:dataset.num_users].any()
-
-
 def test_device_count_follows_the_batch_or_the_config():
   assert sharding.num_devices_for(0, 256, 8) == 8
   assert sharding.num_devices_for(0, 12, 8) == 6  # the most devices that divide the batch
@@ -222,7 +200,7 @@ def _owner_counts(ids, num_devices, shard_rows):
 
 
 @pytest.mark.parametrize('optimizer', ['adam', 'lazy_adam'])
-def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(optimizer):
+def test_rows_on_8_and_4_devices_trains_as_replicated_on_one_fast_path_and_fallback(optimizer):
   num_users = num_items = 1000  # padded to 1,024: 128 rows per device
   config = make_config(model='neumf', optimizer=optimizer, learning_rate=0.001)
   replicated_model = models.create_model(run_settings.model_settings(config), num_users, num_items)
@@ -238,7 +216,10 @@ def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(op
   assert max(_owner_counts(s, 8, 128) for s in spread['users']) <= capacity  # the fast path
   assert min(_owner_counts(s, 8, 128) for s in skewed['users']) > capacity  # the fallback
   runs = []  # (config's sharding, model, layout, chunk, initial state): built once each
-  for sharding_, devices in (('replicated', 1), ('rows', 8)):
+  # A second mesh (4: 256 of the 1,024 padded rows per device) for the row-sparse
+  # optimizer, the most index arithmetic.
+  meshes = [('replicated', 1), ('rows', 8)] + [('rows', 4)] * (optimizer == 'lazy_adam')
+  for sharding_, devices in meshes:
     config.embedding_sharding = sharding_
     model = models.create_model(run_settings.model_settings(config), num_users, num_items,
                                 devices)
@@ -264,12 +245,15 @@ def test_rows_on_8_devices_trains_as_replicated_on_one_fast_path_and_fallback(op
       # A fresh copy each time: the chunk donates its state.
       state = jax.device_put(jax.tree_util.tree_map(np.array, initial), shardings)
       state, metrics = chunk(state, layout.put_chunk(batches), np.int32(4))
+      _assert_placed(state, model, layout, layout.num_devices)
       results.append((_unpadded(state['params'], model), float(metrics['loss_sum'])))
-    (reference, loss), (got, rows_loss) = results
-    assert rows_loss == pytest.approx(loss, rel=1e-5)
-    for path, value in reference.items():
-      scale = max(float(np.abs(value).max()), 1e-30)
-      np.testing.assert_allclose(got[path], value, rtol=0, atol=1e-5 * scale, err_msg=str(path))
+    (reference, loss), *sharded = results
+    for got, rows_loss in sharded:
+      assert rows_loss == pytest.approx(loss, rel=1e-5)
+      for path, value in reference.items():
+        scale = max(float(np.abs(value).max()), 1e-30)
+        np.testing.assert_allclose(got[path], value, rtol=0, atol=1e-5 * scale,
+                                   err_msg=str(path))
 
 
 def test_the_compiled_rows_step_routes_ids_and_moves_no_table():

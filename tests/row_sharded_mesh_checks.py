@@ -17,6 +17,7 @@ from ncf_jax import checkpoints
 from ncf_jax import communication
 from ncf_jax import evaluation
 from ncf_jax import models
+from ncf_jax import row_sharded
 from ncf_jax import run_settings
 from ncf_jax import sharding
 from ncf_jax import train
@@ -158,14 +159,27 @@ def _real_rows(state, model):
       s.path: s.rows for s in model.table_specs()}
 
 
-def test_a_state_moves_between_meshes_of_different_padding(tmp_path):
+def test_a_state_moves_between_meshes_of_different_padding(tmp_path, monkeypatch):
   # 5 positives a user: 25 steps an epoch (each a few all-to-alls among threads on 2 cores).
   config = lambda devices, epochs: make_config(num_devices=devices, num_epochs=epochs,
                                                batch_size=96, embedding_sharding='rows',
                                                optimizer='lazy_adam',
                                                synthetic=dict(interactions_per_user=5))
   eight, _ = train_quietly(config(8, 1), tmp_path / 'eight')  # padded to 1,024 rows
+  traces = []
+  make_step = row_sharded.make_local_step  # called once per trace of the chunk
+  monkeypatch.setattr(row_sharded, 'make_local_step', lambda *a: traces.append(1) or make_step(*a))
   six, six_history = train_quietly(config(6, 2), tmp_path / 'six')  # to 3,072
+  monkeypatch.undo()
+  # One compilation for the run (chunks of 4 steps and a short last one); every record says
+  # where it ran; padding rows are never looked up, so never moved.
+  assert len(traces) == 1
+  assert all(r['devices'] == 6 and r['processes'] == 1 for r in six_history)
+  dataset = registry.load_dataset(run_settings.data_settings(config(6, 1)))
+  for spec in models.create_model(run_settings.model_settings(config(6, 1)), dataset.num_users,
+                                  dataset.num_items, 6).table_specs():
+    table = np.asarray(flax.traverse_util.flatten_dict(six['params'])[spec.path])
+    assert table.shape[0] == 3072 and table[:spec.rows].any() and not table[spec.rows:].any()
   for source, state, target in ((tmp_path / 'eight', eight, 6), (tmp_path / 'six', six, 8)):
     restored, model = _restored_on(source, target, config(target, 1))
     written, _ = _real_rows(state, model)
@@ -180,7 +194,6 @@ def test_a_state_moves_between_meshes_of_different_padding(tmp_path):
                if 'user_embedding' in jax.tree_util.keystr(path)]
     assert moments and all(m.shape[0] == model.table_specs()[0].shape[0] for m in moments)
   # A reader on one device (1,024-row padding) of the run written on 6 (3,072).
-  dataset = registry.load_dataset(run_settings.data_settings(config(6, 1)))
   sized = trained_run.load_best(str(tmp_path / 'six'), dataset.num_users, dataset.num_items)
   as_stored = trained_run.load_best(str(tmp_path / 'six'))  # tables of the stored 3,072 rows
   for spec in sized.model.table_specs():
