@@ -56,6 +56,11 @@ class BatchSource(Protocol):
     """Stops any work in flight."""
 
 
+def take_step(inputs: dict, i) -> dict:
+  """Step i's batch of a chunk of host batches, each input (S, B) (traced)."""
+  return jax.tree_util.tree_map(lambda x: x[i], inputs)
+
+
 def _padded_batch(users, items, labels, valid):
   zero = lambda x: jnp.where(valid, x, jnp.zeros_like(x))
   return dict(users=zero(users), items=zero(items), labels=zero(labels),
@@ -166,8 +171,8 @@ class HostBatches(_Plan):
     return {k: jax.make_array_from_process_local_data(self.layout.chunk, v, shape)
             for k, v in local.items()}
 
-  def select(self, inputs, i):
-    return jax.tree_util.tree_map(lambda x: x[i], inputs)
+  # One function for every host source: `train` keeps a run's compiled chunk for the next.
+  select = staticmethod(take_step)
 
   def inputs_sharding(self):
     return {k: self.layout.chunk for k in ('users', 'items', 'labels', 'weights')}

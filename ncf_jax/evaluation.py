@@ -19,6 +19,7 @@ item included): otherwise every model, a random one too, scores HR = 1.
 """
 
 import dataclasses
+import functools
 
 import flax
 import jax
@@ -138,24 +139,7 @@ class SampledEvaluator:
     self._candidates = _by_user(layout, _blocks(candidates.astype(np.int32), block, 0))
     self._counted = _by_user(layout, _blocks(counted, block, False))
     self._real = _by_user(layout, _real_rows(len(self.heldout), block))
-    model = self.model
-
-    def score_user(params, user, items):
-      return model.apply({'params': params}, jnp.full(items.shape, user), items)
-
-    def block_ranks(params, block):
-      users, candidates, counted, real = block
-      scores = jax.vmap(score_user, in_axes=(None, 0, 0))(params, users, candidates)
-      return (ranks_from_scores(scores[:, 0], scores[:, 1:], counted),
-              _count_nonfinite(scores, real))
-
-    def all_ranks(params, *blocks):
-      ranks, nonfinite = lax.map(lambda b: block_ranks(params, b), blocks)
-      return ranks.reshape(-1), nonfinite.sum()
-
-    self._ranks = jax.jit(all_ranks, out_shardings=layout.replicated)
-    if row_sharded.has_row_sharded(getattr(model, 'table_specs', tuple)()):
-      self._ranks = _routed_sampled_ranks(model, layout)
+    self._ranks = kept_program(_sampled_ranks_program, self.model, layout)
 
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
@@ -173,6 +157,41 @@ class SampledEvaluator:
           _host_ranks(ranks, nonfinite, len(self.heldout), self.what),
           self.heldout.negatives.shape[1], self.num_items - 1, top_k)
     return out
+
+
+def kept_program(factory, *args):
+  """`factory(*args)`, a jitted program that is a pure function of `args` (the data are its
+  inputs), kept for the next caller with equal `args`: a run in the same process of the same
+  model (resumed, repeated, a notebook's next cell) traces and compiles nothing again. Built
+  anew, unkept, where an argument is not a value (an ensemble holding arrays)."""
+  try:
+    hash(args)
+  except TypeError:
+    return factory.__wrapped__(*args)
+  return factory(*args)
+
+
+@functools.lru_cache(maxsize=16)
+def _sampled_ranks_program(model, layout: sharding.Layout):
+  """The jitted (params, users, candidates, counted, real) -> (ranks, non-finite count) of
+  `SampledEvaluator`."""
+  if row_sharded.has_row_sharded(getattr(model, 'table_specs', tuple)()):
+    return _routed_sampled_ranks(model, layout)
+
+  def score_user(params, user, items):
+    return model.apply({'params': params}, jnp.full(items.shape, user), items)
+
+  def block_ranks(params, block):
+    users, candidates, counted, real = block
+    scores = jax.vmap(score_user, in_axes=(None, 0, 0))(params, users, candidates)
+    return (ranks_from_scores(scores[:, 0], scores[:, 1:], counted),
+            _count_nonfinite(scores, real))
+
+  def all_ranks(params, *blocks):
+    ranks, nonfinite = lax.map(lambda b: block_ranks(params, b), blocks)
+    return ranks.reshape(-1), nonfinite.sum()
+
+  return jax.jit(all_ranks, out_shardings=layout.replicated)
 
 
 def _routed_sampled_ranks(model, layout: sharding.Layout):
@@ -206,6 +225,7 @@ def _routed_sampled_ranks(model, layout: sharding.Layout):
   return jax.jit(all_ranks, out_shardings=layout.replicated)
 
 
+@functools.lru_cache(maxsize=16)
 def _full_ranking_program(model, num_items: int, block: int, window: int,
                           layout: sharding.Layout):
   """The jitted (params, pair rows, pair items, *blocks) -> (ranks, non-finite count) of
@@ -242,6 +262,7 @@ def items_per_device(model, num_items: int, num_devices: int) -> int:
   return shards.pop() if shards else -(-num_items // num_devices)
 
 
+@functools.lru_cache(maxsize=16)
 def _routed_full_ranking_program(model, num_items: int, block: int, window: int,
                                  layout: sharding.Layout):
   """`_full_ranking_program` with row-sharded tables, no table gathered: each device scores
@@ -341,7 +362,7 @@ class FullRankingEvaluator:
     self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
     self._real = _by_user(layout, _real_rows(rows, block))
     program = _routed_full_ranking_program if routed else _full_ranking_program
-    self._ranks = program(self.model, self.num_items, block, window, layout)
+    self._ranks = kept_program(program, self.model, self.num_items, block, window, layout)
 
   def _place_known_pairs(self, layout: sharding.Layout, row: np.ndarray, item: np.ndarray,
                          block: int) -> int:

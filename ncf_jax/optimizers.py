@@ -20,6 +20,7 @@ in `_ROW_RULES`); `OPTIMIZERS` lists the names; its test.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import flax
@@ -226,6 +227,7 @@ _ROW_RULES: dict[str, Callable[[OptimizerSettings], RowRule]] = {
 OPTIMIZERS = tuple(_DENSE)
 
 
+@functools.lru_cache(maxsize=16)  # one object for equal settings: programs are kept by it
 def create_optimizer(settings: OptimizerSettings, total_steps: int = 1) -> Optimizer:
   """The optimizer `settings.name` names.
 

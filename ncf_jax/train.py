@@ -12,6 +12,7 @@ notebook.
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -479,6 +480,33 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
                            devices=experiment.layout.num_devices, processes=jax.process_count())
 
 
+def _train_chunk(experiment: Experiment, source: batch_source_lib.BatchSource):
+  """The jitted chunk of `experiment`'s steps fed by `source`. Fed by host batches (one
+  `select` for all), kept for the next run in this process of an equal model, optimizer,
+  regularization and layout (`evaluation.kept_program`): nothing is traced again."""
+  make_chunk = (row_sharded.make_train_chunk
+                if row_sharded.has_row_sharded(experiment.model.table_specs())
+                else train_step_lib.make_train_chunk)
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
+  args = (experiment.model, experiment.optimizer, experiment.regularization, experiment.layout)
+  if source.select is not batch_source_lib.take_step:
+    return make_chunk(*args, shardings, select_batch=source.select,
+                      inputs_sharding=source.inputs_sharding())
+  state_leaves, state_tree = jax.tree_util.tree_flatten(shardings)
+  input_leaves, input_tree = jax.tree_util.tree_flatten(source.inputs_sharding())
+  return evaluation.kept_program(_host_fed_chunk, make_chunk, *args, tuple(state_leaves),
+                                 state_tree, tuple(input_leaves), input_tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _host_fed_chunk(make_chunk, model, optimizer, regularization, layout, state_leaves,
+                    state_tree, input_leaves, input_tree):
+  unflatten = jax.tree_util.tree_unflatten
+  return make_chunk(model, optimizer, regularization, layout, unflatten(state_tree, state_leaves),
+                    select_batch=batch_source_lib.take_step,
+                    inputs_sharding=unflatten(input_tree, input_leaves))
+
+
 def train_epochs(experiment: Experiment, recorder: RunRecorder, state, done_epoch: int):
   """Trains, evaluates and records epochs after `done_epoch` up to `num_epochs`; stops
   after the epoch reaching the target, or at once if an earlier one did. Returns the state."""
@@ -490,13 +518,7 @@ def train_epochs(experiment: Experiment, recorder: RunRecorder, state, done_epoc
   source = experiment.batch_source(last_epoch=num_epochs)
   source.start(done_epoch + 1)  # the first batches are made while the step compiles
   try:
-    make_chunk = (row_sharded.make_train_chunk
-                  if row_sharded.has_row_sharded(experiment.model.table_specs())
-                  else train_step_lib.make_train_chunk)
-    train_chunk = make_chunk(
-        experiment.model, experiment.optimizer, experiment.regularization, experiment.layout,
-        jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state()),
-        select_batch=source.select, inputs_sharding=source.inputs_sharding())
+    train_chunk = _train_chunk(experiment, source)
     for epoch in range(done_epoch + 1, num_epochs + 1):
       state, loss, timings = train_epoch(experiment, train_chunk, state, epoch, source)
       record = dict(evaluate(experiment, state, epoch, loss), **timings)

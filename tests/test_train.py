@@ -9,6 +9,7 @@ import pytest
 from conftest import make_config as _config
 from conftest import train_quietly
 from ncf_jax import evaluation
+from ncf_jax import optimizers
 from ncf_jax import run_dir
 from ncf_jax import run_settings
 from ncf_jax import trained_run
@@ -145,3 +146,29 @@ def test_unknown_schedule_is_a_config_error(tmp_path):
   config = _config(learning_rate_schedule='linear')
   with pytest.raises(ConfigError, match='learning_rate_schedule'):
     train_quietly(config, tmp_path)
+
+
+def test_a_run_of_equal_settings_reuses_the_programs_and_other_settings_get_their_own(
+    tmp_path, monkeypatch):
+  built = []  # one call per train step built (a chunk program made anew)
+  make_step = train_step_lib.make_train_step
+  monkeypatch.setattr(train_step_lib, 'make_train_step',
+                      lambda *a, **k: built.append(1) or make_step(*a, **k))
+  ranks_programs = evaluation._sampled_ranks_program.cache_info  # pylint: disable=protected-access
+  misses = ranks_programs().misses
+
+  def run(workdir, **overrides):
+    # num_factors=5: settings no other test uses, so nothing of them is kept yet.
+    config = _config(num_factors=5, num_epochs=1, **overrides)
+    return [(r['loss'], r['hr'], r['ndcg']) for r in train_quietly(config, tmp_path / workdir)[1]]
+
+  first = run('first')
+  assert len(built) == 1
+  assert run('again') == first and len(built) == 1  # equal settings: nothing traced again
+  assert ranks_programs().misses == misses + 1
+  other = run('other', learning_rate=0.01)  # another optimizer: a program of its own...
+  assert len(built) == 2 and other[1:] != first[1:]
+  train._host_fed_chunk.cache_clear()  # pylint: disable=protected-access
+  optimizers.create_optimizer.cache_clear()
+  assert run('afresh', learning_rate=0.01) == other  # ...computing what a fresh one does
+  assert len(built) == 3
