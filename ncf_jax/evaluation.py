@@ -171,6 +171,12 @@ def kept_program(factory, *args):
   return factory(*args)
 
 
+def forget_kept_programs() -> None:
+  """Drops the evaluators' kept programs (`kept_program`): the next evaluator builds anew."""
+  for factory in (_sampled_ranks_program, _full_ranking_program, _routed_full_ranking_program):
+    factory.cache_clear()
+
+
 @functools.lru_cache(maxsize=16)
 def _sampled_ranks_program(model, layout: sharding.Layout):
   """The jitted (params, users, candidates, counted, real) -> (ranks, non-finite count) of

@@ -498,6 +498,14 @@ def _train_chunk(experiment: Experiment, source: batch_source_lib.BatchSource):
                                  state_tree, tuple(input_leaves), input_tree)
 
 
+def forget_kept_programs() -> None:
+  """Drops every program kept for later runs in this process (train chunks, evaluators; to
+  free their memory, or to count what a run builds): the next run builds its own."""
+  _host_fed_chunk.cache_clear()
+  optimizers.create_optimizer.cache_clear()
+  evaluation.forget_kept_programs()
+
+
 @functools.lru_cache(maxsize=8)
 def _host_fed_chunk(make_chunk, model, optimizer, regularization, layout, state_leaves,
                     state_tree, input_leaves, input_tree):
