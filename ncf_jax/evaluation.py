@@ -19,7 +19,6 @@ item included): otherwise every model, a random one too, scores HR = 1.
 """
 
 import dataclasses
-import functools
 
 import flax
 import jax
@@ -28,6 +27,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from ncf_jax import kept_programs
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import row_sharded
@@ -139,7 +139,7 @@ class SampledEvaluator:
     self._candidates = _by_user(layout, _blocks(candidates.astype(np.int32), block, 0))
     self._counted = _by_user(layout, _blocks(counted, block, False))
     self._real = _by_user(layout, _real_rows(len(self.heldout), block))
-    self._ranks = kept_program(_sampled_ranks_program, self.model, layout)
+    self._ranks = kept_programs.build(_sampled_ranks_program, self.model, layout)
 
   def ranks(self, params) -> tuple[jax.Array, jax.Array]:
     """((R',) ranks, the number of non-finite scores), on the device (R' >= R: padding)."""
@@ -159,25 +159,7 @@ class SampledEvaluator:
     return out
 
 
-def kept_program(factory, *args):
-  """`factory(*args)`, a jitted program that is a pure function of `args` (the data are its
-  inputs), kept for the next caller with equal `args`: a run in the same process of the same
-  model (resumed, repeated, a notebook's next cell) traces and compiles nothing again. Built
-  anew, unkept, where an argument is not a value (an ensemble holding arrays)."""
-  try:
-    hash(args)
-  except TypeError:
-    return factory.__wrapped__(*args)
-  return factory(*args)
-
-
-def forget_kept_programs() -> None:
-  """Drops the evaluators' kept programs (`kept_program`): the next evaluator builds anew."""
-  for factory in (_sampled_ranks_program, _full_ranking_program, _routed_full_ranking_program):
-    factory.cache_clear()
-
-
-@functools.lru_cache(maxsize=16)
+@kept_programs.kept(maxsize=16)
 def _sampled_ranks_program(model, layout: sharding.Layout):
   """The jitted (params, users, candidates, counted, real) -> (ranks, non-finite count) of
   `SampledEvaluator`."""
@@ -231,7 +213,7 @@ def _routed_sampled_ranks(model, layout: sharding.Layout):
   return jax.jit(all_ranks, out_shardings=layout.replicated)
 
 
-@functools.lru_cache(maxsize=16)
+@kept_programs.kept(maxsize=16)
 def _full_ranking_program(model, num_items: int, block: int, window: int,
                           layout: sharding.Layout):
   """The jitted (params, pair rows, pair items, *blocks) -> (ranks, non-finite count) of
@@ -268,7 +250,7 @@ def items_per_device(model, num_items: int, num_devices: int) -> int:
   return shards.pop() if shards else -(-num_items // num_devices)
 
 
-@functools.lru_cache(maxsize=16)
+@kept_programs.kept(maxsize=16)
 def _routed_full_ranking_program(model, num_items: int, block: int, window: int,
                                  layout: sharding.Layout):
   """`_full_ranking_program` with row-sharded tables, no table gathered: each device scores
@@ -368,7 +350,7 @@ class FullRankingEvaluator:
     self._items = _by_user(layout, _blocks(self.heldout.items, block, 0))
     self._real = _by_user(layout, _real_rows(rows, block))
     program = _routed_full_ranking_program if routed else _full_ranking_program
-    self._ranks = kept_program(program, self.model, self.num_items, block, window, layout)
+    self._ranks = kept_programs.build(program, self.model, self.num_items, block, window, layout)
 
   def _place_known_pairs(self, layout: sharding.Layout, row: np.ndarray, item: np.ndarray,
                          block: int) -> int:

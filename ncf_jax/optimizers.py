@@ -20,7 +20,6 @@ in `_ROW_RULES`); `OPTIMIZERS` lists the names; its test.
 """
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import flax
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ncf_jax import kept_programs
 from ncf_jax.tables import IdsKey, ParamPath
 
 Params = Any  # a nested dict of arrays
@@ -227,7 +227,7 @@ _ROW_RULES: dict[str, Callable[[OptimizerSettings], RowRule]] = {
 OPTIMIZERS = tuple(_DENSE)
 
 
-@functools.lru_cache(maxsize=16)  # one object for equal settings: programs are kept by it
+@kept_programs.kept(maxsize=16)  # one object for equal settings: programs are keyed by it
 def create_optimizer(settings: OptimizerSettings, total_steps: int = 1) -> Optimizer:
   """The optimizer `settings.name` names.
 

@@ -12,7 +12,6 @@ notebook.
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -27,6 +26,7 @@ from ncf_jax import batch_source as batch_source_lib
 from ncf_jax import config_fields
 from ncf_jax import epoch as epoch_lib
 from ncf_jax import evaluation
+from ncf_jax import kept_programs
 from ncf_jax import interrupts
 from ncf_jax import models
 from ncf_jax import optimizers
@@ -483,7 +483,7 @@ def train_epoch(experiment: Experiment, train_chunk, state, epoch: int,
 def _train_chunk(experiment: Experiment, source: batch_source_lib.BatchSource):
   """The jitted chunk of `experiment`'s steps fed by `source`. Fed by host batches (one
   `select` for all), kept for the next run in this process of an equal model, optimizer,
-  regularization and layout (`evaluation.kept_program`): nothing is traced again."""
+  regularization and layout (`kept_programs`): nothing is traced again."""
   make_chunk = (row_sharded.make_train_chunk
                 if row_sharded.has_row_sharded(experiment.model.table_specs())
                 else train_step_lib.make_train_chunk)
@@ -494,19 +494,11 @@ def _train_chunk(experiment: Experiment, source: batch_source_lib.BatchSource):
                       inputs_sharding=source.inputs_sharding())
   state_leaves, state_tree = jax.tree_util.tree_flatten(shardings)
   input_leaves, input_tree = jax.tree_util.tree_flatten(source.inputs_sharding())
-  return evaluation.kept_program(_host_fed_chunk, make_chunk, *args, tuple(state_leaves),
-                                 state_tree, tuple(input_leaves), input_tree)
+  return kept_programs.build(_host_fed_chunk, make_chunk, *args, tuple(state_leaves),
+                             state_tree, tuple(input_leaves), input_tree)
 
 
-def forget_kept_programs() -> None:
-  """Drops every program kept for later runs in this process (train chunks, evaluators; to
-  free their memory, or to count what a run builds): the next run builds its own."""
-  _host_fed_chunk.cache_clear()
-  optimizers.create_optimizer.cache_clear()
-  evaluation.forget_kept_programs()
-
-
-@functools.lru_cache(maxsize=8)
+@kept_programs.kept(maxsize=8)
 def _host_fed_chunk(make_chunk, model, optimizer, regularization, layout, state_leaves,
                     state_tree, input_leaves, input_tree):
   unflatten = jax.tree_util.tree_unflatten

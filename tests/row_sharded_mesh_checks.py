@@ -16,6 +16,7 @@ from conftest import make_config, train_quietly
 from ncf_jax import checkpoints
 from ncf_jax import communication
 from ncf_jax import evaluation
+from ncf_jax import kept_programs
 from ncf_jax import models
 from ncf_jax import row_sharded
 from ncf_jax import run_settings
@@ -169,7 +170,7 @@ def test_a_state_moves_between_meshes_of_different_padding(tmp_path, monkeypatch
   traces = []
   make_step = row_sharded.make_local_step  # called once per trace of the chunk
   monkeypatch.setattr(row_sharded, 'make_local_step', lambda *a: traces.append(1) or make_step(*a))
-  train.forget_kept_programs()  # so the run builds (and traces) its own chunk
+  kept_programs.forget()  # so the run builds (and traces) its own chunk
   six, six_history = train_quietly(config(6, 2), tmp_path / 'six')  # to 3,072
   monkeypatch.undo()
   # One compilation for the run (chunks of 4 steps and a short last one); every record says

@@ -20,7 +20,8 @@ LAYERS = [
      'counter_random', 'summaries', 'statistics',
      'tables',  # one TableSpec per embedding table: read by models, sharding, optimizers, ...
      'row_init',  # a table's initial rows by global row index (any mesh, no whole temporaries)
-     'ials', 'ease'),  # the fitted baselines' solvers (plain jax.numpy)
+     'ials', 'ease',  # the fitted baselines' solvers (plain jax.numpy)
+     'kept_programs'),  # programs kept for the next run of equal settings
     ('data.files',),
     ('data.delimited', 'data.ncf_format', 'data.dataset', 'data.id_maps', 'data.prepare',
      'data.download', 'data.synthetic', 'data.registry'),

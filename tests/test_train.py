@@ -9,6 +9,7 @@ import pytest
 from conftest import make_config as _config
 from conftest import train_quietly
 from ncf_jax import evaluation
+from ncf_jax import kept_programs
 from ncf_jax import run_dir
 from ncf_jax import run_settings
 from ncf_jax import trained_run
@@ -89,7 +90,7 @@ def test_train_chunk_compiles_once_across_epochs(tmp_path, monkeypatch):
     return counted
 
   monkeypatch.setattr(train_step_lib, 'make_train_step', counting_make_train_step)
-  train.forget_kept_programs()  # an earlier test's run of these settings would be reused
+  kept_programs.forget()  # an earlier test's run of these settings would be reused
   # 3 epochs, each ending in a short chunk (a different trip count), one trace.
   config = _config(num_epochs=3, steps_per_dispatch=5)
   train_quietly(config, tmp_path)
@@ -167,7 +168,7 @@ def test_a_run_of_equal_settings_reuses_the_programs_and_other_settings_get_thei
   # Another optimizer (a rate no other test uses): a program of its own...
   other = run('other', learning_rate=0.0123)
   assert len(built) == built_before + 1 and other[1:] != first[1:]
-  train.forget_kept_programs()
+  kept_programs.forget()
   assert run('afresh', learning_rate=0.0123) == other  # ...computing what a fresh one does
   assert len(built) == built_before + 2
   assert ranks_programs().misses == 1  # (forgetting restarts the count)
