@@ -227,13 +227,18 @@ _ROW_RULES: dict[str, Callable[[OptimizerSettings], RowRule]] = {
 OPTIMIZERS = tuple(_DENSE)
 
 
-@kept_programs.kept(maxsize=16)  # one object for equal settings: programs are keyed by it
 def create_optimizer(settings: OptimizerSettings, total_steps: int = 1) -> Optimizer:
-  """The optimizer `settings.name` names.
+  """The optimizer `settings.name` names: one object for equal settings (programs are keyed
+  by it), so runs of any length under a constant rate share their compiled programs.
 
   `total_steps` (the whole run's) only matters to a decaying schedule; the state's
   structure does not depend on it, so restoring may pass any value.
   """
+  return _optimizer(settings, total_steps if settings.schedule != 'constant' else 1)
+
+
+@kept_programs.kept(maxsize=16)
+def _optimizer(settings: OptimizerSettings, total_steps: int) -> Optimizer:
   schedule = learning_rate_schedule(settings, total_steps)
   # A constant rate stays a float: the optax state then has no step count.
   constant = settings.schedule == 'constant'

@@ -1,8 +1,9 @@
 """Settings and helpers every test file shares (import them: `from conftest import ...`).
 
 Rank promotion is an error, so (B,1) vs (B,) mistakes fail loudly. Compiled programs go to
-a persistent cache shared by the session's test processes and subprocesses (many tests
-compile the same small programs again), removed when the session ends.
+a persistent cache shared by the session's test processes (both pytest-xdist workers) and
+their subprocesses (many tests compile the same small programs again), removed when the
+session ends.
 """
 
 import atexit
@@ -18,8 +19,13 @@ import sys
 import tempfile
 import warnings
 
-_CACHE = tempfile.mkdtemp(prefix='ncf_jax_test_compile_cache_')
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# The first test process (pytest-xdist's controller, started before its workers) makes the
+# folder and removes it at exit; its workers and every subprocess inherit it.
+_CACHE = os.environ.get('NCF_JAX_TEST_COMPILE_CACHE')
+if not _CACHE:
+  _CACHE = os.environ['NCF_JAX_TEST_COMPILE_CACHE'] = tempfile.mkdtemp(
+      prefix='ncf_jax_test_compile_cache_')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
 # The tests' programs are tiny and compiled once or twice each: XLA's backend optimisations

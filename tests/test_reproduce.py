@@ -22,7 +22,7 @@ def test_mlp_layers_halve_down_to_the_factors():
 
 
 def _reproduce(tmp_path, *args):
-  result = run_entry('experiments.reproduce', '--dataset=synthetic', '--synthetic_users=300',
+  result = run_entry('experiments.reproduce', '--dataset=synthetic', '--synthetic_users=120',
                      '--num_epochs=1', f'--runs_dir={tmp_path / "runs"}',
                      f'--results_dir={tmp_path / "results"}', *args, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -35,7 +35,7 @@ def dry_run(tmp_path):
 
   def commands(*args):
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(['reproduce', '--dataset=synthetic', '--synthetic_users=300', '--num_epochs=1',
+    flags.FLAGS(['reproduce', '--dataset=synthetic', '--synthetic_users=120', '--num_epochs=1',
                  f'--runs_dir={tmp_path / "runs"}', f'--results_dir={tmp_path / "results"}',
                  *args])
     return [run.command() for run in reproduce.plan(flags.FLAGS.experiment)]

@@ -158,13 +158,21 @@ def test_a_run_of_equal_settings_reuses_the_programs_and_other_settings_get_thei
   ranks_programs = evaluation._sampled_ranks_program.cache_info  # pylint: disable=protected-access
 
   def run(workdir, **overrides):
-    config = _config(num_epochs=1, **overrides)
+    config = _config(**{'num_epochs': 1, **overrides})
     return [(r['loss'], r['hr'], r['ndcg']) for r in train_quietly(config, tmp_path / workdir)[1]]
 
   first = run('first')  # (its programs may be kept already, from another test)
   built_before, misses = len(built), ranks_programs().misses
   assert run('again') == first  # equal settings: nothing traced again
   assert len(built) == built_before and ranks_programs().misses == misses
+  # A longer run at a constant rate: the same programs, and its first epoch is the same.
+  assert run('longer', num_epochs=2)[:2] == first
+  assert len(built) == built_before
+  # A decaying rate's schedule is the run's length: a program for each length.
+  run('cosine', learning_rate_schedule='cosine')
+  run('cosine_longer', learning_rate_schedule='cosine', num_epochs=2)
+  assert len(built) == built_before + 2
+  built_before += 2
   # Another optimizer (a rate no other test uses): a program of its own...
   other = run('other', learning_rate=0.0123)
   assert len(built) == built_before + 1 and other[1:] != first[1:]
