@@ -19,6 +19,7 @@ that fails before it leaves none behind.
 """
 
 import json
+import time
 
 from absl import logging
 
@@ -74,7 +75,11 @@ class RunSummaries:
       logging.warning('tensorboardX is not installed: no TensorBoard summaries '
                       '(pip install tensorboardX); metrics.jsonl has every number')
       return
-    writer = tensorboardX.SummaryWriter(logdir=self.workdir, flush_secs=30)
+    # tensorboardX names a file by the second and the host only: a session starting in the
+    # same second as the last (a quick resume) would overwrite its file. Nanoseconds keep
+    # each session's file, and its name sorts after the earlier ones'.
+    writer = tensorboardX.SummaryWriter(logdir=self.workdir, flush_secs=30,
+                                        filename_suffix=f'.{time.time_ns()}')
     # Drops events of this epoch and later from earlier (interrupted) processes.
     writer.file_writer.add_event(event_pb2.Event(
         step=first_epoch, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))

@@ -3,6 +3,7 @@
 import glob
 import os
 import struct
+import types
 
 import pytest
 
@@ -10,6 +11,7 @@ from conftest import make_config, read_records, train_quietly
 from ncf_jax import summaries
 
 tensorboardX = pytest.importorskip('tensorboardX')
+from tensorboardX import event_file_writer  # pylint: disable=wrong-import-position
 from tensorboardX.proto import event_pb2  # pylint: disable=wrong-import-position
 
 
@@ -63,8 +65,10 @@ def test_every_record_is_in_the_event_files(tmp_path):
   assert 'hparams' in plugins  # the run's hyperparameters
 
 
-def test_a_resume_marks_where_earlier_events_stop_counting(tmp_path):
+def test_a_resume_marks_where_earlier_events_stop_counting(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
+  # Both sessions in the same second of tensorboardX's clock (which names its files).
+  monkeypatch.setattr(event_file_writer, 'time', types.SimpleNamespace(time=lambda: 1.7e9))
   train_quietly(make_config(num_epochs=1), workdir)
   train_quietly(make_config(num_epochs=2), workdir)
   starts = [e.step for e in _events(workdir)
