@@ -1,8 +1,8 @@
 """SIGTERM and Ctrl-C (SIGINT) recorded when they arrive, raised where stopping is safe.
 
 A Python signal handler that raises does so at the next bytecode of the main thread, and that
-may be inside a garbage-collector callback or a `__del__` (Orbax's abandoned reads are
-finalised in `gc.collect()` after every restore): there the exception is printed as
+may be inside a garbage-collector callback or a `__del__` (the reads a failed Orbax restore
+abandons are finalised whenever the collector runs): there the exception is printed as
 "Exception ignored" and lost, and a preempted job trains on. So the handler only records the
 signal, and the program calls `check()` at safe points (between compiled chunks of steps,
 after an evaluation, before and after a checkpoint restore, before files are committed),

@@ -1,7 +1,7 @@
 """SIGTERM and Ctrl-C at any moment end a command with one line and exit 143 / 130 (issue 22,
 item 1): the signal is sent at many offsets into a resume of a finished run, which walks
-through the imports, the flag parsing, data generation, the checkpoint restore (whose Orbax
-reads are finalised in gc.collect(), where a raising handler's exception used to be lost),
+through the imports, the flag parsing, data generation, the checkpoint restore (a raising
+handler's exception used to be lost in the collector's finalisers of Orbax's reads),
 compilation and training; and into `data prepare`. A process boundary is what is tested."""
 
 import os
