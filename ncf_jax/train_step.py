@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
+from ncf_jax import kept_programs
 from ncf_jax import models
 from ncf_jax import optimizers
 from ncf_jax import tables as tables_lib
@@ -42,7 +43,14 @@ def init_state(params: dict, optimizer: optimizers.Optimizer,
 
 
 def abstract_state(model: models.ScoringModel, optimizer: optimizers.Optimizer) -> TrainState:
-  """Shapes and dtypes of a fresh state (`jax.eval_shape`: nothing is allocated)."""
+  """Shapes and dtypes of a fresh state (`jax.eval_shape`: nothing is allocated; traced once
+  for an equal model and optimizer, the containers new on every call)."""
+  return jax.tree_util.tree_map(lambda leaf: leaf,
+                                kept_programs.build(_abstract_state, model, optimizer))
+
+
+@kept_programs.kept(maxsize=16)
+def _abstract_state(model: models.ScoringModel, optimizer: optimizers.Optimizer) -> TrainState:
   return jax.eval_shape(lambda: init_state(models.init_params(model, 0), optimizer, model))
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ncf_jax import dot_product
+from ncf_jax import kept_programs
 from ncf_jax.models.mf import MF
 from ncf_jax.models.ncf import GMF, MLP, NCF, GMFTower, MLPTower, NeuMF, head_init, hidden_init
 from ncf_jax.tables import IdsKey, ParamPath, TableSpec
@@ -104,5 +105,11 @@ def init_params(model: ScoringModel, seed: int) -> dict:
 
 
 def abstract_params(model: ScoringModel) -> dict:
-  """Shapes and dtypes of `model`'s parameters (nothing allocated)."""
+  """Shapes and dtypes of `model`'s parameters (nothing allocated; traced once for equal
+  models, the containers new on every call)."""
+  return jax.tree_util.tree_map(lambda leaf: leaf, kept_programs.build(_abstract_params, model))
+
+
+@kept_programs.kept(maxsize=16)
+def _abstract_params(model: ScoringModel) -> dict:
   return jax.eval_shape(lambda: init_params(model, 0))
