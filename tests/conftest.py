@@ -181,7 +181,10 @@ def run_checks_on_8_devices(checks_files, timeout: float) -> None:
   # Without pytest's log capture, XLA's own messages (a stuck rendezvous) reach stderr.
   run = lambda: run_module('pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:logging',
                            *checks_files, timeout=timeout,
-                           env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+                           env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+                                # Its programs are its own (8 devices): writing them to the
+                                # shared cache cost more than it saves.
+                                'JAX_ENABLE_COMPILATION_CACHE': 'false'})
   result = run()
   for _ in range(2):
     if result.returncode >= 0:
