@@ -35,15 +35,16 @@ FAST_COMPILE = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
                 '--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1')
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
+# Read when JAX is imported: by the test files, not here (pytest-xdist's controller, which
+# only hands out tests, never imports JAX or the training code).
+os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
+if 'jax' in sys.modules:
+  sys.modules['jax'].config.update('jax_numpy_rank_promotion', 'raise')
+
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ncf_jax import cli
-from ncf_jax import run_dir
-from ncf_jax import train
 from ncf_jax.configs import test as test_config
-
-jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,10 +70,12 @@ def make_config(**overrides):
 def train_quietly(config, workdir):
   """`train_and_evaluate` with its console lines swallowed: (state, history)."""
   with contextlib.redirect_stdout(io.StringIO()):
+    from ncf_jax import train  # pylint: disable=g-import-not-at-top
     return train.train_and_evaluate(config, str(workdir))
 
 
 def read_records(workdir) -> list[dict]:
+  from ncf_jax import run_dir  # pylint: disable=g-import-not-at-top
   return run_dir.RunDir(str(workdir)).read_metrics()
 
 
