@@ -222,10 +222,10 @@ def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
 # pytest-xdist worker takes the next whole file when it is nearly done, in collection order,
 # so the long files start early, the short ones fill the gaps at the end, and the two
 # workers finish together. The other files keep their order after these.
-LONG_FIRST = ('test_many_devices.py', 'test_resume.py', 'test_signals.py', 'test_optimizers.py', 'test_train.py',
-              'test_models.py', 'test_provenance.py', 'test_mlperf.py', 'test_pretrain.py',
-              'test_main.py', 'test_run_folder_faults.py', 'test_recommend_many.py',
-              'test_recommend.py')
+LONG_FIRST = ('test_many_devices.py', 'test_resume.py', 'test_signals.py', 'test_optimizers.py',
+              'test_train.py', 'test_models.py', 'test_provenance.py', 'test_mlperf.py',
+              'test_pretrain.py', 'test_main.py', 'test_run_folder_faults.py',
+              'test_recommend_many.py', 'test_recommend.py')
 
 
 def pytest_collection_modifyitems(items):

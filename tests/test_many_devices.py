@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from conftest import EIGHT_DEVICE_CHECKS, ROOT, free_port, make_config, numbers, read_records
-from conftest import train_quietly
-from conftest import run_checks_on_8_devices
+from conftest import run_checks_on_8_devices, train_quietly
 
 
 def test_checks_on_eight_forced_cpu_devices():

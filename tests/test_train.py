@@ -165,12 +165,15 @@ def test_a_run_of_equal_settings_reuses_the_programs_and_other_settings_get_thei
   built_before, misses = len(built), ranks_programs().misses
   assert run('again') == first  # equal settings: nothing traced again
   assert len(built) == built_before and ranks_programs().misses == misses
-  # A longer run at a constant rate: the same programs, and its first epoch is the same.
-  assert run('longer', num_epochs=2)[:2] == first
+  # Rates no other test uses, so no earlier run in this worker built these programs. A
+  # longer run at a constant rate: the same programs, and its first epoch is the same.
+  shorter = run('shorter', learning_rate=0.0234)
+  built_before = len(built)
+  assert run('longer', learning_rate=0.0234, num_epochs=2)[:2] == shorter
   assert len(built) == built_before
   # A decaying rate's schedule is the run's length: a program for each length.
-  run('cosine', learning_rate_schedule='cosine')
-  run('cosine_longer', learning_rate_schedule='cosine', num_epochs=2)
+  run('cosine', learning_rate_schedule='cosine', learning_rate=0.0345)
+  run('cosine_longer', learning_rate_schedule='cosine', learning_rate=0.0345, num_epochs=2)
   assert len(built) == built_before + 2
   built_before += 2
   # Another optimizer (a rate no other test uses): a program of its own...
