@@ -221,12 +221,12 @@ def test_a_healthy_run_never_comes_near_the_divergence_rule(tmp_path):
 def test_a_missing_coordinator_or_peer_is_one_line_before_any_folder(empty_cwd):
   address = f'127.0.0.1:{free_port()}'  # nobody there
   common = (f'--config={CONFIG}', f'--coordinator_address={address}', '--num_processes=2',
-            '--initialization_timeout=2')
+            '--initialization_timeout=1')
   assert run_main(*common, '--process_id=1') == (
-      1, f'error: coordinator {address}: nothing answered within 2 s (--initialization_timeout), '
+      1, f'error: coordinator {address}: nothing answered within 1 s (--initialization_timeout), '
          'this is process 1 of 2; start process 0 there first, with the same --num_processes')
   assert run_main(*common, '--process_id=0') == (
-      1, f'error: coordinator {address}: process(es) 1 of 2 did not come within 2 s '
+      1, f'error: coordinator {address}: process(es) 1 of 2 did not come within 1 s '
          '(--initialization_timeout); start every process with the same --coordinator_address '
          'and --num_processes')
   assert os.listdir(empty_cwd) == []

@@ -126,8 +126,8 @@ def _peer_in_thread(address: str, num_processes: int, process_id: int):
 def test_a_missing_coordinator_is_one_line_naming_it():
   address = f'127.0.0.1:{free_port()}'  # nobody listens
   with pytest.raises(LaunchError) as error:
-    launch.preflight(Settings(address, 2, 1), timeout=1.5)
-  assert str(error.value) == (f'coordinator {address}: nothing answered within 2 s '
+    launch.preflight(Settings(address, 2, 1), timeout=0.6)  # said in whole seconds
+  assert str(error.value) == (f'coordinator {address}: nothing answered within 1 s '
                               '(--initialization_timeout), this is process 1 of 2; start '
                               'process 0 there first, with the same --num_processes')
 
@@ -136,10 +136,10 @@ def test_a_missing_peer_is_one_line_naming_it_and_the_waiting_peer_hears_it():
   address = f'127.0.0.1:{free_port()}'
   thread, errors = _peer_in_thread(address, num_processes=3, process_id=1)
   with pytest.raises(LaunchError) as error:
-    launch.preflight(Settings(address, 3, 0), timeout=2)
+    launch.preflight(Settings(address, 3, 0), timeout=1)
   thread.join(30)
   assert str(error.value) == (f'coordinator {address}: process(es) 2 of 3 did not come within '
-                              '2 s (--initialization_timeout); start every process with the '
+                              '1 s (--initialization_timeout); start every process with the '
                               'same --coordinator_address and --num_processes')
   assert errors['peer'] == (f'coordinator {address}: process 0 gave up waiting for the other '
                             'processes; this is process 1 of 3')
