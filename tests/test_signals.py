@@ -76,8 +76,10 @@ def test_a_signal_at_any_moment_of_a_resume_ends_in_one_line(tmp_path, finished_
   name = 'SIGTERM' if sig == signal.SIGTERM else 'Ctrl-C'
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run, workdir)
+  # Epochs enough that the run is still working at the latest moment on a fast machine (with
+  # 2, a run had ended 0.8 s after the dataset line): the process ends at the signal.
   process = _start(['-m', 'ncf_jax.main', '--config=configs/test.py',
-                    '--config.num_epochs=2', f'--workdir={workdir}'], ROOT)
+                    '--config.num_epochs=200', f'--workdir={workdir}'], ROOT)
   code, lines, out = _interrupt(process, sig, delay, anchor)
   assert code == 128 + sig, (anchor, delay, lines)
   assert lines in ([f'error: interrupted ({name}); {RESUME_NOTE}'],
