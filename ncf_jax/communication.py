@@ -73,11 +73,9 @@ def summarize(listed: list[dict]) -> dict:
               fallback_collective_bytes_per_step_per_device=exact)
 
 
-def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
-                       devices=None, init_memory: bool = False) -> dict:
-  """The collectives of one compiled train step of `config` on `num_devices` devices and the
-  bytes of tables (and their optimizer state) each device holds; nothing is allocated.
-  With `init_memory`, also the compiled temporary bytes of the sharded initialisation."""
+def lower_train_step(config, num_users: int, num_items: int, num_devices: int, devices=None):
+  """One train step of `config` on `num_devices` devices, lowered (not compiled) over abstract
+  arguments: (lowered, model, abstract state, state shardings); nothing is allocated."""
   from ncf_jax import models, optimizers, row_sharded, sharding  # pylint: disable=g-import-not-at-top
   from ncf_jax import run_settings, train_step  # pylint: disable=g-import-not-at-top
   devices = devices if devices is not None else jax.devices()
@@ -102,7 +100,17 @@ def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
                    out_shardings=(shardings, layout.replicated))
   state = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  lowered = step.lower(state, batch)
+  return step.lower(state, batch), model, abstract, shardings
+
+
+def measure_train_step(config, num_users: int, num_items: int, num_devices: int,
+                       devices=None, init_memory: bool = False) -> dict:
+  """The collectives of one compiled train step of `config` on `num_devices` devices and the
+  bytes of tables (and their optimizer state) each device holds; nothing is allocated.
+  With `init_memory`, also the compiled temporary bytes of the sharded initialisation."""
+  lowered, model, abstract, shardings = lower_train_step(config, num_users, num_items,
+                                                         num_devices, devices)
+  specs = model.table_specs()
   listed = collectives(lowered.compile().as_text())
   table_paths = [spec.path for spec in specs]
 
