@@ -121,7 +121,7 @@ def initializer(real_rows: int, stddev: float, row_sharded: bool, axis: str):
     mesh = jax.sharding.get_abstract_mesh()
     if (row_sharded and not mesh.empty and axis in mesh.axis_names
         and shape[0] % mesh.shape[axis] == 0):
-      return sharded_table(key, tuple(shape), real_rows, stddev, mesh, axis).astype(dtype)
+      return _sharded_table(key, tuple(shape), real_rows, stddev, mesh, axis).astype(dtype)
     return _whole_table(key, shape[0], shape[1], real_rows, stddev).astype(dtype)
 
   return init
@@ -132,3 +132,7 @@ def initializer(real_rows: int, stddev: float, row_sharded: bool, axis: str):
 # shape. `jax.random.normal` is itself such a jitted program, so the values are the same.
 _whole_table = jax.jit(lambda key, rows, width, real_rows, stddev: table_rows(
     key, 0, rows, width, real_rows, stddev), static_argnums=(1, 2, 3, 4))
+# Jitted too where it is traced: Flax checks a parameter's shape at every `apply` by tracing
+# its initialiser (`jax.eval_shape`), and a jitted one is traced once per shape and mesh
+# (unjitted, each trace of a row-sharded step redrew every table's abstract Threefry).
+_sharded_table = jax.jit(sharded_table, static_argnums=(1, 2, 3, 4, 5))
