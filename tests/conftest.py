@@ -42,6 +42,12 @@ os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".st
 # collected, every 50,000 allocations.
 gc.set_threshold(50_000, 20, 100)
 
+# Read when NumPy loads OpenBLAS (below). With as many BLAS threads as cores while the other
+# worker keeps the second core busy, OpenBLAS's waiting threads spin: the files that solve
+# and multiply in NumPy (iALS, EASE, intervals, evaluation) took 18-20 s of CPU instead of
+# 22-25 s with one thread (2026-12-01, the other core loaded). Subprocesses inherit it.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
 # Read when JAX is imported: by the test files, not here (pytest-xdist's controller, which
 # only hands out tests, never imports JAX or the training code).
 os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
