@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config
+from ncf_jax import batch_source
 from ncf_jax import communication
 from ncf_jax import evaluation
 from ncf_jax import models
@@ -28,6 +29,7 @@ from ncf_jax import train
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError
+import test_batch_source
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8,
                                 reason='run by tests/test_many_devices.py on 8 forced devices')
@@ -116,6 +118,22 @@ def _assert_placed(state, model, layout, num_devices):
     assert table.sharding.spec == (P(sharding.DATA, None) if by_rows else P())
     rows = {shard.data.shape[0] for shard in table.addressable_shards}
     assert rows == ({table.shape[0] // num_devices} if by_rows else {table.shape[0]})
+
+
+@pytest.mark.parametrize('sampler', batch_source.SAMPLERS)
+def test_either_executor_makes_the_same_batches_on_1_and_4_devices(sampler):
+  # (On one device, against the epoch laid out by hand: tests/test_batch_source.py.)
+  spec, arrays = test_batch_source._definition()
+  got = []
+  for devices in (1, 4):
+    source = batch_source.create(sampler, spec, arrays, 3, 64, 2,
+                                 test_batch_source._layout(devices))
+    try:
+      got.append(test_batch_source.epoch_batches(source, 1))
+    finally:
+      source.close()
+  for name in test_batch_source.NAMES:
+    np.testing.assert_array_equal(got[0][name], got[1][name], err_msg=name)
 
 
 def test_row_sharded_tables_take_an_eighth_of_the_memory_per_device():

@@ -1,10 +1,8 @@
-"""The two executors of the epoch definition: same batches, fixed shapes, padding, any device
-count; and the same training records from either."""
+"""The two executors of the epoch definition: same batches, fixed shapes, padding; and the
+same training records from either. (The same batches on 1 and 4 devices:
+multi_device_checks.py.)"""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 from jax.sharding import Mesh
@@ -99,35 +97,3 @@ def test_training_records_are_identical_with_either_executor(tmp_path):
     records[sampler] = _records(tmp_path / sampler)
   assert records['host'] == records['device']
   assert records['host'][-1]['loss'] > 0
-
-
-_FOUR_DEVICES = r'''
-import sys
-import numpy as np
-import jax
-sys.path.insert(0, sys.argv[1])
-from test_batch_source import NAMES, _definition, _layout, epoch_batches
-from ncf_jax import batch_source
-spec, arrays = _definition()
-for sampler in batch_source.SAMPLERS:
-  got = []
-  for devices in (1, 4):
-    source = batch_source.create(sampler, spec, arrays, 3, 64, 2, _layout(devices))
-    got.append(epoch_batches(source, 1))
-    source.close()
-  for k in NAMES:
-    np.testing.assert_array_equal(got[0][k], got[1][k])
-print('same batches on 1 and 4 devices')
-'''
-
-
-def test_same_batches_on_one_and_four_devices():
-  # Forced CPU devices must be set before JAX starts: a process of its own.
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
-                                    ' --xla_force_host_platform_device_count=4'))
-  tests = os.path.dirname(__file__)
-  result = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, tests], env=env,
-                          capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(tests))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'same batches on 1 and 4 devices' in result.stdout

@@ -19,7 +19,7 @@ from ncf_jax.configs import default
 
 ENTRY_POINTS = ('ncf_jax.main', 'ncf_jax.data', 'ncf_jax.recommend', 'ncf_jax.ensemble',
                 'ncf_jax.pipeline', 'ncf_jax.export', 'ncf_jax.benchmark',
-                'experiments.reproduce')
+                'experiments.reproduce', 'experiments.plots')
 TAKES_CONFIG = ('ncf_jax.main', 'ncf_jax.recommend', 'ncf_jax.pipeline')
 MF_CONFIG_HELP = ('ncf_jax.main', '--help', '--config=configs/mf.py')
 

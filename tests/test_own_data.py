@@ -57,9 +57,9 @@ def _train_pairs(recommender):
 
 def test_recommend_command_prints_original_ids_and_titles(prepared_run):
   root, _, titles = prepared_run
-  result = run_module('ncf_jax.recommend', f'--workdir={root / "run"}', '--user=u_0003',
-                      '--k=3', f'--items_meta={titles}', '--meta_id_col=productId',
-                      '--meta_title_col=title')
+  result = run_entry('ncf_jax.recommend', f'--workdir={root / "run"}', '--user=u_0003',
+                     '--k=3', f'--items_meta={titles}', '--meta_id_col=productId',
+                     '--meta_title_col=title')
   assert result.returncode == 0, result.stderr
   lines = [line.split('\t') for line in result.stdout.splitlines()]
   expected = Recommender.from_workdir(str(root / 'run')).recommend('u_0003', k=3)

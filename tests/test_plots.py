@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -137,9 +136,9 @@ def test_a_missing_key_names_the_file_and_the_key(tmp_path, experiment, drop, ke
 
 def test_command_line_prints_the_paths_and_asks_for_matplotlib(results, monkeypatch):
   results_dir = str(results / 'results')
-  done = subprocess.run([sys.executable, '-m', 'experiments.plots', f'--results_dir={results_dir}',
-                         f'--repo_root={results}'], cwd=REPO, capture_output=True, text=True,
-                        timeout=120)
+  # In this process (`python -m experiments.plots --help` runs as a process in test_help.py).
+  done = run_entry('experiments.plots', f'--results_dir={results_dir}',
+                   f'--repo_root={results}', cwd=REPO)
   assert done.returncode == 0, done.stderr[-2000:]
   names = ['factors', 'curves', 'negatives', 'table3', 'table2']
   assert done.stdout.split() == [os.path.join(results_dir, f'{n}.png') for n in names]
