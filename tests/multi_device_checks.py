@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config
+import test_batch_source
 from ncf_jax import batch_source
 from ncf_jax import communication
 from ncf_jax import evaluation
@@ -29,7 +30,6 @@ from ncf_jax import train
 from ncf_jax import train_step as train_step_lib
 from ncf_jax.data import registry
 from ncf_jax.errors import ConfigError
-import test_batch_source
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8,
                                 reason='run by tests/test_many_devices.py on 8 forced devices')
