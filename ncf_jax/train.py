@@ -146,31 +146,38 @@ def epoch_definition(dataset: Dataset, num_negatives: int, reject_positives: boo
 
 
 def initial_state(experiment: Experiment):
-  """A fresh train state, laid out on the run's devices.
+  """A fresh train state drawn from the run's seed, laid out on the run's devices.
 
-  On one device the parameters are drawn outside `jit`, to the values they always had, so
-  published numbers re-run exactly (a table by one compiled program per shape, `row_init`,
-  equal bit for bit to the unjitted draw); on several, one jitted init whose outputs carry the state's
-  shardings creates them (no eager copy is placed first; each device draws its own rows of
-  a row-sharded table). Embedding tables are equal on every mesh (`row_init`); the dense
-  layers' draws may differ in the last bit of a few values.
+  One compiled program (kept for runs of an equal model, optimizer and layout) draws it, its
+  outputs carrying the state's shardings: no eager copy is placed first, and each device draws
+  its own rows of a row-sharded table (`row_init`). Embedding tables are equal on every mesh;
+  on one device every parameter equals, bit for bit, Flax's eager `model.init` on CPU
+  (tests/test_train.py), so published numbers re-run exactly; on several, the dense layers'
+  draws may differ in the last bit of a few values.
   """
   model, optimizer = experiment.model, experiment.optimizer
   seed = experiment.settings.seed
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
-  init_params = lambda: models.init_params(model, seed)
   sources = experiment.run.pretrain
   if sources is not None:
-    params = pretrain.merged_params(sources, experiment.run.data, jax.eval_shape(init_params),
-                                    model.table_specs())
+    params = pretrain.merged_params(sources, experiment.run.data,
+                                    models.abstract_params(model), model.table_specs())
     provenance.check_sources(sources, experiment.dataset)
-  elif experiment.layout.num_devices == 1:
-    params = init_params()
-  else:
-    with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
-      return jax.jit(lambda: train_step_lib.init_state(init_params(), optimizer, model),
-                     out_shardings=shardings)()
-  return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
+    return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
+  leaves, tree = jax.tree_util.tree_flatten(shardings)
+  draw = kept_programs.build(_initial_state_program, model, optimizer, tuple(leaves), tree)
+  with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
+    return draw(jax.random.key_data(jax.random.key(seed)))
+
+
+@kept_programs.kept(maxsize=8)
+def _initial_state_program(model, optimizer, sharding_leaves, sharding_tree):
+  """A jitted function of a seed's key data to a fresh state with these shardings (traced
+  under their mesh, `jax.set_mesh`)."""
+  fresh = lambda key_data: train_step_lib.init_state(
+      models.init_params(model, jax.random.wrap_key_data(key_data)), optimizer, model)
+  return jax.jit(fresh, out_shardings=jax.tree_util.tree_unflatten(sharding_tree,
+                                                                    sharding_leaves))
 
 
 def format_duration(seconds: float) -> str:

@@ -98,10 +98,12 @@ def create_model(settings: ModelSettings, num_users: int, num_items: int,
                dtype=COMPUTE_DTYPES[settings.compute_dtype], **towers)
 
 
-def init_params(model: ScoringModel, seed: int) -> dict:
-  """Fresh parameters of `model` drawn from `seed` (Flax initialises from a dummy batch)."""
+def init_params(model: ScoringModel, seed: int | jax.Array) -> dict:
+  """Fresh parameters of `model` drawn from `seed`, or from a typed random key (Flax
+  initialises from a dummy batch)."""
   ids = jnp.zeros((1,), jnp.int32)
-  return model.init(jax.random.key(seed), ids, ids)['params']
+  key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+  return model.init(key, ids, ids)['params']
 
 
 def abstract_params(model: ScoringModel) -> dict:
