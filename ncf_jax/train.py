@@ -148,7 +148,7 @@ def epoch_definition(dataset: Dataset, num_negatives: int, reject_positives: boo
 def initial_state(experiment: Experiment):
   """A fresh train state drawn from the run's seed, laid out on the run's devices.
 
-  One compiled program (kept for runs of an equal model, optimizer and layout) draws it, its
+  One compiled program (kept for runs of an equal model, optimizer and shardings) draws it, its
   outputs carrying the state's shardings: no eager copy is placed first, and each device draws
   its own rows of a row-sharded table (`row_init`). Embedding tables are equal on every mesh;
   on one device every parameter equals, bit for bit, Flax's eager `model.init` on CPU
@@ -166,18 +166,18 @@ def initial_state(experiment: Experiment):
     return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
   leaves, tree = jax.tree_util.tree_flatten(shardings)
   draw = kept_programs.build(_initial_state_program, model, optimizer, tuple(leaves), tree)
-  with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
-    return draw(jax.random.key_data(jax.random.key(seed)))
+  key_data = jax.random.key_data(jax.random.key(seed))
+  if any(spec.placement == 'rows' for spec in model.table_specs()):
+    with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
+      return draw(key_data)
+  return draw(key_data)  # with no mesh set, as `abstract_state` traced it: its trace is reused
 
 
 @kept_programs.kept(maxsize=8)
 def _initial_state_program(model, optimizer, sharding_leaves, sharding_tree):
-  """A jitted function of a seed's key data to a fresh state with these shardings (traced
-  under their mesh, `jax.set_mesh`)."""
-  fresh = lambda key_data: train_step_lib.init_state(
-      models.init_params(model, jax.random.wrap_key_data(key_data)), optimizer, model)
-  return jax.jit(fresh, out_shardings=jax.tree_util.tree_unflatten(sharding_tree,
-                                                                    sharding_leaves))
+  """`train_step.fresh_state` compiled to outputs of these shardings."""
+  shardings = jax.tree_util.tree_unflatten(sharding_tree, sharding_leaves)
+  return jax.jit(train_step_lib.fresh_state(model, optimizer), out_shardings=shardings)
 
 
 def format_duration(seconds: float) -> str:
