@@ -148,36 +148,40 @@ def epoch_definition(dataset: Dataset, num_negatives: int, reject_positives: boo
 def initial_state(experiment: Experiment):
   """A fresh train state drawn from the run's seed, laid out on the run's devices.
 
-  One compiled program (kept for runs of an equal model, optimizer and shardings) draws it, its
-  outputs carrying the state's shardings: no eager copy is placed first, and each device draws
-  its own rows of a row-sharded table (`row_init`). Embedding tables are equal on every mesh;
-  on one device every parameter equals, bit for bit, Flax's eager `model.init` on CPU
-  (tests/test_train.py), so published numbers re-run exactly; on several, the dense layers'
-  draws may differ in the last bit of a few values.
+  Compiled programs draw it, kept for later runs: on one device the parameters (a program
+  per model, whatever the optimizer), equal bit for bit to Flax's eager `model.init` on CPU
+  (tests/test_train.py), so published numbers re-run exactly; on several the whole state,
+  its outputs carrying the state's shardings (no eager copy is placed first; each device
+  draws its own rows of a row-sharded table, `row_init`). Embedding tables are equal on every
+  mesh; the dense layers' draws may differ in the last bit of a few values.
   """
   model, optimizer = experiment.model, experiment.optimizer
-  seed = experiment.settings.seed
+  key_data = jax.random.key_data(jax.random.key(experiment.settings.seed))
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, experiment.abstract_state())
   sources = experiment.run.pretrain
   if sources is not None:
     params = pretrain.merged_params(sources, experiment.run.data,
                                     models.abstract_params(model), model.table_specs())
     provenance.check_sources(sources, experiment.dataset)
-    return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
-  leaves, tree = jax.tree_util.tree_flatten(shardings)
-  draw = kept_programs.build(_initial_state_program, model, optimizer, tuple(leaves), tree)
-  key_data = jax.random.key_data(jax.random.key(seed))
-  if any(spec.placement == 'rows' for spec in model.table_specs()):
+  elif experiment.layout.num_devices == 1:
+    # Traced as `abstract_state` traced it (no mesh set), so its trace is reused.
+    params = _compiled(models.fresh_params(model), shardings['params'])(key_data)
+  else:
     with jax.set_mesh(experiment.layout.mesh):  # each device draws its rows (`row_init`)
-      return draw(key_data)
-  return draw(key_data)  # with no mesh set, as `abstract_state` traced it: its trace is reused
+      return _compiled(train_step_lib.fresh_state(model, optimizer), shardings)(key_data)
+  return jax.device_put(train_step_lib.init_state(params, optimizer, model), shardings)
+
+
+def _compiled(fresh, shardings):
+  """`jax.jit(fresh)` with outputs of `shardings`, kept for an equal function and shardings."""
+  leaves, tree = jax.tree_util.tree_flatten(shardings)
+  return kept_programs.build(_compiled_program, fresh, tuple(leaves), tree)
 
 
 @kept_programs.kept(maxsize=8)
-def _initial_state_program(model, optimizer, sharding_leaves, sharding_tree):
-  """`train_step.fresh_state` compiled to outputs of these shardings."""
-  shardings = jax.tree_util.tree_unflatten(sharding_tree, sharding_leaves)
-  return jax.jit(train_step_lib.fresh_state(model, optimizer), out_shardings=shardings)
+def _compiled_program(fresh, sharding_leaves, sharding_tree):
+  return jax.jit(fresh, out_shardings=jax.tree_util.tree_unflatten(sharding_tree,
+                                                                    sharding_leaves))
 
 
 def format_duration(seconds: float) -> str:

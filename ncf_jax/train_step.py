@@ -51,18 +51,16 @@ def abstract_state(model: models.ScoringModel, optimizer: optimizers.Optimizer) 
 
 @kept_programs.kept(maxsize=16)
 def _abstract_state(model: models.ScoringModel, optimizer: optimizers.Optimizer) -> TrainState:
-  key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
-  return jax.eval_shape(fresh_state(model, optimizer), key_data)
+  return jax.eval_shape(lambda params: init_state(params, optimizer, model),
+                        models.abstract_params(model))
 
 
 @kept_programs.kept(maxsize=16)
 def fresh_state(model: models.ScoringModel, optimizer: optimizers.Optimizer):
-  """The function from a seed's random key data to a fresh state: one Python function for
-  an equal model and optimizer, so `jax.eval_shape` and `jax.jit` of it share their traces."""
-  def fresh(key_data: jax.Array) -> TrainState:
-    return init_state(models.init_params(model, jax.random.wrap_key_data(key_data)), optimizer,
-                      model)
-  return fresh
+  """The function from a seed's random key data to a fresh state (one Python function for
+  an equal model and optimizer)."""
+  draw = models.fresh_params(model)
+  return lambda key_data: init_state(draw(key_data), optimizer, model)
 
 
 def weighted_log_loss(logits: jax.Array, labels: jax.Array,

@@ -114,4 +114,12 @@ def abstract_params(model: ScoringModel) -> dict:
 
 @kept_programs.kept(maxsize=16)
 def _abstract_params(model: ScoringModel) -> dict:
-  return jax.eval_shape(lambda: init_params(model, 0))
+  key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  return jax.eval_shape(fresh_params(model), key_data)
+
+
+@kept_programs.kept(maxsize=16)
+def fresh_params(model: ScoringModel):
+  """The function from a seed's random key data to fresh parameters of `model`: one Python
+  function for equal models, so `jax.eval_shape` and `jax.jit` of it share one trace."""
+  return lambda key_data: init_params(model, jax.random.wrap_key_data(key_data))
