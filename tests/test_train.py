@@ -155,9 +155,10 @@ def test_unknown_schedule_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize('model,embedding_sharding', [('neumf', 'replicated'), ('mf', 'rows')])
 def test_a_fresh_state_on_one_device_is_flaxs_eager_init_bit_for_bit(model, embedding_sharding):
-  # One compiled program draws the state; the reference is Flax's `model.init` run eagerly,
-  # op by op, from the same seed, so numbers published before the draw was compiled re-run
-  # exactly.
+  # One compiled program draws the state; the reference is Flax's `model.init` run eagerly
+  # from the same seed (the dense layers op by op; the tables by `row_init`'s own per-shape
+  # program, checked against jax.random.normal in test_row_sharded_meshes.py), so numbers
+  # published before the draw was compiled re-run exactly.
   config = _config(model=model, seed=7, embedding_sharding=embedding_sharding,
                    optimizer='lazy_adam', l2_embeddings_per_example=True)
   experiment = train.build(run_settings.read(config))
