@@ -1,7 +1,7 @@
 """Settings and helpers every test file shares (import them: `from conftest import ...`).
 
 Rank promotion is an error, so (B,1) vs (B,) mistakes fail loudly. Compiled programs go to
-a persistent cache shared by the session's test processes (both pytest-xdist workers) and
+a persistent cache shared by the session's test processes (the pytest-xdist workers) and
 their subprocesses (many tests compile the same small programs again), removed when the
 session ends.
 """
@@ -233,8 +233,8 @@ def write_ncf_dir(dataset, directory, negatives_format: str = 'text') -> None:
 # The files whose tests take longest (processes of their own, many epochs; measured with
 # --durations on 2026-12-01), longest first: with `--dist=loadfile` (pyproject.toml) each
 # pytest-xdist worker takes the next whole file when it is nearly done, in collection order,
-# so the long files start early, the short ones fill the gaps at the end, and the two
-# workers finish together. The other files keep their order after these.
+# so the long files start early, the short ones fill the gaps at the end, and the workers
+# finish together. The other files keep their order after these.
 LONG_FIRST = ('test_many_devices.py', 'test_resume.py', 'test_signals.py', 'test_optimizers.py',
               'test_train.py', 'test_models.py', 'test_provenance.py', 'test_mlperf.py',
               'test_pretrain.py', 'test_main.py', 'test_run_folder_faults.py',
