@@ -63,7 +63,7 @@ def finished_run(tmp_path_factory):
 
 # (anchor, seconds): after the handler is installed (imports, flags, data), or after the line
 # naming the dataset, which comes just before the restore, compilation and training. One test
-# per moment, so that the two pytest-xdist workers share them.
+# per moment, so that a failure names its moment.
 BUILT = 'synthetic:'
 MOMENTS = [(signal.SIGTERM, None, 0.0), (signal.SIGTERM, None, 1.5), (signal.SIGTERM, BUILT, 0.0),
            (signal.SIGTERM, BUILT, 0.1), (signal.SIGTERM, BUILT, 0.3), (signal.SIGTERM, BUILT, 0.8),
