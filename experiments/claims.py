@@ -23,7 +23,6 @@ import os
 
 from absl import flags
 import numpy as np
-from scipy import stats
 
 from experiments import stored_intervals
 from experiments import stream
@@ -51,6 +50,7 @@ def unpaired(a_name: str, a_hr: float, b_name: str, b_hr: float, why: str) -> di
   """A beats B from two stored HRs (see the module docstring)."""
   diff = a_hr - b_hr
   z = diff / np.hypot(_se(a_hr), _se(b_hr))
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s to import; only here)
   p_bound = float(stats.norm.sf(z))
   ci = lambda hr: stored_intervals.hr_interval_from_count(
       stored_intervals.hits_from_hr(hr, NUM_USERS), NUM_USERS)
@@ -73,6 +73,7 @@ def over_seeds(a_name: str, a_values, b_name: str, b_values) -> dict:
   """A's seeds beat B's: Welch's t-test on the per-seed HR@10 (one-sided); the spread over
   seeds, not over users, is the noise here."""
   a, b = np.asarray(a_values, np.float64), np.asarray(b_values, np.float64)
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   result = stats.ttest_ind(a, b, equal_var=False, alternative='greater')
   return dict(kind='over seeds', a=f'{a_name} ({len(a)} seeds)', b=f'{b_name} ({len(b)} seeds)',
               a_hr=float(a.mean()), b_hr=float(b.mean()), hr_difference=float(a.mean() - b.mean()),

@@ -200,14 +200,19 @@ def test_cosine_schedule_starts_at_the_rate_and_ends_at_zero(optimizer):
   model = models.create_model(run_settings.model_settings(config), 20, 15)
   params = _params(model)
 
-  def run(schedule, num_steps):
+  def states(schedule, num_steps):
+    """The parameters after each of `num_steps` steps (one compiled step per schedule)."""
     config.learning_rate_schedule = schedule
-    state = _train(model, config, params, [_mf_batch()] * num_steps, total)
-    return jax.tree_util.tree_map(np.asarray, state['params'])
+    step, optimizer = _stepper(model, config, total)
+    state, out = train_step_lib.init_state(params, optimizer, model), []
+    for _ in range(num_steps):
+      state, _ = step(state, _mf_batch())
+      out.append(jax.tree_util.tree_map(np.asarray, state['params']))
+    return out
 
+  cosine, constant = states('cosine', total + 1), states('constant', 1)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
-                         run('cosine', 1), run('constant', 1))
-  jax.tree_util.tree_map(np.testing.assert_array_equal, run('cosine', total + 1),
-                         run('cosine', total))
-  moved = run('cosine', total)['mf']['user_embedding'] - params['mf']['user_embedding']
+                         cosine[0], constant[0])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, cosine[total], cosine[total - 1])
+  moved = cosine[total - 1]['mf']['user_embedding'] - params['mf']['user_embedding']
   assert np.abs(moved).max() > 0

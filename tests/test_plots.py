@@ -1,15 +1,18 @@
 """The figures: every results JSON gives its PNG, atomically; bad input fails in one line."""
 
+import importlib.util
 import json
 import os
 import sys
 
 import pytest
 
-pytest.importorskip('matplotlib')
+from conftest import run_entry
+from experiments import plots
 
-from conftest import run_entry  # noqa: E402
-from experiments import plots  # noqa: E402
+# Found, not imported: every test process collects this file, one runs it.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('matplotlib') is None,
+                                reason='matplotlib (the plots extra) is not installed')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EPOCHS = 4  # epochs 1..4 after the untrained epoch 0

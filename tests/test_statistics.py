@@ -4,7 +4,6 @@ loops, an optimiser on the stated objective, and Monte-Carlo draws."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import optimize, stats
 
 from ncf_jax import evaluation
 from ncf_jax import statistics
@@ -64,6 +63,7 @@ def test_paired_bootstrap_against_a_loop_and_its_verdicts():
 
 def _bv_objective(w, m, n, k, gamma):
   """Krichene & Rendle's BV loss, written out term by term with a uniform prior."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s: only where used)
   total = 0.0
   for true_rank in range(n):
     p = stats.binom.pmf(np.arange(m + 1), m, true_rank / n)
@@ -74,6 +74,7 @@ def _bv_objective(w, m, n, k, gamma):
 
 
 def test_binomial_pmf_is_scipys():
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   p = np.arange(3706) / 3706  # the sampled-rank probabilities of ML-1M's corrected HR
   np.testing.assert_allclose(statistics.binomial_pmf(99, p),
                              stats.binom.pmf(np.arange(100)[None, :], 99, p[:, None]),
@@ -83,6 +84,7 @@ def test_binomial_pmf_is_scipys():
 
 def test_bv_weights_minimise_the_stated_objective():
   m, n, k, gamma = 6, 40, 3, 0.1
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
   w = statistics.bv_weights(m, n, k, gamma)
   reference = optimize.minimize(_bv_objective, np.zeros(m + 1), args=(m, n, k, gamma),
                                 method='BFGS', options=dict(gtol=1e-10)).x

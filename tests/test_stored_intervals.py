@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from experiments import stored_intervals
 from ncf_jax import statistics
@@ -14,6 +13,7 @@ from ncf_jax import statistics
 def test_resampled_hit_count_is_binomial_whoever_holds_the_hits():
   # Every one of the n^n equally likely resamples of n = 5 users, 2 of them hits: the
   # number of hits drawn has exactly the Binomial(5, 2/5) law, for either placement.
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   n = 5
   for hit_users in ({0, 1}, {2, 4}):
     counts = np.zeros(n + 1, np.int64)
