@@ -50,7 +50,7 @@ def unpaired(a_name: str, a_hr: float, b_name: str, b_hr: float, why: str) -> di
   """A beats B from two stored HRs (see the module docstring)."""
   diff = a_hr - b_hr
   z = diff / np.hypot(_se(a_hr), _se(b_hr))
-  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s to import; only here)
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s: only when used)
   p_bound = float(stats.norm.sf(z))
   ci = lambda hr: stored_intervals.hr_interval_from_count(
       stored_intervals.hits_from_hr(hr, NUM_USERS), NUM_USERS)

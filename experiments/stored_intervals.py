@@ -53,7 +53,7 @@ def hr_interval_from_count(hits: int, num_users: int,
   """The percentile bootstrap interval of a mean of `hits` ones among `num_users` 0/1 values,
   exactly (infinitely many resamples): quantiles of Binomial(n, hits/n) over n."""
   tail = (1.0 - level) / 2
-  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s to import; only here)
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s: only when used)
   dist = stats.binom(num_users, hits / num_users)
   return (float(dist.ppf(tail)) / num_users, float(dist.ppf(1.0 - tail)) / num_users)
 

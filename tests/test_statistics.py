@@ -63,7 +63,7 @@ def test_paired_bootstrap_against_a_loop_and_its_verdicts():
 
 def _bv_objective(w, m, n, k, gamma):
   """Krichene & Rendle's BV loss, written out term by term with a uniform prior."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s: only where used)
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (0.7 s: when used)
   total = 0.0
   for true_rank in range(n):
     p = stats.binom.pmf(np.arange(m + 1), m, true_rank / n)
