@@ -21,11 +21,12 @@ gradients all-gathered (batch-sized); dense parameters are data-parallel (psum o
 
 Capacity: C = min(b, roundup8(ceil(2 b / N))) slots per destination, twice a uniform
 share. A batch in which some device sends more than C ids to one owner takes the exact path
-instead, C = b, which can never overflow (a `lax.cond` on the psum'd overflow flag, so every
-device takes the same branch). Per device and step the collectives move, per row-sharded
-table, N*C ids (int32) and 2 N*C*W rows (forward values and backward gradients, in the
-compute dtype): with C = 2b/N, 8b + 4bW·s bytes (s: 4 for float32, 2 for bfloat16),
-whatever the table's rows.
+instead, C = b, which can never overflow (a `lax.cond` on the pmax'd overflow flag, so every
+device takes the same branch). Only the lookups and the updates branch: the routing and the
+model's forward and backward are computed (and compiled) once per step. Per device and step
+the collectives move, per row-sharded table, N*C ids (int32) and 2 N*C*W rows (forward values
+and backward gradients, in the compute dtype): with C = 2b/N, 8b + 4bW·s bytes (s: 4 for
+float32, 2 for bfloat16), whatever the table's rows.
 """
 
 import functools
@@ -76,33 +77,32 @@ def exchange(x: jax.Array) -> jax.Array:
   return lax.all_to_all(x, DATA, 0, 0)
 
 
-def gather_owned(table: jax.Array, ids: jax.Array, num_devices: int, cap: int, dtype):
+def gather_owned(table: jax.Array, ids: jax.Array, owner, slot, num_devices: int, cap: int,
+                 dtype):
   """The rows of (b,) global `ids` of a row-sharded table whose local shard is `table`
-  (inside `shard_map`). Returns (rows (b, W) in `dtype`, the routing: what `scatter_back`
-  needs)."""
+  (inside `shard_map`), sent to `route`'s (`owner`, `slot`) through buckets of `cap` slots.
+  Returns (rows (b, W) in `dtype`, the (N, C) local rows this device served: what
+  `scatter_back` needs)."""
   shard_rows = table.shape[0]
-  owner, slot, _ = route(ids, shard_rows, num_devices)
   local = ids - owner * shard_rows
   wanted = exchange(_buckets(local, owner, slot, num_devices, cap, shard_rows))  # (N, C)
   found = table.at[wanted].get(mode='fill', fill_value=0).astype(dtype)  # (N, C, W)
   back = exchange(found)
-  return back[owner, slot], (owner, slot, wanted)
+  return back[owner, slot], wanted
 
 
-def scatter_back(row_grads: jax.Array, routing, num_devices: int, cap: int):
+def scatter_back(row_grads: jax.Array, owner, slot, wanted, num_devices: int, cap: int):
   """The gradients of the rows `gather_owned` fetched, at their owners: (local row ids
   (N*C,), row gradients (N*C, W) float32); empty slots carry an out-of-range row."""
-  owner, slot, wanted = routing
   sent = exchange(_buckets(row_grads, owner, slot, num_devices, cap, 0))
   return wanted.reshape(-1), sent.reshape(-1, row_grads.shape[-1]).astype(jnp.float32)
 
 
-def overflows(ids_by_table: dict, specs: dict, num_devices: int, cap: int) -> jax.Array:
-  """Whether any device sends more than `cap` ids of any table to one owner (the same
-  answer on every device)."""
+def overflows(counts_by_table: dict, cap: int) -> jax.Array:
+  """Whether any device sends more than `cap` ids of any table to one owner (`route`'s
+  counts; the same answer on every device)."""
   worst = jnp.zeros((), jnp.int32)
-  for path, ids in ids_by_table.items():
-    _, _, counts = route(ids, specs[path].shard_rows(num_devices), num_devices)
+  for counts in counts_by_table.values():
     worst = jnp.maximum(worst, counts.max())
   return lax.pmax(worst, DATA) > cap
 
@@ -128,17 +128,38 @@ def make_local_step(model, optimizer: optimizers.Optimizer, regularization,
   dtype = getattr(model, 'dtype', jnp.float32)
   fast = capacity(local_batch, num_devices)
 
-  def step_with(state, batch, cap: int):
+  def on_path(fn: Callable, overflow):
+    """`fn(cap)` at the fast capacity, or at the exact one (`local_batch`) when some bucket
+    overflows: a `lax.cond` on the pmax'd flag, so every device takes the same branch."""
+    if overflow is None:
+      return fn(local_batch)
+    return lax.cond(overflow, functools.partial(fn, local_batch), functools.partial(fn, fast))
+
+  def step(state, batch):
     params = state['params']
     table_params, rest = optimizers.split_tables(params, specs)
-    rows, routing = {}, {}
+    # (owner, slot, counts) of each id: the same at any capacity.
+    routes = {path: route(batch[spec.ids], table_params[path].shape[0], num_devices)
+              for path, spec in routed.items()}
+    overflow = (overflows({path: r[2] for path, r in routes.items()}, fast)
+                if routed and fast < local_batch else None)
+
+    def lookups(cap: int):
+      rows, wanted = {}, {}
+      for path, spec in routed.items():
+        rows[path], served = gather_owned(table_params[path], batch[spec.ids],
+                                          *routes[path][:2], num_devices, cap, dtype)
+        # Both branches return (N, b): the fast one's (N, C) padded with out-of-range rows.
+        wanted[path] = jnp.pad(served, ((0, 0), (0, local_batch - cap)),
+                               constant_values=table_params[path].shape[0])
+      return rows, wanted
+
+    # Only the lookups and the updates depend on the capacity: the model's forward and
+    # backward are traced (and compiled) once, not once per branch.
+    rows, wanted = on_path(lookups, overflow)
     for path, spec in specs.items():
-      ids = batch[spec.ids]
-      if path in routed:
-        rows[path], routing[path] = gather_owned(table_params[path], ids, num_devices, cap,
-                                                 dtype)
-      else:
-        rows[path] = jnp.take(table_params[path], ids, axis=0)
+      if path not in routed:
+        rows[path] = jnp.take(table_params[path], batch[spec.ids], axis=0)
     weight_sum = lax.psum(batch['weights'].sum(), DATA)
     denominator = jnp.maximum(weight_sum, 1.0)
     per_example = reg.per_example or optimizer.row_sparse
@@ -163,34 +184,32 @@ def make_local_step(model, optimizer: optimizers.Optimizer, regularization,
       penalty = jax.grad(lambda r: train_step_lib.l2_penalty(r, {}, kernels, 0.0,
                                                              reg.l2_layers))(rest)
       rest_grads = jax.tree_util.tree_map(jnp.add, rest_grads, penalty)
-    ids, grads = {}, {}
+    replicated_ids, replicated_grads = {}, {}
     for path, spec in specs.items():
-      if path in routed:
-        ids[path], grads[path] = scatter_back(row_grads[path], routing[path], num_devices, cap)
-      else:  # a replicated table: every device applies the whole batch's rows
-        ids[path] = lax.all_gather(batch[spec.ids], DATA, tiled=True)
-        grads[path] = lax.all_gather(row_grads[path], DATA, tiled=True).astype(jnp.float32)
-    if optimizer.row_sparse:
-      new_params, opt_state = optimizer.apply(
-          params, state['opt_state'], optimizers.RowGrads(rest_grads, grads, ids))
-    else:
+      if path not in routed:  # a replicated table: every device applies the whole batch's rows
+        replicated_ids[path] = lax.all_gather(batch[spec.ids], DATA, tiled=True)
+        replicated_grads[path] = lax.all_gather(row_grads[path], DATA,
+                                                tiled=True).astype(jnp.float32)
+
+    def update(cap: int):
+      ids, grads = dict(replicated_ids), dict(replicated_grads)
+      for path in routed:
+        owner, slot, _ = routes[path]
+        ids[path], grads[path] = scatter_back(row_grads[path], owner, slot,
+                                              wanted[path][:, :cap], num_devices, cap)
+      if optimizer.row_sparse:
+        return optimizer.apply(params, state['opt_state'],
+                               optimizers.RowGrads(rest_grads, grads, ids))
       dense = {}
       for path, table in table_params.items():
         dense[path] = jnp.zeros_like(table).at[ids[path]].add(grads[path], mode='drop')
         if reg.l2_embeddings and not reg.per_example:
           dense[path] += 2 * reg.l2_embeddings * table
-      new_params, opt_state = optimizer.apply(params, state['opt_state'],
-                                              optimizers.join_tables(dense, rest_grads))
+      return optimizer.apply(params, state['opt_state'], optimizers.join_tables(dense, rest_grads))
+
+    new_params, opt_state = on_path(update, overflow)
     state = dict(step=state['step'] + 1, params=new_params, opt_state=opt_state)
     return state, dict(loss_sum=lax.psum(total, DATA), weight_sum=weight_sum)
-
-  def step(state, batch):
-    if fast >= local_batch or not routed:
-      return step_with(state, batch, local_batch)
-    ids = {path: batch[spec.ids] for path, spec in routed.items()}
-    return lax.cond(overflows(ids, routed, num_devices, fast),
-                    functools.partial(step_with, cap=local_batch),
-                    functools.partial(step_with, cap=fast), state, batch)
 
   return step
 
@@ -200,12 +219,12 @@ def fetch(table: jax.Array, ids: jax.Array, num_devices: int, dtype) -> jax.Arra
   (evaluation): the fast capacity unless some bucket would overflow, then the exact one."""
   local_batch = ids.shape[0]
   fast = capacity(local_batch, num_devices)
-  exact = lambda: gather_owned(table, ids, num_devices, local_batch, dtype)[0]
+  owner, slot, counts = route(ids, table.shape[0], num_devices)
+  gather = lambda cap: gather_owned(table, ids, owner, slot, num_devices, cap, dtype)[0]
   if fast >= local_batch:
-    return exact()
-  _, _, counts = route(ids, table.shape[0], num_devices)
-  return lax.cond(lax.pmax(counts.max(), DATA) > fast, exact,
-                  lambda: gather_owned(table, ids, num_devices, fast, dtype)[0])
+    return gather(local_batch)
+  return lax.cond(lax.pmax(counts.max(), DATA) > fast, functools.partial(gather, local_batch),
+                  functools.partial(gather, fast))
 
 
 def score(model, params: dict, users: jax.Array, items: jax.Array, num_devices: int):
