@@ -10,6 +10,7 @@ def get_config():
   config.synthetic.num_items = 80
   config.synthetic.interactions_per_user = 15
   config.synthetic.num_test_negatives = 30
+  config.layers = (16, 8)  # one hidden layer: a smaller state and smaller programs
   config.num_epochs = 2
   config.batch_size = 128
   config.steps_per_dispatch = 4

@@ -21,13 +21,24 @@ from ncf_jax.errors import (CheckpointError, CheckpointSaveError, ConfigError,
 from orbax.checkpoint._src.serialization import serialization
 
 EPOCHS = 3
+# The tests' own tower here: with it, epoch 2 is the best of epochs 0-2 (see `finished`).
+LAYERS = (64, 32, 16, 8)
+
+
+def _config(**overrides):
+  return make_config(layers=LAYERS, **overrides)
 
 
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   """A finished 3-epoch run (copied by the tests that damage it) and its numbers."""
   workdir = tmp_path_factory.mktemp('finished') / 'run'
-  train_quietly(make_config(num_epochs=EPOCHS), workdir)
+  train_quietly(_config(num_epochs=EPOCHS), workdir)
+  hr = [r[3] for r in numbers(workdir)]
+  # The tests below drop the newest checkpoint and resume from the one before it; the run
+  # goes on only if that epoch is the best of the records left (an older best's checkpoint
+  # is gone: only the last 2 and the best are kept).
+  assert hr[:-1].index(max(hr[:-1])) == EPOCHS - 1, hr
   return workdir, numbers(workdir)
 
 
@@ -62,7 +73,7 @@ def test_a_full_disk_at_a_save_stops_naming_path_and_epoch_and_the_rerun_resumes
   with monkeypatch.context() as patch:
     _fail_writes_of_epoch(patch, 2, OSError(errno.ENOSPC, 'No space left on device'))
     with pytest.raises(CheckpointSaveError) as raised:
-      train_quietly(make_config(num_epochs=EPOCHS), workdir)
+      train_quietly(_config(num_epochs=EPOCHS), workdir)
   assert str(raised.value) == (f'{workdir}/checkpoints/latest/2: cannot save epoch 2 '
                                '(No space left on device)')
   assert 'Traceback' not in capfd.readouterr().err  # Orbax's logged tracebacks are dropped
@@ -70,7 +81,7 @@ def test_a_full_disk_at_a_save_stops_naming_path_and_epoch_and_the_rerun_resumes
   assert [r['epoch'] for r in read_records(workdir)] == [0, 1]
   assert not _tmp_folders(workdir)
   assert '2' not in os.listdir(workdir / 'checkpoints' / 'latest')
-  train_quietly(make_config(num_epochs=EPOCHS), workdir)
+  train_quietly(_config(num_epochs=EPOCHS), workdir)
   assert numbers(workdir) == finished[1]
 
 
@@ -79,7 +90,7 @@ def test_a_refused_write_fails_the_same_way_at_the_first_save(tmp_path, monkeypa
   _fail_writes_of_epoch(monkeypatch, 0, PermissionError(errno.EACCES, 'Permission denied'))
   with pytest.raises(CheckpointSaveError, match=r'/checkpoints/latest/0: cannot save epoch 0 '
                                                 r'\(Permission denied\)$'):
-    train_quietly(make_config(num_epochs=1), workdir)
+    train_quietly(_config(num_epochs=1), workdir)
   assert not workdir.exists()  # stopped before its first record: nothing is left
 
 
@@ -126,7 +137,7 @@ def test_a_bad_line_in_the_middle_is_one_error_naming_it_and_nothing_changes(tmp
   metrics.write_text(''.join(lines))
   before = metrics.read_bytes()
   with pytest.raises(WorkdirError, match=f'^{metrics}:2: not a JSON record'):
-    train_quietly(make_config(num_epochs=EPOCHS + 1), workdir)
+    train_quietly(_config(num_epochs=EPOCHS + 1), workdir)
   assert metrics.read_bytes() == before
 
 
@@ -137,7 +148,7 @@ def test_a_torn_last_line_is_repaired_with_a_note_and_its_record_restored_from_t
   text = metrics.read_text()
   last = text.rstrip('\n').rsplit('\n', 1)[1]
   metrics.write_text(text[:len(text) - len(last) - 1] + last[:len(last) // 2])  # crash mid-write
-  train.train_and_evaluate(make_config(num_epochs=EPOCHS), str(workdir))
+  train.train_and_evaluate(_config(num_epochs=EPOCHS), str(workdir))
   out = capsys.readouterr().out
   assert f'note: {metrics}:{EPOCHS + 1}: removed a last line cut short by a crash' in out
   assert (f'note: {metrics}: the record of epoch {EPOCHS} was missing (the run stopped after '
@@ -151,7 +162,7 @@ def test_a_fallback_removes_only_records_after_the_checkpoint_it_resumes_from(
   metrics = workdir / run_dir.METRICS
   before = metrics.read_bytes()
   shutil.rmtree(workdir / 'checkpoints' / 'latest' / str(EPOCHS))
-  train.train_and_evaluate(make_config(num_epochs=EPOCHS), str(workdir))
+  train.train_and_evaluate(_config(num_epochs=EPOCHS), str(workdir))
   out = capsys.readouterr().out
   assert f'note: {metrics}: records of epoch(s) {EPOCHS} removed' in out
   after = metrics.read_bytes()
@@ -168,7 +179,7 @@ def test_a_checkpoint_holding_another_epoch_than_its_folder_is_passed_over(
   latest = workdir / 'checkpoints' / 'latest'
   shutil.rmtree(latest / str(EPOCHS))
   shutil.copytree(latest / str(EPOCHS - 1), latest / str(EPOCHS))  # epoch 2 under the name 3
-  train.train_and_evaluate(make_config(num_epochs=EPOCHS), str(workdir))
+  train.train_and_evaluate(_config(num_epochs=EPOCHS), str(workdir))
   out = capsys.readouterr().out
   assert (f'note: {latest}/{EPOCHS}: holds epoch {EPOCHS - 1}, not {EPOCHS} (checkpoint folders '
           'renamed or swapped); resuming from the checkpoint before it') in out
@@ -187,12 +198,12 @@ def test_swapped_checkpoint_folders_are_damaged_and_with_none_left_one_line(tmp_
   os.rename(latest / 'x', latest / str(EPOCHS - 1))
   with pytest.raises(DamagedCheckpointError,
                      match=f'^{latest}/{EPOCHS - 1}: holds epoch {EPOCHS}, not {EPOCHS - 1}'):
-    train_quietly(make_config(num_epochs=EPOCHS + 1), workdir)
+    train_quietly(_config(num_epochs=EPOCHS + 1), workdir)
 
 
 def test_a_checkpoint_of_another_run_is_passed_over(tmp_path, finished, capsys):
   other = tmp_path / 'other'
-  train_quietly(make_config(num_epochs=1, learning_rate=0.002), other)
+  train_quietly(_config(num_epochs=1, learning_rate=0.002), other)
   workdir = _copy(finished, tmp_path)
   latest = workdir / 'checkpoints' / 'latest'
   shutil.rmtree(latest / str(EPOCHS))
@@ -202,7 +213,7 @@ def test_a_checkpoint_of_another_run_is_passed_over(tmp_path, finished, capsys):
   record = json.loads(meta.read_text())
   record['epoch'] = EPOCHS
   meta.write_text(json.dumps(record))
-  train.train_and_evaluate(make_config(num_epochs=EPOCHS), str(workdir))
+  train.train_and_evaluate(_config(num_epochs=EPOCHS), str(workdir))
   assert f'note: {latest}/{EPOCHS}: a checkpoint of another run' in capsys.readouterr().out
   assert numbers(workdir) == finished[1]
 
@@ -216,7 +227,7 @@ def test_without_latest_the_run_refuses_in_one_line_and_rewrites_nothing(tmp_pat
   with pytest.raises(CheckpointError, match=(
       f'^{workdir}/checkpoints/latest: no checkpoint, but {workdir}/metrics.jsonl records '
       f'epochs 0..{EPOCHS}; put the checkpoints back, or start over with --restart$')):
-    train_quietly(make_config(num_epochs=EPOCHS), workdir)
+    train_quietly(_config(num_epochs=EPOCHS), workdir)
   assert (workdir / run_dir.METRICS).read_bytes() == before
 
 
@@ -233,7 +244,7 @@ def test_a_vanished_best_checkpoint_is_not_finished_and_is_one_line(tmp_path, fi
   message = (f'^{workdir}/checkpoints/latest/{best}: missing: the checkpoint of the best epoch '
              f'\\({best}, by {workdir}/metrics.jsonl\\)')
   with pytest.raises(CheckpointError, match=message):
-    train_quietly(make_config(num_epochs=EPOCHS), workdir)
+    train_quietly(_config(num_epochs=EPOCHS), workdir)
   with pytest.raises(CheckpointError, match=message):
     trained_run.load_best(str(workdir))
 
@@ -249,7 +260,7 @@ def _stop_before_the_first_record(monkeypatch):
 def test_a_run_stopped_before_its_first_record_leaves_no_folder(tmp_path, monkeypatch):
   _stop_before_the_first_record(monkeypatch)
   with pytest.raises(KeyboardInterrupt):
-    train_quietly(make_config(num_epochs=1), tmp_path / 'run')
+    train_quietly(_config(num_epochs=1), tmp_path / 'run')
   assert not (tmp_path / 'run').exists()
 
 
@@ -260,12 +271,12 @@ def test_a_run_stopped_before_its_first_record_leaves_an_existing_folder_as_it_w
   (workdir / 'notes.txt').write_text('mine')
   _stop_before_the_first_record(monkeypatch)
   with pytest.raises(KeyboardInterrupt):
-    train_quietly(make_config(num_epochs=1), workdir)
+    train_quietly(_config(num_epochs=1), workdir)
   assert os.listdir(workdir) == ['notes.txt']
 
 
 def test_a_failed_pretrained_merge_leaves_no_run_folder(tmp_path):
-  config = make_config(model='neumf', num_epochs=1)
+  config = _config(model='neumf', num_epochs=1)
   with config.unlocked():
     config.gmf_workdir = str(tmp_path / 'no_gmf')
     config.mlp_workdir = str(tmp_path / 'no_mlp')
@@ -278,17 +289,17 @@ def test_a_failed_pretrained_merge_leaves_no_run_folder(tmp_path):
 def test_run_identity_follows_the_computing_fields_only():
   identity = lambda config: run_dir.run_identity(
       config_fields.computing_fields(run_settings.config_json(config)))
-  base = identity(make_config())
-  assert identity(make_config(num_epochs=9)) == base
-  assert identity(make_config(learning_rate=0.5)) != base
-  with_fingerprint = dict(run_settings.config_json(make_config()), data_fingerprint='abc')
+  base = identity(_config())
+  assert identity(_config(num_epochs=9)) == base
+  assert identity(_config(learning_rate=0.5)) != base
+  with_fingerprint = dict(run_settings.config_json(_config()), data_fingerprint='abc')
   assert run_dir.run_identity(config_fields.computing_fields(with_fingerprint)) != base
 
 
 def test_a_stopped_first_run_removes_the_parent_folders_it_made(tmp_path, monkeypatch):
   _stop_before_the_first_record(monkeypatch)
   with pytest.raises(KeyboardInterrupt):
-    train_quietly(make_config(num_epochs=1), tmp_path / 'pipeline' / 'gmf')
+    train_quietly(_config(num_epochs=1), tmp_path / 'pipeline' / 'gmf')
   assert os.listdir(tmp_path) == []
 
 
@@ -299,17 +310,17 @@ def test_without_metrics_the_run_refuses_in_one_line_and_keeps_the_checkpoints(
   kept = sorted(os.listdir(workdir / 'checkpoints' / 'latest'))
   with pytest.raises(CheckpointError, match=f'^{workdir}/metrics.jsonl: no records, but '
                                             f'{workdir}/checkpoints/latest holds epochs '):
-    train_quietly(make_config(num_epochs=EPOCHS), workdir)
+    train_quietly(_config(num_epochs=EPOCHS), workdir)
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == kept
   assert not (workdir / run_dir.METRICS).exists()
 
 
 def test_a_crash_between_the_first_save_and_its_record_resumes_from_it(tmp_path, capsys):
   workdir = tmp_path / 'run'
-  train_quietly(make_config(num_epochs=1), workdir)
+  train_quietly(_config(num_epochs=1), workdir)
   straight = numbers(workdir)
   shutil.rmtree(workdir / 'checkpoints' / 'latest' / '1')
   (workdir / run_dir.METRICS).write_text('')  # epoch 0 durable, its record never appended
-  train.train_and_evaluate(make_config(num_epochs=1), str(workdir))
+  train.train_and_evaluate(_config(num_epochs=1), str(workdir))
   assert 'the record of epoch 0 was missing' in capsys.readouterr().out
   assert numbers(workdir) == straight
