@@ -3,8 +3,8 @@ is allocated, so tables of any size can be measured on forced CPU devices).
 
 `collectives(hlo_text)` lists every collective instruction (all-to-all, all-gather,
 all-reduce, reduce-scatter, collective-permute, their async `-start` forms) with the bytes
-of its operands, and which branch of `row_sharded`'s `lax.cond` it sits in: `fast` (the
-capacity-C path), `fallback` (the exact path) or `always`.
+of its operands, and which branch of `row_sharded`'s `lax.cond`s (the lookups', the
+updates') it sits in: `fast` (the capacity-C path), `fallback` (the exact path) or `always`.
 """
 
 import re
@@ -36,7 +36,7 @@ def collectives(hlo: str) -> list[dict]:
   Compiled HLO prints the result's shape, not the operands': operand bytes are the result's
   for all-to-all, all-reduce and collective-permute, 1/group of it for all-gather and
   group times it for reduce-scatter. `path`: `fast` or `fallback` inside the branches of
-  `row_sharded`'s `lax.cond` (read from the op's metadata), else `always`.
+  `row_sharded`'s `lax.cond`s (read from the op's metadata), else `always`.
   """
   out = []
   for line in hlo.splitlines():
