@@ -107,6 +107,15 @@ def overflows(counts_by_table: dict, cap: int) -> jax.Array:
   return lax.pmax(worst, DATA) > cap
 
 
+def on_capacity(fn: Callable, overflow, exact: int, fast: int):
+  """`fn(cap)` at the `fast` capacity, or at the `exact` one when `overflow` (`overflows`'
+  flag, pmax'd: every device takes the same branch of the `lax.cond`); `fn(exact)` alone
+  when there is no fast path (`overflow` None)."""
+  if overflow is None:
+    return fn(exact)
+  return lax.cond(overflow, functools.partial(fn, exact), functools.partial(fn, fast))
+
+
 def with_placeholders(rest: dict, specs: dict) -> dict:
   """`rest` (the non-table parameters) with a never-read stand-in of each table's global
   shape: what `model.score` needs to set up, which reads only the looked-up rows (the
@@ -127,13 +136,6 @@ def make_local_step(model, optimizer: optimizers.Optimizer, regularization,
   reg = regularization
   dtype = getattr(model, 'dtype', jnp.float32)
   fast = capacity(local_batch, num_devices)
-
-  def on_path(fn: Callable, overflow):
-    """`fn(cap)` at the fast capacity, or at the exact one (`local_batch`) when some bucket
-    overflows: a `lax.cond` on the pmax'd flag, so every device takes the same branch."""
-    if overflow is None:
-      return fn(local_batch)
-    return lax.cond(overflow, functools.partial(fn, local_batch), functools.partial(fn, fast))
 
   def step(state, batch):
     params = state['params']
@@ -156,7 +158,7 @@ def make_local_step(model, optimizer: optimizers.Optimizer, regularization,
 
     # Only the lookups and the updates depend on the capacity: the model's forward and
     # backward are traced (and compiled) once, not once per branch.
-    rows, wanted = on_path(lookups, overflow)
+    rows, wanted = on_capacity(lookups, overflow, local_batch, fast)
     for path, spec in specs.items():
       if path not in routed:
         rows[path] = jnp.take(table_params[path], batch[spec.ids], axis=0)
@@ -207,7 +209,7 @@ def make_local_step(model, optimizer: optimizers.Optimizer, regularization,
           dense[path] += 2 * reg.l2_embeddings * table
       return optimizer.apply(params, state['opt_state'], optimizers.join_tables(dense, rest_grads))
 
-    new_params, opt_state = on_path(update, overflow)
+    new_params, opt_state = on_capacity(update, overflow, local_batch, fast)
     state = dict(step=state['step'] + 1, params=new_params, opt_state=opt_state)
     return state, dict(loss_sum=lax.psum(total, DATA), weight_sum=weight_sum)
 
@@ -221,10 +223,8 @@ def fetch(table: jax.Array, ids: jax.Array, num_devices: int, dtype) -> jax.Arra
   fast = capacity(local_batch, num_devices)
   owner, slot, counts = route(ids, table.shape[0], num_devices)
   gather = lambda cap: gather_owned(table, ids, owner, slot, num_devices, cap, dtype)[0]
-  if fast >= local_batch:
-    return gather(local_batch)
-  return lax.cond(lax.pmax(counts.max(), DATA) > fast, functools.partial(gather, local_batch),
-                  functools.partial(gather, fast))
+  overflow = overflows({'ids': counts}, fast) if fast < local_batch else None
+  return on_capacity(gather, overflow, local_batch, fast)
 
 
 def score(model, params: dict, users: jax.Array, items: jax.Array, num_devices: int):
